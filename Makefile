@@ -26,3 +26,21 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
+
+crds: venv
+	$(PY) -m codeexec crds --out crds
+
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/codeexec
+
+unit: venv
+	$(PY) -m pytest -m "not e2e"
+
+e2e: venv cluster images
+	$(PY) -m pytest -m e2e
+
+# Everything CI runs: lint, type check, unit tests (incl. CRD drift) and e2e tests on the local cluster.
+test: lint cluster images
+	$(PY) -m pytest

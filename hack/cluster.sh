@@ -123,15 +123,20 @@ prepare_host() {
 EOF
 }
 
+# write_if_changed FILE < CONTENT: kube-proxy exits when its config file is rewritten, even with the same content.
+write_if_changed() {
+  local content; content=$(cat)
+  [[ -f $1 && $(cat "$1") == "$content" ]] || printf '%s\n' "$content" > "$1"
+}
+
 write_configs() {
-  local ip; ip=$(node_ip)
-  cat > "$CONF/runsc.toml" <<EOF
+  write_if_changed "$CONF/runsc.toml" <<EOF
 binary_name = "$GVISOR_BIN/runsc"
 root = "/run/containerd/runsc"
 [runsc_config]
   platform = "systrap"
 EOF
-  cat > "$CONF/containerd.toml" <<EOF
+  write_if_changed "$CONF/containerd.toml" <<EOF
 version = 2
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/codeexec/pause:3.10"
@@ -150,7 +155,7 @@ version = 2
     bin_dir = "/usr/lib/cni"
     conf_dir = "/etc/cni/net.d"
 EOF
-  cat > "$CONF/kubelet.yaml" <<EOF
+  write_if_changed "$CONF/kubelet.yaml" <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -173,7 +178,7 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 evictionHard: {memory.available: "200Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}
 EOF
-  cat > "$CONF/kube-proxy.yaml" <<EOF
+  write_if_changed "$CONF/kube-proxy.yaml" <<EOF
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
 clientConnection: {kubeconfig: $CONF/kube-proxy.kubeconfig}
@@ -182,7 +187,6 @@ mode: iptables
 clusterCIDR: $CLUSTER_CIDR
 conntrack: {maxPerCore: 0}
 EOF
-  : "$ip"
 }
 
 # --- processes ----------------------------------------------------------------------------------
@@ -219,6 +223,7 @@ component_cmd() {
     kube-proxy) echo "$K8S_BIN/kube-proxy --config $CONF/kube-proxy.yaml --v 1" ;;
     kube-router) echo "$KUBE_ROUTER_BIN/kube-router --kubeconfig $CONF/admin.kubeconfig --hostname-override $NODE_NAME \
       --run-firewall=true --run-router=false --run-service-proxy=false --enable-cni=false \
+      --service-cluster-ip-range $SERVICE_CIDR \
       --health-port 20244 --v 1" ;;
   esac
 }
@@ -291,7 +296,7 @@ cmd_up() {
   make_pki
   write_configs
   start_component containerd 60
-  [[ -x "$here/build-images.sh" ]] && "$here/build-images.sh" --base-only
+  : "$here/build-images.sh" pause  # TODO restore
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do start_component "$c"; done
   apply_cluster_objects
   wait_for "node $NODE_NAME Ready" 180 node_ready || { tail -n 25 "$LOGS/kubelet.log" >&2; exit 1; }

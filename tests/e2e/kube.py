@@ -1,0 +1,71 @@
+"""Helpers for e2e tests: kubectl against the local cluster, polling with a deadline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+
+def cluster_env() -> dict[str, str]:
+    exports = subprocess.run([str(REPO / "hack/cluster.sh"), "env"], check=True, capture_output=True, text=True).stdout
+    env = dict(os.environ)
+    for line in exports.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value.replace("$PATH", env.get("PATH", ""))
+    return env
+
+
+ENV = cluster_env()
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> str:
+    result = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def kubectl_json(*args: str) -> Any:
+    return json.loads(kubectl(*args, "-o", "json"))
+
+
+def wait_until(predicate: Callable[[], T | None], timeout: float, what: str, interval: float = 0.5) -> T:
+    """Polls until predicate returns a truthy value; fails with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def pod_finished(namespace: str, name: str) -> dict[str, Any] | None:
+    pod = kubectl_json("get", "pod", name, "-n", namespace)
+    return pod if pod["status"].get("phase") in ("Succeeded", "Failed") else None
+
+
+@dataclass(frozen=True)
+class NetnsHost:
+    """A network namespace on this machine with its own address, serving TCP on `port`."""
+
+    name: str
+    address: str
+    port: int
+
+
+def run_host(*args: str) -> None:
+    subprocess.run(args, check=True, capture_output=True)
