@@ -1,0 +1,1 @@
+"""code-exec: a Kopf operator that runs untrusted code in gVisor sandbox pods."""

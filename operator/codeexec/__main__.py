@@ -1,0 +1,52 @@
+"""Command line: `python -m codeexec run` starts the operator, `python -m codeexec crds` writes the CRDs."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+DEFAULT_CRD_DIR = Path("crds")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m codeexec")
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run the operator")
+    run.add_argument(
+        "--liveness",
+        metavar="URL",
+        help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz",
+    )
+    crds = commands.add_parser("crds", help="write the CRD YAML files generated from the models")
+    crds.add_argument("--out", type=Path, default=DEFAULT_CRD_DIR, help="output directory")
+    args = parser.parse_args(argv)
+
+    if args.command == "crds":
+        from codeexec import crdgen
+
+        for path in crdgen.write(args.out):
+            print(path)
+    else:
+        _run(args.liveness)
+
+
+def _run(liveness: str | None) -> None:
+    # Imported here: `crds` needs neither Kopf nor a cluster.
+    import kopf
+
+    import codeexec.handlers  # noqa: F401  (registers the handlers with Kopf)
+    from codeexec.config import OperatorConfig
+    from codeexec.k8s import Cluster
+
+    config = OperatorConfig.from_env()
+    kopf.run(
+        standalone=True,
+        clusterwide=not config.namespaces,
+        namespaces=config.namespaces,
+        liveness_endpoint=liveness,
+        memo=kopf.Memo(config=config, cluster=Cluster.connect()),
+    )
+
+
+if __name__ == "__main__":
+    main()

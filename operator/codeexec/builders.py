@@ -1,0 +1,214 @@
+"""Builds the sandbox's ConfigMap, NetworkPolicy and Pod as plain dicts, without I/O."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from codeexec.config import OperatorConfig
+from codeexec.status import SANDBOX_CONTAINER
+from codeexec.validation import Plan, format_cpu, format_memory
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "code-exec"
+NAME_LABEL = "app.kubernetes.io/name"
+SANDBOX_NAME = "code-exec-sandbox"
+EXECUTION_LABEL = "codeexec.io/execution"
+EXECUTION_UID_LABEL = "codeexec.io/execution-uid"
+
+RUNNER = "/opt/codeexec/runner"
+CODE_DIR = "/code"
+TMP_DIR = "/tmp"
+NOBODY = 65534
+# The runner kills the whole process tree itself; the kubelet need not wait long.
+TERMINATION_GRACE_SECONDS = 2
+# Nothing listens there inside the pod: name resolution fails, no DNS query leaves.
+UNUSABLE_NAMESERVER = "127.0.0.1"
+MAX_LABEL_VALUE = 63
+
+
+@dataclass(frozen=True)
+class ExecutionRef:
+    """Identity of the Execution that owns the sandbox."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class PinnedHost:
+    """An allowed domain resolved by the operator: pinned in /etc/hosts, allowed by IP."""
+
+    hostname: str
+    port: int | None
+    addresses: tuple[str, ...]
+
+
+def child_name(execution: ExecutionRef) -> str:
+    """Deterministic name of every object made for an Execution: a DNS label of ≤ 63 chars."""
+    stem = re.sub(r"[^a-z0-9-]", "-", execution.name[:54].lower()).strip("-")
+    return f"{stem}-{execution.uid[:8]}" if stem else execution.uid[:8]
+
+
+def labels(execution: ExecutionRef) -> dict[str, str]:
+    return {
+        MANAGED_BY_LABEL: MANAGED_BY,
+        NAME_LABEL: SANDBOX_NAME,
+        EXECUTION_LABEL: _label_value(execution.name),
+        EXECUTION_UID_LABEL: execution.uid,
+    }
+
+
+def configmap(execution: ExecutionRef, plan: Plan) -> dict[str, Any]:
+    """The files of the runner contract, mounted read-only at /code."""
+    spec = plan.spec
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(execution),
+        "immutable": True,
+        "data": {
+            plan.runtime.file_name: spec.code,
+            "input.json": json.dumps(spec.input),
+            "stdin": spec.stdin or "",
+            "env.json": json.dumps({var.name: var.value for var in spec.env}),
+        },
+    }
+
+
+def networkpolicy(execution: ExecutionRef, pinned: Sequence[PinnedHost] = ()) -> dict[str, Any]:
+    """No ingress at all; egress only to the pinned addresses (none: no egress, no DNS)."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(execution),
+        "spec": {
+            "podSelector": {"matchLabels": {EXECUTION_UID_LABEL: execution.uid}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [_egress_rule(host) for host in pinned],
+        },
+    }
+
+
+def pod(
+    execution: ExecutionRef,
+    plan: Plan,
+    config: OperatorConfig,
+    pinned: Sequence[PinnedHost] = (),
+) -> dict[str, Any]:
+    """The single-use sandbox pod; meets the Pod Security Standard "restricted"."""
+    quantities = {
+        "cpu": format_cpu(plan.cpu_millis),
+        "memory": format_memory(plan.memory_bytes),
+        "ephemeral-storage": config.ephemeral_storage,
+    }
+    spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "activeDeadlineSeconds": plan.timeout_seconds + config.active_deadline_grace_seconds,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "hostNetwork": False,
+        "hostPID": False,
+        "hostIPC": False,
+        "shareProcessNamespace": False,
+        "dnsPolicy": "None",
+        "dnsConfig": {"nameservers": [UNUSABLE_NAMESERVER]},
+        "hostAliases": [{"ip": address, "hostnames": [host.hostname]} for host in pinned for address in host.addresses],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": NOBODY,
+            "runAsGroup": NOBODY,
+            "fsGroup": NOBODY,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [
+            {
+                "name": SANDBOX_CONTAINER,
+                "image": plan.runtime.image,
+                "imagePullPolicy": plan.runtime.image_pull_policy or config.image_pull_policy,
+                "command": [RUNNER],
+                "args": runner_args(plan, config),
+                "workingDir": TMP_DIR,
+                "securityContext": {
+                    "allowPrivilegeEscalation": False,
+                    "readOnlyRootFilesystem": True,
+                    "privileged": False,
+                    "runAsNonRoot": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "resources": {"requests": dict(quantities), "limits": dict(quantities)},
+                "volumeMounts": [
+                    {"name": "code", "mountPath": CODE_DIR, "readOnly": True},
+                    {"name": "tmp", "mountPath": TMP_DIR},
+                ],
+            }
+        ],
+        "volumes": [
+            {
+                "name": "code",
+                "configMap": {"name": child_name(execution), "defaultMode": 0o444},
+            },
+            {"name": "tmp", "emptyDir": {"sizeLimit": config.tmp_size}},
+        ],
+    }
+    if config.runtime_class:
+        spec["runtimeClassName"] = config.runtime_class
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(execution),
+        "spec": spec,
+    }
+
+
+def runner_args(plan: Plan, config: OperatorConfig) -> list[str]:
+    """Arguments of /opt/codeexec/runner, per the contract in sandbox_images/README.md."""
+    return [
+        "--timeout-seconds",
+        str(plan.timeout_seconds),
+        "--max-output-bytes",
+        str(config.max_output_bytes),
+        "--stdin",
+        f"{CODE_DIR}/stdin",
+        "--input",
+        f"{CODE_DIR}/input.json",
+        "--env-file",
+        f"{CODE_DIR}/env.json",
+        "--",
+        *plan.runtime.command,
+        f"{CODE_DIR}/{plan.runtime.file_name}",
+        *plan.spec.args,
+    ]
+
+
+def _metadata(execution: ExecutionRef) -> dict[str, Any]:
+    return {
+        "name": child_name(execution),
+        "namespace": execution.namespace,
+        "labels": labels(execution),
+    }
+
+
+def _label_value(name: str) -> str:
+    # Object names may be 253 chars long; label values only 63.
+    if len(name) <= MAX_LABEL_VALUE:
+        return name
+    return "sha256-" + hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
+def _egress_rule(host: PinnedHost) -> dict[str, Any]:
+    rule: dict[str, Any] = {
+        "to": [{"ipBlock": {"cidr": str(ipaddress.ip_network(address))}} for address in host.addresses]
+    }
+    if host.port is not None:
+        rule["ports"] = [{"protocol": "TCP", "port": host.port}]
+    return rule

@@ -1,0 +1,105 @@
+"""Operator settings, read from CODEEXEC_* environment variables (the only reader of the environment)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from codeexec.models import CpuQuantity, MemoryQuantity
+
+ENV_PREFIX = "CODEEXEC_"
+
+
+class OperatorConfig(BaseModel):
+    """Operator-wide settings. Each field is set by the variable CODEEXEC_<FIELD NAME IN CAPITALS>."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    runtime_class: str = Field(
+        default="gvisor",
+        description=(
+            "RuntimeClass of the sandbox pods. If it does not exist, Executions fail with "
+            'RuntimeClassMissing (fail closed). The empty string "" runs pods without a '
+            "runtime class: only for clusters without gVisor, never in production."
+        ),
+    )
+    keep_pods: bool = Field(
+        default=False,
+        description="Keep sandbox pods, ConfigMaps and NetworkPolicies after an Execution finishes (debugging).",
+    )
+    max_output_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        le=256 * 1024,
+        description="Bytes of stdout and of stderr kept in the status (each); the rest is counted and truncated.",
+    )
+    start_deadline_seconds: int = Field(
+        default=120,
+        ge=10,
+        description=(
+            "A pod not running this long after its creation fails the Execution "
+            "(ImageError, Unschedulable or StartTimeout)."
+        ),
+    )
+    max_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=3600,
+        description="Largest timeoutSeconds any Execution may use, whatever its Runtime allows.",
+    )
+    max_cpu: CpuQuantity = Field(default="2", description="Largest CPU any Execution may use.")
+    max_memory: MemoryQuantity = Field(default="1Gi", description="Largest memory any Execution may use.")
+    default_cpu: CpuQuantity = Field(default="500m", description="CPU of Executions whose spec and Runtime set none.")
+    default_memory: MemoryQuantity = Field(
+        default="256Mi", description="Memory of Executions whose spec and Runtime set none."
+    )
+    tmp_size: MemoryQuantity = Field(
+        default="64Mi", description="Size limit of the sandbox's writable /tmp (an emptyDir)."
+    )
+    ephemeral_storage: MemoryQuantity = Field(
+        default="128Mi",
+        description="Ephemeral-storage limit of the sandbox container (logs and /tmp included).",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
+        default="IfNotPresent", description="Pull policy for Runtimes that set none."
+    )
+    active_deadline_grace_seconds: int = Field(
+        default=30,
+        ge=1,
+        description=(
+            "activeDeadlineSeconds of a pod is the Execution's timeout plus this: "
+            "a backstop behind the runner's own timeout."
+        ),
+    )
+    allowed_private_cidrs: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Comma-separated private CIDRs that allowed domains may resolve to (reserved for the egress feature)."
+        ),
+    )
+    namespaces: tuple[str, ...] = Field(
+        default=(),
+        description="Comma-separated namespaces to watch. Empty: all namespaces.",
+    )
+
+    @field_validator("allowed_private_cidrs", "namespaces", mode="before")
+    @classmethod
+    def _split_commas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(item.strip() for item in value.split(",") if item.strip())
+        return value
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:
+        """Settings from the environment; unset variables keep their defaults."""
+        env = os.environ if environ is None else environ
+        values = {name: env[variable_name(name)] for name in cls.model_fields if variable_name(name) in env}
+        return cls.model_validate(values)
+
+
+def variable_name(field_name: str) -> str:
+    """Environment variable that sets a field, e.g. keep_pods → CODEEXEC_KEEP_PODS."""
+    return ENV_PREFIX + field_name.upper()

@@ -1,0 +1,222 @@
+"""Kopf handlers: orchestrate validation, builders, API calls and status updates (no logic of their own)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from codeexec import builders, status
+from codeexec.builders import ExecutionRef
+from codeexec.config import OperatorConfig
+from codeexec.k8s import ApiError, Cluster
+from codeexec.models import GROUP, VERSION
+from codeexec.validation import Rejection, parse_runtimes, plan_execution
+
+EXECUTIONS = (GROUP, VERSION, "executions")
+API_RETRY_DELAY = 5
+WATCH_INTERVAL = 5
+# API statuses after which creating the sandbox again cannot succeed (invalid, forbidden).
+PERMANENT_CREATE_ERRORS = (400, 403, 422)
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    # Kopf's bookkeeping lives in annotations, never in .status, which is the API.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # Timers need a finalizer while they run (see the `when` filter of watch_execution).
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    # Without timeouts a watch can silently stop delivering events.
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    # Only problems become Kubernetes Events on the Execution.
+    settings.posting.level = logging.WARNING
+
+
+def _unfinished(body: kopf.Body, **_: Any) -> bool:
+    return not status.is_terminal(body.get("status", {}).get("phase"))
+
+
+def _needs_watching(body: kopf.Body, **_: Any) -> bool:
+    # Limits kopf's timer finalizer to Executions that still need the operator.
+    return _unfinished(body) or body.get("spec", {}).get("ttlSecondsAfterFinished") is not None
+
+
+# The filter keeps a restart from touching every finished Execution in the cluster.
+@kopf.on.resume(*EXECUTIONS, when=_unfinished)
+@kopf.on.create(*EXECUTIONS, when=_unfinished)
+def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Validates a new Execution and creates its sandbox: ConfigMap, NetworkPolicy, then Pod."""
+    current = body.get("status", {})
+    if current.get("podName"):
+        return  # Its pod was created before: never start a second run.
+    config, cluster = _config(memo), _cluster(memo)
+    execution = _ref(body)
+    generation = _generation(body)
+
+    with _retry_on_api_errors():
+        runtimes = parse_runtimes(cluster.list_runtimes())
+        class_exists = not config.runtime_class or cluster.runtime_class_exists(config.runtime_class)
+        plan = plan_execution(body.get("spec", {}), runtimes, config, class_exists)
+        if isinstance(plan, Rejection):
+            logger.warning(f"{plan.reason}: {plan.message}")
+            patch = status.rejected(current, plan.reason, plan.message, _now(), generation)
+            cluster.patch_execution_status(execution.namespace, execution.name, patch)
+            return
+        if current.get("phase") is None:
+            # Pending goes first, so it can never overwrite what pod events report later.
+            patch = status.pending(current, _now(), generation)
+            cluster.patch_execution_status(execution.namespace, execution.name, patch)
+
+        children = [
+            (builders.configmap(execution, plan), cluster.create_configmap),
+            # The NetworkPolicy exists before the pod, so the pod never runs unfenced.
+            (builders.networkpolicy(execution), cluster.create_networkpolicy),
+            (builders.pod(execution, plan, config), cluster.create_pod),
+        ]
+        try:
+            for child, create in children:
+                # Not kopf.adopt: it would copy the Execution's labels onto the pod, and a
+                # user label could make other NetworkPolicies select (and open) the sandbox.
+                kopf.append_owner_reference(child, owner=body)
+                _check_owned(create(child), execution)
+        except ApiError as error:
+            if error.status not in PERMANENT_CREATE_ERRORS:
+                raise
+            logger.warning(f"sandbox not created: {error}")
+            patch = status.sandbox_not_created(current, str(error), _now(), generation)
+            cluster.patch_execution_status(execution.namespace, execution.name, patch)
+            if not config.keep_pods:
+                cluster.delete_sandbox(execution.namespace, builders.child_name(execution))
+            return
+        cluster.patch_execution_status(execution.namespace, execution.name, {"podName": builders.child_name(execution)})
+
+
+@kopf.on.event(
+    "",
+    "v1",
+    "pods",
+    labels={builders.MANAGED_BY_LABEL: builders.MANAGED_BY, builders.EXECUTION_UID_LABEL: kopf.PRESENT},
+)
+def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Pod changes → Execution status. The initial listing after a restart re-delivers every
+    sandbox pod, so runs that finished while the operator was down are harvested too."""
+    if event.get("type") == "DELETED":
+        return  # watch_execution notices a pod that vanished too early.
+    execution = _owner(body)
+    if execution is None:
+        return
+    with _retry_on_api_errors():
+        _sync_with_pod(_cluster(memo), _config(memo), execution, dict(body))
+
+
+@kopf.timer(*EXECUTIONS, interval=WATCH_INTERVAL, idle=WATCH_INTERVAL, when=_needs_watching)
+def watch_execution(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Catches what pod events cannot: start deadlines, vanished pods, missed events, TTL."""
+    current = body.get("status", {})
+    cluster = _cluster(memo)
+    execution = _ref(body)
+    with _retry_on_api_errors():
+        if status.is_terminal(current.get("phase")):
+            ttl = body.get("spec", {}).get("ttlSecondsAfterFinished")
+            if status.ttl_expired(current, ttl, _now()):
+                cluster.delete_execution(execution.namespace, execution.name)
+            return
+        pod_name = current.get("podName")
+        if pod_name:
+            pod = cluster.read_pod(execution.namespace, pod_name)
+            _sync_with_pod(cluster, _config(memo), execution, pod)
+
+
+def _sync_with_pod(
+    cluster: Cluster,
+    config: OperatorConfig,
+    execution: ExecutionRef,
+    pod: Mapping[str, Any] | None,
+) -> None:
+    """Writes what the pod (or its absence) says into the Execution, then removes a finished
+    sandbox. Reads the Execution afresh and patches only that version of it."""
+    latest = cluster.read_execution(execution.namespace, execution.name)
+    if latest is None or latest["metadata"]["uid"] != execution.uid:
+        return  # The owner is gone; garbage collection removes the pod.
+    current = latest.get("status", {})
+    finished = status.is_terminal(current.get("phase"))
+    if not finished:
+        now, generation = _now(), _generation(latest)
+        if pod is None:
+            patch: dict[str, Any] | None = status.pod_deleted(current, now, generation)
+        else:
+            report = None
+            if status.sandbox_terminated(pod):
+                report = cluster.read_report(execution.namespace, pod["metadata"]["name"])
+            patch = status.from_pod(current, pod, report, config, now, generation)
+        if patch is None:
+            return
+        cluster.patch_execution_status(
+            execution.namespace,
+            execution.name,
+            patch,
+            resource_version=latest["metadata"]["resourceVersion"],
+        )
+        finished = status.is_terminal(patch["phase"])
+    being_deleted = pod is not None and pod["metadata"].get("deletionTimestamp")
+    if finished and pod is not None and not being_deleted and not config.keep_pods:
+        cluster.delete_sandbox(execution.namespace, pod["metadata"]["name"])
+
+
+@contextlib.contextmanager
+def _retry_on_api_errors() -> Iterator[None]:
+    try:
+        yield
+    except ApiError as error:
+        raise kopf.TemporaryError(str(error), delay=API_RETRY_DELAY) from error
+
+
+def _check_owned(child: Mapping[str, Any], execution: ExecutionRef) -> None:
+    """An object found under our name (409) must be this Execution's, not a stale one's."""
+    labels = child.get("metadata", {}).get("labels") or {}
+    if labels.get(builders.EXECUTION_UID_LABEL) != execution.uid:
+        name = child.get("metadata", {}).get("name")
+        raise kopf.TemporaryError(
+            f"{child.get('kind')} {name} belongs to another Execution; waiting for it to go",
+            delay=API_RETRY_DELAY,
+        )
+
+
+def _owner(pod: kopf.Body) -> ExecutionRef | None:
+    for reference in pod.get("metadata", {}).get("ownerReferences") or []:
+        if reference.get("apiVersion") == f"{GROUP}/{VERSION}" and reference.get("kind") == "Execution":
+            return ExecutionRef(pod["metadata"]["namespace"], reference["name"], reference["uid"])
+    return None
+
+
+def _ref(body: Mapping[str, Any]) -> ExecutionRef:
+    metadata = body["metadata"]
+    return ExecutionRef(metadata["namespace"], metadata["name"], metadata["uid"])
+
+
+def _generation(body: Mapping[str, Any]) -> int:
+    generation: int = body["metadata"].get("generation", 1)
+    return generation
+
+
+def _config(memo: kopf.Memo) -> OperatorConfig:
+    config: OperatorConfig = memo["config"]
+    return config
+
+
+def _cluster(memo: kopf.Memo) -> Cluster:
+    cluster: Cluster = memo["cluster"]
+    return cluster
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)

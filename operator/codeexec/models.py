@@ -1,0 +1,342 @@
+"""Pydantic models of the Execution and Runtime resources: the single source of the CRD schemas."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "codeexec.io"
+VERSION = "v1alpha1"
+
+# Byte limits keep an Execution (spec, status and kubectl's last-applied copy of
+# the spec) under etcd's 1.5 MiB object limit and its ConfigMap under 1 MiB.
+MAX_CODE_BYTES = 100 * 1024
+MAX_STDIN_BYTES = 256 * 1024
+MAX_INPUT_BYTES = 128 * 1024
+MAX_ENV_BYTES = 32 * 1024
+MAX_ARGS = 64
+MAX_ENV_VARS = 64
+MAX_ALLOWED_DOMAINS = 32
+MAX_TIMEOUT_SECONDS = 3600
+
+RESERVED_ENV_PREFIX = "CODEEXEC_"
+# Go RE2 (the API server) and Rust regex (pydantic) both accept these: no lookaround.
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+# Lower-case DNS name with at least one dot, optionally followed by :port.
+DOMAIN_PATTERN = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?(:[0-9]{1,5})?$"
+CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
+MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|k|K|M|G)?$"
+FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
+# The runner contract puts these next to the code file in /code.
+RESERVED_FILE_NAMES = ("input.json", "stdin", "env.json")
+
+CpuQuantity = Annotated[str, StringConstraints(pattern=CPU_PATTERN, max_length=32)]
+MemoryQuantity = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN, max_length=32)]
+LanguageName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+ANY_JSON: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
+
+
+class Model(BaseModel):
+    """Base: camelCase field names in the API, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        validate_by_name=True,
+        validate_by_alias=True,
+        extra="forbid",
+        frozen=True,
+    )
+
+
+class Resources(Model):
+    """CPU and memory for the sandbox container; requests equal limits."""
+
+    cpu: CpuQuantity | None = Field(
+        default=None,
+        description='CPU as a Kubernetes quantity, e.g. "500m" or "1".',
+    )
+    memory: MemoryQuantity | None = Field(
+        default=None,
+        description='Memory as a Kubernetes quantity, e.g. "256Mi" or "1Gi".',
+    )
+
+
+class EnvVar(Model):
+    """One environment variable for the code."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=128,
+        pattern=ENV_NAME_PATTERN,
+        description=f"Variable name: a C identifier not starting with {RESERVED_ENV_PREFIX}.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!self.startsWith('{RESERVED_ENV_PREFIX}')",
+                    "message": f"names starting with {RESERVED_ENV_PREFIX} are reserved",
+                }
+            ]
+        },
+    )
+    value: str = Field(default="", max_length=4096, description="Literal value.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        if name.startswith(RESERVED_ENV_PREFIX):
+            raise ValueError(f"names starting with {RESERVED_ENV_PREFIX} are reserved")
+        return name
+
+
+class Network(Model):
+    """Network access of the sandbox."""
+
+    allowed_domains: list[Annotated[str, StringConstraints(max_length=260, pattern=DOMAIN_PATTERN)]] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOWED_DOMAINS,
+        description=(
+            'Host names the code may connect to, each optionally with ":port" '
+            "(all ports otherwise). Empty (the default): no network egress at all. "
+            "DNS stays closed; the operator resolves these names and pins them in the pod."
+        ),
+    )
+
+
+class ExecutionSpec(Model):
+    """What to run. Immutable after creation."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self == oldSelf",
+                    "message": "spec is immutable; create a new Execution instead",
+                }
+            ]
+        }
+    )
+
+    language: LanguageName = Field(
+        description="Name of an installed Runtime or one of its aliases (kubectl get runtimes).",
+    )
+    # maxLength (characters) lets the API server refuse the worst at admission; the byte
+    # limits are checked by the operator (validation.py) with a precise reason.
+    code: str = Field(
+        description=f"Source code, at most {MAX_CODE_BYTES} bytes in UTF-8.",
+        json_schema_extra={"maxLength": MAX_CODE_BYTES},
+    )
+    stdin: str | None = Field(
+        default=None,
+        description=f"Standard input of the program, at most {MAX_STDIN_BYTES} bytes in UTF-8.",
+        json_schema_extra={"maxLength": MAX_STDIN_BYTES},
+    )
+    input: Any = Field(
+        default=None,
+        description=(
+            "Any JSON value handed to the code (Python and JavaScript: the global `input`), "
+            f"at most {MAX_INPUT_BYTES} bytes serialized."
+        ),
+        json_schema_extra=ANY_JSON,
+    )
+    args: list[Annotated[str, StringConstraints(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=MAX_ARGS,
+        description="Command-line arguments for the program (sys.argv[1:], process.argv).",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=MAX_ENV_VARS,
+        description="Environment variables with literal values; names must be unique.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
+    )
+    timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description=(
+            "Wall-clock limit for the program in seconds. Defaults to the Runtime's "
+            "defaultTimeoutSeconds (30 unless the Runtime says otherwise); bounded by the "
+            "Runtime's and the operator's maximum."
+        ),
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description=(
+            "CPU and memory for the sandbox. Defaults to the Runtime's defaultResources, "
+            "then the operator's defaults; bounded by the Runtime's and the operator's maxima."
+        ),
+    )
+    network: Network | None = Field(
+        default=None,
+        description="Network access. Absent: no network egress at all.",
+    )
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the Execution this many seconds after it finished. Absent: keep it.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
+        names = [var.name for var in env]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate names: {', '.join(duplicates)}")
+        return env
+
+
+class Phase(enum.StrEnum):
+    """Lifecycle phase of an Execution."""
+
+    PENDING = "Pending"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    TIMED_OUT = "TimedOut"
+    REJECTED = "Rejected"
+
+
+class LogEntry(Model):
+    """One structured console entry written by the code."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # Plain strings: an unexpected level or time format from a runner must not
+    # make the whole report, or the status patch, invalid.
+    level: str = Field(description="Console method used: log, info, warn, error or debug.")
+    time: str = Field(description="When the entry was written (RFC 3339, UTC).")
+    message: str = Field(description="The arguments joined by spaces.")
+
+
+class Condition(Model):
+    """A Kubernetes-style condition."""
+
+    type: str = Field(description="Accepted or Finished.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str = Field(description="Stable CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: Timestamp = Field(description="When status last changed.")
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation this condition was computed from."
+    )
+
+
+class ExecutionStatus(Model):
+    """Outcome of an Execution, written by the operator."""
+
+    phase: Phase | None = Field(
+        default=None,
+        description="Pending, Running, Succeeded, Failed, TimedOut or Rejected (invalid spec).",
+    )
+    reason: str | None = Field(
+        default=None,
+        description="Stable CamelCase reason for the phase, e.g. Completed, NonZeroExit, OOMKilled.",
+    )
+    message: str | None = Field(default=None, description="Human-readable detail.")
+    exit_code: int | None = Field(default=None, description="Exit code of the program.")
+    stdout: str | None = Field(default=None, description="Standard output (UTF-8, capped).")
+    stdout_bytes: int | None = Field(default=None, description="Total bytes written to stdout.")
+    stdout_truncated: bool | None = Field(default=None, description="stdout was cut at the cap.")
+    stderr: str | None = Field(default=None, description="Standard error (UTF-8, capped).")
+    stderr_bytes: int | None = Field(default=None, description="Total bytes written to stderr.")
+    stderr_truncated: bool | None = Field(default=None, description="stderr was cut at the cap.")
+    result: Any = Field(
+        default=None,
+        description="JSON value returned by the code, if any.",
+        json_schema_extra=ANY_JSON,
+    )
+    logs: list[LogEntry] | None = Field(
+        default=None, description="Structured console entries (console.log/info/warn/error)."
+    )
+    logs_truncated: bool | None = Field(default=None, description="Console entries were dropped.")
+    started_at: Timestamp | None = Field(default=None, description="When the program started.")
+    finished_at: Timestamp | None = Field(default=None, description="When the Execution reached its final phase.")
+    duration_ms: int | None = Field(default=None, description="Run time of the program in ms.")
+    pod_name: str | None = Field(default=None, description="Name of the sandbox pod.")
+    resolved_addresses: list[str] | None = Field(
+        default=None, description="Addresses the allowed domains resolved to, as pinned."
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description="Accepted and Finished conditions.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the status was computed from."
+    )
+
+
+class RuntimeSpec(Model):
+    """An installed language: the image and how the runner starts the code."""
+
+    image: str = Field(min_length=1, max_length=512, description="Sandbox image reference.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None,
+        description="Pull policy for the image. Absent: the operator's default.",
+    )
+    command: list[Annotated[str, StringConstraints(min_length=1, max_length=1024)]] = Field(
+        min_length=1,
+        max_length=16,
+        description=(
+            "The program the runner starts, e.g. [python3, /opt/codeexec/harness.py]; "
+            "the runner appends the code path and the Execution's args."
+        ),
+    )
+    file_name: str = Field(
+        pattern=FILE_NAME_PATTERN,
+        description="File name of the code under /code, e.g. main.py.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!(self in {list(RESERVED_FILE_NAMES)})",
+                    "message": f"fileName must not be one of {', '.join(RESERVED_FILE_NAMES)}",
+                }
+            ]
+        },
+    )
+    version: str = Field(default="", max_length=64, description="Language version, e.g. 3.11.")
+    aliases: list[LanguageName] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Other names an Execution's language may use, e.g. [py, python3].",
+    )
+    description: str = Field(default="", max_length=1024, description="Free text for users.")
+    default_timeout_seconds: int = Field(
+        default=30,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Timeout for Executions that set none.",
+    )
+    max_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Largest timeout an Execution may ask for. Absent: the operator's maximum.",
+    )
+    default_resources: Resources | None = Field(
+        default=None,
+        description="Resources for Executions that set none. Absent: the operator's defaults.",
+    )
+    max_resources: Resources | None = Field(
+        default=None,
+        description="Largest resources an Execution may ask for. Absent: the operator's maxima.",
+    )
+
+    @field_validator("file_name")
+    @classmethod
+    def _not_reserved(cls, file_name: str) -> str:
+        if file_name in RESERVED_FILE_NAMES:
+            raise ValueError(f"fileName must not be one of {', '.join(RESERVED_FILE_NAMES)}")
+        return file_name

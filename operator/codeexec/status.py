@@ -1,0 +1,400 @@
+"""Computes Execution status patches from validation, the pod and the runner's report, without I/O."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from codeexec.config import OperatorConfig
+from codeexec.models import Phase
+from codeexec.report import Report
+
+Status = Mapping[str, Any]
+Patch = dict[str, Any]
+
+# Stable reasons (status.reason and the Finished condition's reason).
+COMPLETED = "Completed"
+NON_ZERO_EXIT = "NonZeroExit"
+TIMEOUT = "Timeout"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+OOM_KILLED = "OOMKilled"
+INVALID_SPEC = "InvalidSpec"
+UNKNOWN_LANGUAGE = "UnknownLanguage"
+TIMEOUT_TOO_LONG = "TimeoutTooLong"
+RESOURCES_TOO_LARGE = "ResourcesTooLarge"
+CODE_TOO_LARGE = "CodeTooLarge"
+RUNTIME_CLASS_MISSING = "RuntimeClassMissing"
+POD_FAILED = "PodFailed"
+POD_DELETED = "PodDeleted"
+EVICTED = "Evicted"
+IMAGE_ERROR = "ImageError"
+START_TIMEOUT = "StartTimeout"
+UNSCHEDULABLE = "Unschedulable"
+REPORT_MISSING = "ReportMissing"
+
+ACCEPTED = "Accepted"  # Reason of Accepted=True.
+CONDITION_ACCEPTED = "Accepted"
+CONDITION_FINISHED = "Finished"
+
+SANDBOX_CONTAINER = "sandbox"
+TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.REJECTED})
+# Waiting reasons that fail an Execution at once: sandbox images are imported or pulled once,
+# so a pull error rarely fixes itself, and waiting out the start deadline helps nobody.
+IMAGE_ERROR_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+# The runner already bounds logs like this; the operator does not rely on it.
+MAX_LOG_ENTRIES = 1000
+MAX_LOG_MESSAGE_BYTES = 64 * 1024
+
+_PHASE_ORDER = {None: 0, Phase.PENDING: 1, Phase.RUNNING: 2}
+
+
+def is_terminal(phase: str | None) -> bool:
+    return phase in TERMINAL_PHASES
+
+
+def can_transition(current: str | None, new: str) -> bool:
+    """Phases only move forward: Pending → Running → a terminal phase, which is final."""
+    if is_terminal(current):
+        return False
+    new_rank = len(_PHASE_ORDER) if is_terminal(new) else _PHASE_ORDER[Phase(new)]
+    return new_rank > _PHASE_ORDER[Phase(current) if current else None]
+
+
+def rfc3339(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    return datetime.fromisoformat(text)
+
+
+def rejected(status: Status, reason: str, message: str, now: datetime, generation: int) -> Patch:
+    """An Execution that will never run. A missing RuntimeClass is the cluster's fault, not the spec's."""
+    phase = Phase.FAILED if reason == RUNTIME_CLASS_MISSING else Phase.REJECTED
+    patch = _finished(status, phase, reason, message, now, generation)
+    patch["conditions"] = _with_condition(
+        patch["conditions"], CONDITION_ACCEPTED, "False", reason, message, now, generation
+    )
+    return patch
+
+
+def pending(status: Status, now: datetime, generation: int) -> Patch:
+    return {
+        "phase": Phase.PENDING.value,
+        "observedGeneration": generation,
+        "conditions": _with_condition(
+            status.get("conditions", []),
+            CONDITION_ACCEPTED,
+            "True",
+            ACCEPTED,
+            "The spec is valid; the sandbox is being created.",
+            now,
+            generation,
+        ),
+    }
+
+
+def pod_deleted(status: Status, now: datetime, generation: int) -> Patch:
+    return _finished(
+        status,
+        Phase.FAILED,
+        POD_DELETED,
+        "The sandbox pod disappeared before its outcome was recorded.",
+        now,
+        generation,
+    )
+
+
+def sandbox_not_created(status: Status, error: str, now: datetime, generation: int) -> Patch:
+    return _finished(
+        status,
+        Phase.FAILED,
+        POD_FAILED,
+        _join("The sandbox could not be created", error),
+        now,
+        generation,
+    )
+
+
+def from_pod(
+    status: Status,
+    pod: Mapping[str, Any],
+    report: Report | None,
+    config: OperatorConfig,
+    now: datetime,
+    generation: int,
+) -> Patch | None:
+    """What the pod says about the Execution; None when it changes nothing."""
+    if is_terminal(status.get("phase")):
+        return None
+    state = _container_status(pod).get("state", {})
+    terminated = state.get("terminated")
+    pod_status = pod.get("status", {})
+    # Code can print a forged report; a forgery cannot also set the container's exit code.
+    trusted = report if report is not None and terminated and report.exit_code == terminated.get("exitCode") else None
+
+    outcome = _outcome(pod, terminated, trusted)
+    if outcome is not None:
+        phase, reason, message = outcome
+        fields, note = _outcome_fields(status, pod, terminated or {}, trusted, config, now)
+        return _finished(status, phase, reason, _join(message, note), now, generation, **fields)
+
+    if pod.get("metadata", {}).get("deletionTimestamp"):
+        return _finished(
+            status,
+            Phase.FAILED,
+            POD_DELETED,
+            "The sandbox pod was deleted before the program finished.",
+            now,
+            generation,
+            podName=_pod_name(pod),
+        )
+
+    waiting = state.get("waiting", {})
+    if waiting.get("reason") in IMAGE_ERROR_REASONS:
+        return _finished(
+            status,
+            Phase.FAILED,
+            IMAGE_ERROR,
+            _join(waiting.get("reason"), waiting.get("message")),
+            now,
+            generation,
+            podName=_pod_name(pod),
+        )
+
+    running = state.get("running")
+    if running is not None:
+        if not can_transition(status.get("phase"), Phase.RUNNING):
+            return None
+        return {
+            "phase": Phase.RUNNING.value,
+            "startedAt": running.get("startedAt") or rfc3339(now),
+            "podName": _pod_name(pod),
+            "observedGeneration": generation,
+        }
+
+    created = pod.get("metadata", {}).get("creationTimestamp")
+    if created and (now - parse_time(created)).total_seconds() > config.start_deadline_seconds:
+        reason, message = _start_failure(pod_status, waiting, config)
+        return _finished(status, Phase.FAILED, reason, message, now, generation, podName=_pod_name(pod))
+    return None
+
+
+def ttl_expired(status: Status, ttl_seconds: int | None, now: datetime) -> bool:
+    """A finished Execution whose ttlSecondsAfterFinished has passed."""
+    finished_at = status.get("finishedAt")
+    if ttl_seconds is None or not finished_at or not is_terminal(status.get("phase")):
+        return False
+    return (now - parse_time(finished_at)).total_seconds() >= ttl_seconds
+
+
+def sandbox_terminated(pod: Mapping[str, Any]) -> bool:
+    """The sandbox container has run and ended: its log holds the runner's report, if any."""
+    return _container_status(pod).get("state", {}).get("terminated") is not None
+
+
+def _outcome(
+    pod: Mapping[str, Any], terminated: Mapping[str, Any] | None, report: Report | None
+) -> tuple[Phase, str, str] | None:
+    """Phase, reason and message of a finished pod; None while it has not finished.
+    The container's terminated state is authoritative; the report only adds detail."""
+    pod_status = pod.get("status", {})
+    if terminated is not None and terminated.get("reason") == "OOMKilled":
+        limit = _memory_limit(pod)
+        return Phase.FAILED, OOM_KILLED, f"The sandbox exceeded its memory limit of {limit}."
+    if pod_status.get("reason") == "Evicted":
+        return Phase.FAILED, EVICTED, _join("The sandbox pod was evicted", pod_status.get("message"))
+    if pod_status.get("reason") == "DeadlineExceeded":
+        return (
+            Phase.TIMED_OUT,
+            DEADLINE_EXCEEDED,
+            _join("The pod's activeDeadlineSeconds passed", pod_status.get("message")),
+        )
+    if terminated is None:
+        if pod_status.get("phase") in ("Succeeded", "Failed"):
+            return (
+                Phase.FAILED,
+                POD_FAILED,
+                _join(f"The pod ended ({pod_status.get('phase')})", pod_status.get("message")),
+            )
+        return None
+
+    exit_code = terminated.get("exitCode")
+    if report is None:
+        return (
+            Phase.FAILED,
+            REPORT_MISSING,
+            f"The runner's report is missing or disagrees with the container's exit code {exit_code}; "
+            "output and result are unknown",
+        )
+    if report.timed_out:
+        return Phase.TIMED_OUT, TIMEOUT, _join("The program exceeded its timeout", report.error)
+    if exit_code == 0:
+        return Phase.SUCCEEDED, COMPLETED, _join("The program exited with code 0", report.error)
+    signal = f" (signal {report.signal})" if report.signal else ""
+    return (
+        Phase.FAILED,
+        NON_ZERO_EXIT,
+        _join(f"The program exited with code {exit_code}{signal}", report.error),
+    )
+
+
+def _outcome_fields(
+    status: Status,
+    pod: Mapping[str, Any],
+    terminated: Mapping[str, Any],
+    report: Report | None,
+    config: OperatorConfig,
+    now: datetime,
+) -> tuple[dict[str, Any], str | None]:
+    """Status fields of a finished pod: the container's facts, then the trusted report's detail."""
+    fields: dict[str, Any] = {
+        "podName": _pod_name(pod),
+        "finishedAt": terminated.get("finishedAt") or rfc3339(now),
+    }
+    if "exitCode" in terminated:
+        fields["exitCode"] = terminated["exitCode"]
+    started_at = status.get("startedAt") or terminated.get("startedAt")
+    if started_at:
+        fields["startedAt"] = started_at
+        elapsed = parse_time(fields["finishedAt"]) - parse_time(started_at)
+        fields["durationMs"] = max(0, int(elapsed.total_seconds() * 1000))
+    if report is None:
+        return fields, None
+    report_fields, note = _report_fields(report, config)
+    return {**fields, **report_fields}, note
+
+
+def _report_fields(report: Report, config: OperatorConfig) -> tuple[dict[str, Any], str | None]:
+    """Status fields from a trusted report, capped again so the status stays small."""
+    stdout, stdout_cut = _cap_text(report.stdout.text, config.max_output_bytes)
+    stderr, stderr_cut = _cap_text(report.stderr.text, config.max_output_bytes)
+    logs, logs_cut = _cap_logs(report)
+    fields: dict[str, Any] = {
+        "exitCode": report.exit_code,
+        "durationMs": report.duration_ms,
+        "stdout": stdout,
+        "stdoutBytes": report.stdout.bytes,
+        "stdoutTruncated": report.stdout.truncated or stdout_cut,
+        "stderr": stderr,
+        "stderrBytes": report.stderr.bytes,
+        "stderrTruncated": report.stderr.truncated or stderr_cut,
+        "logs": logs,
+        "logsTruncated": report.logs_truncated or logs_cut,
+    }
+    note = None
+    if report.has_result:
+        size = len(json.dumps(report.result).encode())
+        if size <= config.max_output_bytes:
+            fields["result"] = report.result
+        else:
+            note = f"the result ({size} bytes as JSON) exceeds {config.max_output_bytes} bytes and was dropped"
+    return fields, note
+
+
+def _cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
+    encoded = text.encode()
+    if len(encoded) <= max_bytes:
+        return text, False
+    # "ignore" drops a multi-byte character cut in half at the end.
+    return encoded[:max_bytes].decode(errors="ignore"), True
+
+
+def _cap_logs(report: Report) -> tuple[list[dict[str, str]], bool]:
+    kept = []
+    budget = MAX_LOG_MESSAGE_BYTES
+    for entry in report.logs[:MAX_LOG_ENTRIES]:
+        budget -= len(entry.message.encode())
+        if budget < 0:
+            break
+        kept.append(entry.model_dump())
+    return kept, len(kept) < len(report.logs)
+
+
+def _start_failure(
+    pod_status: Mapping[str, Any], waiting: Mapping[str, Any], config: OperatorConfig
+) -> tuple[str, str]:
+    for condition in pod_status.get("conditions", []):
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            return UNSCHEDULABLE, _join("The pod could not be scheduled", condition.get("message"))
+    detail = _join(waiting.get("reason"), waiting.get("message"))
+    return START_TIMEOUT, _join(f"The pod did not start within {config.start_deadline_seconds} seconds", detail)
+
+
+def _finished(
+    status: Status,
+    phase: Phase,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+    **fields: Any,
+) -> Patch:
+    return {
+        "finishedAt": rfc3339(now),
+        **fields,
+        "phase": phase.value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "conditions": _with_condition(
+            status.get("conditions", []),
+            CONDITION_FINISHED,
+            "True",
+            reason,
+            message,
+            now,
+            generation,
+        ),
+    }
+
+
+def _with_condition(
+    conditions: list[Mapping[str, Any]],
+    condition_type: str,
+    condition_status: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+) -> list[dict[str, Any]]:
+    """The conditions with one set; lastTransitionTime only moves when its status changes."""
+    previous = next((c for c in conditions if c.get("type") == condition_type), {})
+    transition_time = rfc3339(now)
+    if previous.get("status") == condition_status:
+        transition_time = previous.get("lastTransitionTime", transition_time)
+    condition = {
+        "type": condition_type,
+        "status": condition_status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition_time,
+        "observedGeneration": generation,
+    }
+    others = [dict(c) for c in conditions if c.get("type") != condition_type]
+    return [*others, condition]
+
+
+def _container_status(pod: Mapping[str, Any]) -> Mapping[str, Any]:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    return next((s for s in statuses if s.get("name") == SANDBOX_CONTAINER), {})
+
+
+def _memory_limit(pod: Mapping[str, Any]) -> str:
+    containers = pod.get("spec", {}).get("containers", [])
+    sandbox: Mapping[str, Any] = next((c for c in containers if c.get("name") == SANDBOX_CONTAINER), {})
+    limit: str = sandbox.get("resources", {}).get("limits", {}).get("memory", "unknown")
+    return limit
+
+
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    name: str = pod.get("metadata", {}).get("name", "")
+    return name
+
+
+def _join(first: str | None, second: str | None) -> str:
+    """Sentence parts joined with ": " (either may be missing), ending with a full stop."""
+    text = ": ".join(part.strip().rstrip(".") for part in (first, second) if part and part.strip())
+    return f"{text}." if text else ""

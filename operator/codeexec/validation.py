@@ -1,0 +1,268 @@
+"""Decides, without I/O, whether an Execution can run and with which runtime, timeout and resources."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from codeexec.config import OperatorConfig
+from codeexec.models import (
+    CPU_PATTERN,
+    MAX_CODE_BYTES,
+    MAX_ENV_BYTES,
+    MAX_INPUT_BYTES,
+    MAX_STDIN_BYTES,
+    MEMORY_PATTERN,
+    ExecutionSpec,
+    Resources,
+    RuntimeSpec,
+)
+from codeexec.status import (
+    CODE_TOO_LARGE,
+    INVALID_SPEC,
+    RESOURCES_TOO_LARGE,
+    RUNTIME_CLASS_MISSING,
+    TIMEOUT_TOO_LONG,
+    UNKNOWN_LANGUAGE,
+)
+
+# Below these a sandbox cannot even start its interpreter; say so up front.
+MIN_CPU_MILLIS = 10
+MIN_MEMORY_BYTES = 16 * 1024**2
+
+_MEMORY_UNITS = {
+    "": 1,
+    "k": 1000,
+    "K": 1000,
+    "M": 1000**2,
+    "G": 1000**3,
+    "Ki": 1024,
+    "Mi": 1024**2,
+    "Gi": 1024**3,
+}
+
+
+def parse_cpu(quantity: str) -> int:
+    """CPU quantity ("500m", "1", "0.25") → millicores, rounded up like Kubernetes does."""
+    if not re.fullmatch(CPU_PATTERN, quantity):
+        raise ValueError(f"not a CPU quantity: {quantity!r}")
+    if quantity.endswith("m"):
+        return int(quantity[:-1])
+    return math.ceil(Decimal(quantity) * 1000)
+
+
+def parse_memory(quantity: str) -> int:
+    """Memory quantity ("256Mi", "1G", "1000") → bytes."""
+    match = re.fullmatch(MEMORY_PATTERN, quantity)
+    if not match:
+        raise ValueError(f"not a memory quantity: {quantity!r}")
+    unit = match.group(1) or ""
+    return int(quantity.removesuffix(unit)) * _MEMORY_UNITS[unit]
+
+
+def format_cpu(millis: int) -> str:
+    return f"{millis}m"
+
+
+def format_memory(size: int) -> str:
+    """Bytes → the largest binary unit that divides them exactly (a valid Kubernetes quantity)."""
+    for unit in ("Gi", "Mi", "Ki"):
+        if size % _MEMORY_UNITS[unit] == 0:
+            return f"{size // _MEMORY_UNITS[unit]}{unit}"
+    return str(size)
+
+
+# field → (parse, format, minimum)
+_QUANTITY_RULES: dict[str, tuple[Callable[[str], int], Callable[[int], str], int]] = {
+    "cpu": (parse_cpu, format_cpu, MIN_CPU_MILLIS),
+    "memory": (parse_memory, format_memory, MIN_MEMORY_BYTES),
+}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """Why an Execution cannot run: a stable reason and a message naming the field."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything validated and resolved that the builders need."""
+
+    spec: ExecutionSpec
+    runtime_name: str
+    runtime: RuntimeSpec
+    timeout_seconds: int
+    cpu_millis: int
+    memory_bytes: int
+
+
+def parse_spec(raw: Mapping[str, Any]) -> ExecutionSpec | Rejection:
+    try:
+        return ExecutionSpec.model_validate(dict(raw))
+    except ValidationError as error:
+        first = error.errors()[0]
+        return Rejection(INVALID_SPEC, f"{_field_path(first['loc'])}: {first['msg']}")
+
+
+def parse_runtimes(items: Iterable[Mapping[str, Any]]) -> dict[str, RuntimeSpec]:
+    """Runtime objects from the API → name → spec. Objects that fail the model are left out:
+    one broken Runtime must not stop every other language."""
+    runtimes = {}
+    for item in items:
+        try:
+            runtimes[item["metadata"]["name"]] = RuntimeSpec.model_validate(item.get("spec", {}))
+        except ValidationError:
+            continue
+    return runtimes
+
+
+def plan_execution(
+    raw_spec: Mapping[str, Any],
+    runtimes: Mapping[str, RuntimeSpec],
+    config: OperatorConfig,
+    runtime_class_exists: bool,
+) -> Plan | Rejection:
+    """The whole decision: parse, check every limit, resolve defaults."""
+    spec = parse_spec(raw_spec)
+    if isinstance(spec, Rejection):
+        return spec
+    return resolve(spec, runtimes, config, runtime_class_exists)
+
+
+def resolve(
+    spec: ExecutionSpec,
+    runtimes: Mapping[str, RuntimeSpec],
+    config: OperatorConfig,
+    runtime_class_exists: bool,
+) -> Plan | Rejection:
+    found = find_runtime(spec.language, runtimes)
+    if found is None:
+        installed = ", ".join(sorted(runtimes)) or "none"
+        return Rejection(
+            UNKNOWN_LANGUAGE,
+            f'spec.language "{spec.language}" is not an installed Runtime or alias (installed: {installed})',
+        )
+    runtime_name, runtime = found
+
+    size_problem = _size_rejection(spec)
+    if size_problem is not None:
+        return size_problem
+
+    timeout = _resolve_timeout(spec, runtime_name, runtime, config)
+    if isinstance(timeout, Rejection):
+        return timeout
+
+    cpu = _resolve_quantity("cpu", spec, runtime_name, runtime, config)
+    if isinstance(cpu, Rejection):
+        return cpu
+    memory = _resolve_quantity("memory", spec, runtime_name, runtime, config)
+    if isinstance(memory, Rejection):
+        return memory
+
+    if config.runtime_class and not runtime_class_exists:
+        return Rejection(
+            RUNTIME_CLASS_MISSING,
+            f'RuntimeClass "{config.runtime_class}" does not exist; the operator runs no sandbox without it',
+        )
+    return Plan(spec, runtime_name, runtime, timeout, cpu, memory)
+
+
+def find_runtime(language: str, runtimes: Mapping[str, RuntimeSpec]) -> tuple[str, RuntimeSpec] | None:
+    """A Runtime named `language`, else the first (by name) that has it as an alias."""
+    if language in runtimes:
+        return language, runtimes[language]
+    for name in sorted(runtimes):
+        if language in runtimes[name].aliases:
+            return name, runtimes[name]
+    return None
+
+
+def _size_rejection(spec: ExecutionSpec) -> Rejection | None:
+    code_bytes = len(spec.code.encode())
+    if code_bytes > MAX_CODE_BYTES:
+        return Rejection(
+            CODE_TOO_LARGE,
+            f"spec.code is {code_bytes} bytes; the maximum is {MAX_CODE_BYTES}",
+        )
+    sizes = {
+        "spec.stdin": (len((spec.stdin or "").encode()), MAX_STDIN_BYTES),
+        "spec.input": (len(json.dumps(spec.input).encode()), MAX_INPUT_BYTES),
+        "spec.env": (
+            len(json.dumps({var.name: var.value for var in spec.env}).encode()),
+            MAX_ENV_BYTES,
+        ),
+    }
+    for field, (size, maximum) in sizes.items():
+        if size > maximum:
+            return Rejection(INVALID_SPEC, f"{field} is {size} bytes; the maximum is {maximum}")
+    return None
+
+
+def _resolve_timeout(
+    spec: ExecutionSpec, runtime_name: str, runtime: RuntimeSpec, config: OperatorConfig
+) -> int | Rejection:
+    maximum = min(runtime.max_timeout_seconds or config.max_timeout_seconds, config.max_timeout_seconds)
+    if spec.timeout_seconds is None:
+        # An operator maximum below a Runtime's default shortens the default, never rejects.
+        return min(runtime.default_timeout_seconds, maximum)
+    if spec.timeout_seconds > maximum:
+        return Rejection(
+            TIMEOUT_TOO_LONG,
+            f"spec.timeoutSeconds {spec.timeout_seconds} exceeds the maximum {maximum} for runtime {runtime_name}",
+        )
+    return spec.timeout_seconds
+
+
+def _resolve_quantity(
+    field: Literal["cpu", "memory"],
+    spec: ExecutionSpec,
+    runtime_name: str,
+    runtime: RuntimeSpec,
+    config: OperatorConfig,
+) -> int | Rejection:
+    parse, format_quantity, minimum = _QUANTITY_RULES[field]
+    operator_max: str = getattr(config, f"max_{field}")
+    runtime_max = _quantity(runtime.max_resources, field)
+    maximum_text = operator_max
+    if runtime_max is not None and parse(runtime_max) < parse(operator_max):
+        maximum_text = runtime_max
+    maximum = parse(maximum_text)
+
+    requested = _quantity(spec.resources, field)
+    if requested is None:
+        default = _quantity(runtime.default_resources, field) or getattr(config, f"default_{field}")
+        return min(parse(default), maximum)
+    value = parse(requested)
+    if value > maximum:
+        return Rejection(
+            RESOURCES_TOO_LARGE,
+            f"spec.resources.{field} {requested} exceeds the maximum {maximum_text} for runtime {runtime_name}",
+        )
+    if value < minimum:
+        return Rejection(
+            INVALID_SPEC, f"spec.resources.{field} {requested} is below the minimum {format_quantity(minimum)}"
+        )
+    return value
+
+
+def _quantity(resources: Resources | None, field: Literal["cpu", "memory"]) -> str | None:
+    if resources is None:
+        return None
+    return resources.cpu if field == "cpu" else resources.memory
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = "spec"
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path

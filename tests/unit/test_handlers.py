@@ -1,0 +1,55 @@
+"""The Kopf wiring: which handlers exist and what they watch (behaviour is tested in the pure modules)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import kopf
+
+import codeexec.handlers
+
+
+def handlers_of(resource: str) -> dict[str, Any]:
+    registry = kopf.get_default_registry()
+    found = {}
+    for kind in (registry._changing, registry._spawning, registry._watching):
+        for handler in kind.get_all_handlers():
+            if handler.selector is not None and handler.selector.any_name == resource:
+                found[handler.id] = handler
+    return found
+
+
+def test_executions_are_started_and_watched_without_deletion_handlers() -> None:
+    handlers = handlers_of("executions")
+    assert set(handlers) == {"start_execution", "watch_execution"}
+    # No on.delete: nothing to clean up that owner references do not, and no finalizer for it.
+    reasons = {handler.reason for handler in kopf.get_default_registry()._changing.get_all_handlers()}
+    assert reasons == {"create", None}  # None: on.resume
+
+
+def test_only_sandbox_pods_are_watched() -> None:
+    handlers = handlers_of("pods")
+    assert set(handlers) == {"pod_event"}
+    assert handlers["pod_event"].labels == {
+        "app.kubernetes.io/managed-by": "code-exec",
+        "codeexec.io/execution-uid": kopf.PRESENT,
+    }
+
+
+def test_kopf_keeps_its_bookkeeping_out_of_status_and_sets_timeouts() -> None:
+    settings = kopf.OperatorSettings()
+    codeexec.handlers.configure(settings=settings)
+    progress = settings.persistence.progress_storage
+    diffbase = settings.persistence.diffbase_storage
+    assert isinstance(progress, kopf.AnnotationsProgressStorage)
+    assert isinstance(diffbase, kopf.AnnotationsDiffBaseStorage)
+    assert progress.prefix == diffbase.prefix == "codeexec.io"
+    assert settings.persistence.finalizer == "codeexec.io/finalizer"
+    assert settings.watching.server_timeout is not None
+    assert settings.watching.client_timeout is not None
+    assert settings.watching.connect_timeout is not None
+    assert settings.networking.request_timeout is not None
+    # Settings are plain dataclasses: a misspelt name would be set silently, so compare.
+    for group in (settings.persistence, settings.watching, settings.networking, settings.posting):
+        assert set(vars(group)) <= {field.name for field in dataclasses.fields(group)}
