@@ -1,0 +1,118 @@
+"""Shared fixtures for the sandbox image tests: run the real runner on the host and parse its report."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SANDBOX_IMAGES = Path(__file__).resolve().parent
+RUNNER = SANDBOX_IMAGES / "runner" / "runner.py"
+REPORT_PREFIX = b"codeexec-report/v1 "
+NO_INPUT = object()
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    stdout: bytes  # the runner's own stdout: live passthrough plus the report line
+    stderr: bytes
+    report: dict[str, Any]
+    elapsed: float
+
+
+def parse_report(stdout: bytes) -> dict[str, Any]:
+    """The report as the operator reads it: the last line, and only if it is the final bytes."""
+    assert stdout.endswith(b"\n"), f"runner stdout does not end with a newline: {stdout[-200:]!r}"
+    last = stdout[:-1].rpartition(b"\n")[2]
+    assert last.startswith(REPORT_PREFIX), f"last line is not a report: {last[:200]!r}"
+    report = json.loads(last[len(REPORT_PREFIX) :])
+    assert set(report) == {
+        "exitCode",
+        "timedOut",
+        "signal",
+        "durationMs",
+        "stdout",
+        "stderr",
+        "hasResult",
+        "result",
+        "logs",
+        "logsTruncated",
+        "error",
+    }
+    return report
+
+
+RunFn = Callable[..., RunResult]
+
+
+@pytest.fixture
+def run_runner(tmp_path: Path) -> RunFn:
+    """Runs runner.py like the pod does: code files in a folder, the program after `--`."""
+
+    def run(
+        command: list[str],
+        *,
+        timeout: float = 10,
+        max_output: int = 65536,
+        stdin: bytes | None = None,
+        input: Any = NO_INPUT,
+        env: dict[str, str] | None = None,
+        runner_env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+        files: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
+    ) -> RunResult:
+        args = ["--timeout-seconds", str(timeout), "--max-output-bytes", str(max_output), *(extra_args or [])]
+        if stdin is not None:
+            (tmp_path / "stdin").write_bytes(stdin)
+            args += ["--stdin", str(tmp_path / "stdin")]
+        if input is not NO_INPUT:
+            (tmp_path / "input.json").write_text(json.dumps(input))
+            args += ["--input", str(tmp_path / "input.json")]
+        if env is not None:
+            (tmp_path / "env.json").write_text(json.dumps(env))
+            args += ["--env-file", str(tmp_path / "env.json")]
+        for name, text in (files or {}).items():
+            (tmp_path / name).write_text(text)
+        started = time.monotonic()
+        proc = subprocess.run(
+            [*(prefix or []), str(RUNNER), *args, "--", *command],
+            capture_output=True,
+            env=runner_env if runner_env is not None else {"PATH": os.environ["PATH"]},
+            cwd=tmp_path,
+            timeout=timeout + 30,
+        )
+        elapsed = time.monotonic() - started
+        return RunResult(proc.returncode, proc.stdout, proc.stderr, parse_report(proc.stdout), elapsed)
+
+    return run
+
+
+@pytest.fixture
+def pid1_prefix() -> list[str]:
+    """Makes the runner PID 1 of a new PID namespace, as in a container."""
+    _require_root_and("unshare")
+    return ["unshare", "--pid", "--fork", "--mount-proc"]
+
+
+@pytest.fixture
+def nobody_prefix() -> list[str]:
+    """Runs the runner as uid 65534 like the pods do (root could read any process's /proc files)."""
+    _require_root_and("setpriv")
+    return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def _require_root_and(tool: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: runs the runner in its own PID namespace or as another user")
+    if shutil.which(tool) is None:
+        pytest.skip(f"needs {tool} from util-linux")

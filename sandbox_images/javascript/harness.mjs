@@ -1,0 +1,141 @@
+// JavaScript/TypeScript harness: runs the code as the body of an async function (input, console, require, process).
+//
+// Usage: node harness.mjs [--typescript] CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
+// With --typescript the code is first transpiled by the `typescript` package installed next to this file.
+import { readFileSync, writeSync, existsSync } from "node:fs";
+import Module, { createRequire } from "node:module";
+import { resolve } from "node:path";
+import { format, inspect } from "node:util";
+
+const HARNESS_URL = import.meta.url;
+const PARAMS = ["input", "console", "require", "process"];
+// TypeScript diagnostics that only say the code is a function body (top-level return and await);
+// the codes are stable across TypeScript releases.
+const TS_BODY_DIAGNOSTICS = new Set([1108, 1375, 1378, 1431, 1432]);
+
+class UserCodeError extends Error {}
+
+// Returns send(jsonText): writes one line to the runner's channel; silent when there is none.
+function channelWriter() {
+  const fd = Number(process.env.CODEEXEC_CHANNEL_FD);
+  let open = Number.isInteger(fd) && process.env.CODEEXEC_CHANNEL_FD !== "";
+  return (jsonText) => {
+    if (!open) return;
+    try {
+      writeSync(fd, jsonText + "\n");
+    } catch {
+      open = false; // the code closed or replaced fd 3: logs and result are its own business then
+    }
+  };
+}
+
+function structuredConsole(send) {
+  // Inherits table/dir/time/... from Node's console; the five levels are also recorded.
+  const out = Object.create(globalThis.console);
+  const levels = { log: process.stdout, info: process.stdout, debug: process.stdout, warn: process.stderr, error: process.stderr };
+  for (const [level, stream] of Object.entries(levels)) {
+    out[level] = (...args) => {
+      const message = format(...args);
+      stream.write(message + "\n");
+      send(JSON.stringify({ type: "log", level, time: new Date().toISOString(), message }));
+    };
+  }
+  return out;
+}
+
+function readInput() {
+  const path = process.env.CODEEXEC_INPUT_FILE;
+  if (!path || !existsSync(path)) return null;
+  const text = readFileSync(path, "utf8");
+  return text.trim() === "" ? null : JSON.parse(text);
+}
+
+async function transpile(source, fileName) {
+  const ts = (await import("typescript")).default;
+  const output = ts.transpileModule(source, {
+    fileName,
+    reportDiagnostics: true,
+    compilerOptions: {
+      target: ts.ScriptTarget.ES2022,
+      module: ts.ModuleKind.CommonJS,
+      esModuleInterop: true,
+      inlineSourceMap: true,
+    },
+  });
+  const errors = (output.diagnostics ?? []).filter((d) => !TS_BODY_DIAGNOSTICS.has(d.code));
+  if (errors.length > 0) {
+    const text = errors.map((d) => {
+      const where = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start) : null;
+      const prefix = where ? `${fileName}:${where.line + 1}:${where.character + 1} - ` : "";
+      return `${prefix}error TS${d.code}: ${ts.flattenDiagnosticMessageText(d.messageText, "\n")}`;
+    });
+    throw new UserCodeError(text.join("\n"));
+  }
+  return output.outputText;
+}
+
+function compile(source, fileName) {
+  // Compiled as a CommonJS module (Node's loader applies TypeScript's inline source map to stacks
+  // and provides `exports` for TypeScript's output of import/export). The code starts on the
+  // wrapper's first line, so line numbers in stacks match the file.
+  const module = new Module(fileName);
+  module.filename = fileName;
+  module._compile(`module.exports = async function main(${PARAMS.join(", ")}) {${source}\n};`, fileName);
+  return module.exports;
+}
+
+function describeError(error) {
+  if (error instanceof UserCodeError) return error.message;
+  if (!(error instanceof Error) || typeof error.stack !== "string") return `Uncaught ${inspect(error)}`;
+  // Frames of the harness and of Node's module loader (which called it) are noise to the user.
+  const noise = [HARNESS_URL, "node:internal/modules/"];
+  return error.stack.split("\n").filter((line) => !noise.some((n) => line.includes(n))).join("\n");
+}
+
+async function main() {
+  const argv = process.argv.slice(2);
+  const typescript = argv[0] === "--typescript";
+  if (typescript) argv.shift();
+  if (argv.length < 1) {
+    process.stderr.write("usage: node harness.mjs [--typescript] CODE_FILE [ARGS...]\n");
+    return 2;
+  }
+  const fileName = resolve(argv[0]);
+  // The code sees itself as the script and spec.args after it, as with `node main.js args`.
+  process.argv = [process.argv[0], fileName, ...argv.slice(1)];
+  const send = channelWriter();
+
+  let value;
+  try {
+    let source = readFileSync(fileName, "utf8");
+    if (typescript) {
+      process.setSourceMapsEnabled(true);
+      source = await transpile(source, fileName);
+    }
+    const fn = compile(source, fileName);
+    value = await fn(readInput(), structuredConsole(send), createRequire(fileName), process);
+  } catch (error) {
+    process.stderr.write(describeError(error) + "\n");
+    return 1;
+  }
+
+  if (value === undefined) return 0;
+  let json;
+  try {
+    json = JSON.stringify(value);
+  } catch (error) {
+    return reportFailure(send, `the returned value is not JSON-serialisable: ${error.message}`);
+  }
+  if (json === undefined) return reportFailure(send, `the returned value is not JSON-serialisable: a ${typeof value}`);
+  send(`{"type":"result","value":${json}}`);
+  return 0;
+}
+
+function reportFailure(send, message) {
+  process.stderr.write(message + "\n");
+  send(JSON.stringify({ type: "error", message }));
+  return 1;
+}
+
+// exitCode rather than exit(): pending timers and I/O the code started still finish, as in Node.
+process.exitCode = await main();

@@ -1,0 +1,102 @@
+"""Tests of the JavaScript harness, run through the real runner with the host's node."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+HARNESS = str(Path(__file__).resolve().parents[1] / "harness.mjs")
+
+pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="node is not installed on this host")
+
+
+def run_code(run_runner, code: str, *, args: tuple[str, ...] = (), **kwargs):
+    return run_runner(["node", HARNESS, "main.js", *args], files={"main.js": code}, **kwargs)
+
+
+def test_return_await_input_argv_and_require(run_runner):
+    code = (
+        "const fs = require('fs');\n"
+        "const doubled = await new Promise((resolve) => setTimeout(() => resolve(input.n * 2), 10));\n"
+        "return { doubled, argv: process.argv.slice(2), fs: typeof fs.readFileSync };\n"
+    )
+    r = run_code(run_runner, code, args=("a", "b"), input={"n": 21})
+    assert r.report["exitCode"] == 0 and r.report["error"] is None
+    assert r.report["hasResult"] is True
+    assert r.report["result"] == {"doubled": 42, "argv": ["a", "b"], "fs": "function"}
+
+
+def test_no_return_means_no_result(run_runner):
+    r = run_code(run_runner, "const x = 1;\n")
+    assert r.report["exitCode"] == 0 and r.report["hasResult"] is False and r.report["result"] is None
+
+
+def test_return_null_is_a_result(run_runner):
+    r = run_code(run_runner, "return null;\n")
+    assert r.report["hasResult"] is True and r.report["result"] is None
+
+
+def test_missing_input_is_null(run_runner):
+    r = run_code(run_runner, "return input;\n")
+    assert r.report["hasResult"] is True and r.report["result"] is None
+
+
+def test_console_levels_streams_and_logs(run_runner):
+    code = (
+        "console.log('log', 1, [2]);\n"
+        "console.info('info %d', 5);\n"
+        "console.debug('debug');\n"
+        "console.warn('warn');\n"
+        "console.error('error', { k: 'v' });\n"
+    )
+    r = run_code(run_runner, code)
+    assert r.report["stdout"]["text"] == "log 1 [ 2 ]\ninfo 5\ndebug\n"
+    assert r.report["stderr"]["text"] == "warn\nerror { k: 'v' }\n"
+    assert [(e["level"], e["message"]) for e in r.report["logs"]] == [
+        ("log", "log 1 [ 2 ]"),
+        ("info", "info 5"),
+        ("debug", "debug"),
+        ("warn", "warn"),
+        ("error", "error { k: 'v' }"),
+    ]
+    assert all(e["time"].endswith("Z") and len(e["time"]) == 24 for e in r.report["logs"])
+
+
+def test_timers_started_by_the_code_still_run(run_runner):
+    r = run_code(run_runner, "setTimeout(() => console.log('later'), 20);\nreturn 1;\n")
+    assert r.report["result"] == 1 and r.report["stdout"]["text"] == "later\n"
+
+
+def test_thrown_error_exits_1_with_a_stack_of_the_user_code_only(run_runner):
+    code = "function boom() {\n  throw new TypeError('bad value');\n}\nawait null;\nboom();\n"
+    r = run_code(run_runner, code)
+    assert r.returncode == 1 and r.report["exitCode"] == 1 and r.report["hasResult"] is False
+    stderr = r.report["stderr"]["text"]
+    assert stderr.startswith("TypeError: bad value\n")
+    assert "main.js:2:9" in stderr and "main.js:5:1" in stderr
+    assert "harness.mjs" not in stderr and "node:internal" not in stderr
+
+
+def test_synchronous_throw_and_non_error_throw(run_runner):
+    r = run_code(run_runner, "throw 'just a string';\n")
+    assert r.report["exitCode"] == 1 and r.report["stderr"]["text"] == "Uncaught 'just a string'\n"
+
+
+def test_syntax_error_exits_1(run_runner):
+    r = run_code(run_runner, "let x = ;\n")
+    assert r.report["exitCode"] == 1 and "SyntaxError" in r.report["stderr"]["text"]
+
+
+def test_process_exit_code_is_kept(run_runner):
+    r = run_code(run_runner, "console.log('bye');\nprocess.exit(3);\n")
+    assert r.report["exitCode"] == 3 and r.report["stdout"]["text"] == "bye\n"
+
+
+@pytest.mark.parametrize("value", ["10n", "() => 1", "(() => { const a = {}; a.self = a; return a; })()"])
+def test_non_serialisable_result_is_an_error(run_runner, value):
+    r = run_code(run_runner, f"return {value};\n")
+    assert r.report["exitCode"] == 1 and r.report["hasResult"] is False
+    assert "not JSON-serialisable" in r.report["error"]
+    assert "not JSON-serialisable" in r.report["stderr"]["text"]

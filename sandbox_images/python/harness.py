@@ -1,0 +1,168 @@
+"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, top-level return and await.
+
+Usage: python3 harness.py CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import json
+import os
+import sys
+import threading
+import traceback
+import types
+from datetime import UTC, datetime
+from typing import Any
+
+RETURN_NAME = "__codeexec_return__"
+
+
+class CodeReturn(BaseException):
+    """Raised by a top-level `return`; a BaseException so user `except Exception` does not catch it."""
+
+    def __init__(self, has_value: bool, value: Any = None) -> None:
+        super().__init__()
+        self.has_value = has_value
+        self.value = value
+
+
+class TopLevelReturn(ast.NodeTransformer):
+    """Turns module-level `return X` into `raise __codeexec_return__(True, X)`."""
+
+    def visit_FunctionDef(self, node: ast.AST) -> ast.AST:
+        return node  # a return inside a function belongs to that function
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+    visit_Lambda = visit_FunctionDef
+    visit_ClassDef = visit_FunctionDef  # a return there stays the SyntaxError Python reports
+
+    def visit_Return(self, node: ast.Return) -> ast.AST:
+        # A bare `return` ends the code without a result (like JavaScript's `return;`).
+        args: list[ast.expr] = [ast.Constant(False)] if node.value is None else [ast.Constant(True), node.value]
+        call = ast.Call(func=ast.Name(RETURN_NAME, ast.Load()), args=args, keywords=[])
+        return ast.copy_location(ast.Raise(exc=call, cause=None), node)
+
+
+class Channel:
+    """Writes JSON lines to the runner's channel fd; silent when there is none (or the code closed it)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+        self.lock = threading.Lock()  # lines above PIPE_BUF could interleave across threads
+
+    def send(self, message: dict[str, Any]) -> None:
+        if self.fd is None:
+            return
+        data = (json.dumps(message, allow_nan=False) + "\n").encode("ascii")
+        with self.lock:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self.fd, view) :]
+            except OSError:
+                self.fd = None
+
+
+class Console:
+    """`console.log/info/debug` print to stdout, `warn/error` to stderr, all become structured logs."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._channel = channel
+
+    def _emit(self, level: str, stream: Any, args: tuple[Any, ...]) -> None:
+        message = " ".join(str(a) for a in args)
+        print(message, file=stream, flush=True)
+        now = datetime.now(UTC)
+        when = now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+        self._channel.send({"type": "log", "level": level, "time": when, "message": message})
+
+    def log(self, *args: Any) -> None:
+        self._emit("log", sys.stdout, args)
+
+    def info(self, *args: Any) -> None:
+        self._emit("info", sys.stdout, args)
+
+    def debug(self, *args: Any) -> None:
+        self._emit("debug", sys.stdout, args)
+
+    def warn(self, *args: Any) -> None:
+        self._emit("warn", sys.stderr, args)
+
+    def error(self, *args: Any) -> None:
+        self._emit("error", sys.stderr, args)
+
+
+def channel_fd() -> int | None:
+    value = os.environ.get("CODEEXEC_CHANNEL_FD")
+    return int(value) if value else None
+
+
+def read_input() -> Any:
+    path = os.environ.get("CODEEXEC_INPUT_FILE")
+    if not path or not os.path.exists(path):
+        return None
+    with open(path, "rb") as f:
+        return json.loads(f.read() or b"null")
+
+
+def print_user_traceback(exc: BaseException, code_path: str) -> None:
+    # Frames before the first one in the user's file are the harness and asyncio: noise to the user.
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename != code_path:
+        tb = tb.tb_next
+    traceback.print_exception(type(exc), exc, tb, file=sys.stderr)
+
+
+def run_code(code_path: str, module: types.ModuleType) -> CodeReturn | None:
+    with open(code_path, "rb") as f:
+        source = f.read()
+    tree = TopLevelReturn().visit(ast.parse(source, code_path))
+    ast.fix_missing_locations(tree)
+    code = compile(tree, code_path, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    try:
+        if code.co_flags & inspect.CO_COROUTINE:
+            asyncio.run(eval(code, module.__dict__))
+        else:
+            exec(code, module.__dict__)
+    except CodeReturn as returned:
+        return returned
+    return None
+
+
+def main() -> int:
+    if len(sys.argv) < 2:
+        print("usage: harness.py CODE_FILE [ARGS...]", file=sys.stderr)
+        return 2
+    code_path = os.path.abspath(sys.argv[1])
+    sys.argv = sys.argv[1:]  # the code sees itself as the script, spec.args as sys.argv[1:]
+    sys.path[0] = os.path.dirname(code_path)
+    channel = Channel(channel_fd())
+
+    module = types.ModuleType("__main__")
+    module.__file__ = code_path
+    module.__dict__.update({"input": read_input(), "console": Console(channel), RETURN_NAME: CodeReturn})
+    sys.modules["__main__"] = module  # pickle, dataclasses and `if __name__ == "__main__"` work
+
+    try:
+        returned = run_code(code_path, module)
+    except SystemExit:
+        raise  # sys.exit() in the code sets the exit code, as in plain Python
+    except BaseException as exc:  # any failure of the user's code, reported like Python does
+        print_user_traceback(exc, code_path)
+        return 1
+    if returned is not None and returned.has_value:
+        try:
+            channel.send({"type": "result", "value": returned.value})
+        except (TypeError, ValueError, RecursionError) as exc:
+            message = f"the returned value is not JSON-serialisable: {exc}"
+            print(message, file=sys.stderr)
+            channel.send({"type": "error", "message": message})
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

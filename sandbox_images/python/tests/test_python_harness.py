@@ -1,0 +1,118 @@
+"""Tests of the Python harness, run through the real runner with the host's python3."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HARNESS = str(Path(__file__).resolve().parents[1] / "harness.py")
+
+
+def run_code(run_runner, code: str, *, args: tuple[str, ...] = (), **kwargs):
+    return run_runner(["python3", HARNESS, "main.py", *args], files={"main.py": code}, **kwargs)
+
+
+def test_top_level_return_await_input_and_argv(run_runner):
+    code = (
+        "import asyncio, sys\n"
+        "value = await asyncio.sleep(0.01, result=input['n'] * 2)\n"
+        "if value:\n"
+        "    return {'value': value, 'argv': sys.argv[1:], 'name': __name__}\n"
+        "print('not reached')\n"
+    )
+    r = run_code(run_runner, code, args=("a", "b"), input={"n": 21})
+    assert r.report["exitCode"] == 0 and r.report["error"] is None
+    assert r.report["hasResult"] is True
+    assert r.report["result"] == {"value": 42, "argv": ["a", "b"], "name": "__main__"}
+    assert r.report["stdout"]["text"] == ""
+
+
+def test_return_without_await_and_inside_loops(run_runner):
+    r = run_code(run_runner, "for i in range(10):\n    if i == 3:\n        return i\n")
+    assert r.report["hasResult"] is True and r.report["result"] == 3
+
+
+def test_no_return_means_no_result(run_runner):
+    r = run_code(run_runner, "x = 1\n")
+    assert r.report["exitCode"] == 0 and r.report["hasResult"] is False and r.report["result"] is None
+
+
+def test_bare_return_ends_without_result_but_return_none_is_null(run_runner):
+    r = run_code(run_runner, "print('a')\nreturn\nprint('b')\n")
+    assert r.report["hasResult"] is False and r.report["stdout"]["text"] == "a\n"
+    r = run_code(run_runner, "return None\n")
+    assert r.report["hasResult"] is True and r.report["result"] is None
+
+
+def test_returns_inside_functions_and_classes_are_untouched(run_runner):
+    code = (
+        "def f():\n    return 1\n"
+        "async def g():\n    return 2\n"
+        "class C:\n    def m(self):\n        return 3\n"
+        "h = lambda: 4\n"
+        "return [f(), await g(), C().m(), h()]\n"
+    )
+    r = run_code(run_runner, code)
+    assert r.report["result"] == [1, 2, 3, 4]
+
+
+def test_return_is_not_caught_by_except_exception(run_runner):
+    r = run_code(run_runner, "try:\n    return 'kept'\nexcept Exception:\n    return 'caught'\n")
+    assert r.report["result"] == "kept"
+
+
+def test_missing_input_is_none(run_runner):
+    r = run_code(run_runner, "return input\n")
+    assert r.report["hasResult"] is True and r.report["result"] is None
+
+
+def test_console_levels_streams_and_logs(run_runner):
+    code = (
+        "console.log('log', 1, [2])\n"
+        "console.info('info')\n"
+        "console.debug('debug')\n"
+        "console.warn('warn')\n"
+        "console.error('error', {'k': 'v'})\n"
+    )
+    r = run_code(run_runner, code)
+    assert r.report["stdout"]["text"] == "log 1 [2]\ninfo\ndebug\n"
+    assert r.report["stderr"]["text"] == "warn\nerror {'k': 'v'}\n"
+    logs = r.report["logs"]
+    assert [(e["level"], e["message"]) for e in logs] == [
+        ("log", "log 1 [2]"),
+        ("info", "info"),
+        ("debug", "debug"),
+        ("warn", "warn"),
+        ("error", "error {'k': 'v'}"),
+    ]
+    assert all(e["time"].endswith("Z") and len(e["time"]) == 24 for e in logs)
+
+
+def test_exception_exits_1_with_a_traceback_of_the_user_code_only(run_runner):
+    code = "import asyncio\ndef boom():\n    raise ValueError('bad value')\nawait asyncio.sleep(0)\nboom()\n"
+    r = run_code(run_runner, code)
+    assert r.returncode == 1 and r.report["exitCode"] == 1 and r.report["hasResult"] is False
+    stderr = r.report["stderr"]["text"]
+    assert stderr.startswith("Traceback (most recent call last):\n")
+    assert 'main.py", line 5, in <module>' in stderr and 'main.py", line 3, in boom' in stderr
+    assert stderr.endswith("ValueError: bad value\n")
+    assert "harness.py" not in stderr and "asyncio" not in stderr
+
+
+def test_syntax_error_exits_1(run_runner):
+    r = run_code(run_runner, "x = (\n")
+    assert r.report["exitCode"] == 1
+    assert "SyntaxError" in r.report["stderr"]["text"] and "harness.py" not in r.report["stderr"]["text"]
+
+
+def test_sys_exit_code_is_kept(run_runner):
+    r = run_code(run_runner, "import sys\nprint('bye')\nsys.exit(3)\n")
+    assert r.report["exitCode"] == 3 and r.report["stdout"]["text"] == "bye\n"
+
+
+def test_non_serialisable_result_is_an_error(run_runner):
+    r = run_code(run_runner, "return {'s': {1, 2}}\n")
+    assert r.report["exitCode"] == 1 and r.report["hasResult"] is False
+    assert "not JSON-serialisable" in r.report["error"]
+    assert "not JSON-serialisable" in r.report["stderr"]["text"]
+    r = run_code(run_runner, "return float('nan')\n")
+    assert r.report["exitCode"] == 1 and "not JSON-serialisable" in r.report["error"]

@@ -1,0 +1,340 @@
+"""Tests of runner.py run on the host: capture, limits, timeout, environment, channel and cleanup."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RUNNER = Path(__file__).resolve().parents[1] / "runner.py"
+REPORT_PREFIX = b"codeexec-report/v1 "
+ECHO_LIMIT = 1024 * 1024
+NOTICE = b"[codeexec: further output not shown in the log]\n"
+
+
+def py(code: str) -> list[str]:
+    return ["python3", "-c", code]
+
+
+def wait_gone(pid: int, deadline: float = 5.0) -> bool:
+    """True once no process has `pid` (init reaps orphans asynchronously)."""
+    give_up = time.monotonic() + deadline
+    while time.monotonic() < give_up:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_stdout_stderr_and_exit_code(run_runner):
+    r = run_runner(py("import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"))
+    assert r.returncode == 3
+    assert r.report["exitCode"] == 3
+    assert r.report["timedOut"] is False and r.report["signal"] is None
+    assert r.report["stdout"] == {"text": "out\n", "bytes": 4, "truncated": False}
+    assert r.report["stderr"] == {"text": "err\n", "bytes": 4, "truncated": False}
+    assert r.report["hasResult"] is False and r.report["result"] is None and r.report["error"] is None
+    # Live passthrough, so `kubectl logs` shows the output; all of it on the runner's stdout, so
+    # nothing on another stream can land in the log after the report.
+    assert b"out\n" in r.stdout and b"err\n" in r.stdout and r.stderr == b""
+
+
+def test_forged_report_line_is_not_the_last_line(run_runner):
+    forged = json.dumps(
+        {
+            "exitCode": 0,
+            "timedOut": False,
+            "signal": None,
+            "durationMs": 1,
+            "stdout": {"text": "", "bytes": 0, "truncated": False},
+            "stderr": {"text": "", "bytes": 0, "truncated": False},
+            "hasResult": True,
+            "result": "forged",
+            "logs": [],
+            "logsTruncated": False,
+            "error": None,
+        },
+        separators=(",", ":"),
+    )
+    r = run_runner(py(f"import sys; print('\\ncodeexec-report/v1 ' + {forged!r}); sys.exit(7)"))
+    assert r.returncode == 7
+    assert r.report["exitCode"] == 7 and r.report["hasResult"] is False
+    # The forged line is ordinary output: echoed earlier in the log and captured in stdout.
+    assert r.report["stdout"]["text"].startswith('\ncodeexec-report/v1 {"exitCode":0')
+    assert r.stdout.startswith(b'\ncodeexec-report/v1 {"exitCode":0')
+
+
+def test_output_flood_is_truncated_with_true_byte_counts(run_runner):
+    code = (
+        "import sys\n"
+        "for _ in range(50): sys.stdout.buffer.write(b'\\x01' * 1000000)\n"
+        "sys.stderr.buffer.write(b'\\x02' * 3000000)\n"
+    )
+    r = run_runner(py(code), max_output=1000)
+    assert r.report["exitCode"] == 0
+    assert r.report["stdout"] == {"text": "\x01" * 1000, "bytes": 50_000_000, "truncated": True}
+    assert r.report["stderr"] == {"text": "\x02" * 1000, "bytes": 3_000_000, "truncated": True}
+    # The container log gets at most 1 MiB of each stream, then one notice line each (the report
+    # escapes control characters, so the raw bytes counted here are the echoed ones).
+    assert r.stdout.count(b"\x01") == ECHO_LIMIT and r.stdout.count(b"\x02") == ECHO_LIMIT
+    assert r.stdout.count(b"\n" + NOTICE) == 2
+
+
+def test_runner_memory_stays_bounded_under_floods(tmp_path):
+    # 50 MB on stdout, one endless 20 MB line on stderr and on the channel; the programs themselves
+    # (head) use little memory, so the largest RSS measured is the runner's.
+    program = "head -c 50000000 /dev/zero; head -c 20000000 /dev/zero | tr '\\0' a >&2; head -c 20000000 /dev/zero >&3"
+    measure = (
+        "import resource, subprocess, sys\n"
+        f"p = subprocess.run([{str(RUNNER)!r}, '--timeout-seconds', '60', '--max-output-bytes', '65536', '--', "
+        f"'sh', '-c', {program!r}], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
+        "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n')\n"
+        "sys.stdout.buffer.write(p.stdout[p.stdout[:-1].rindex(b'\\n') + 1:])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", measure], capture_output=True, check=True, timeout=90).stdout
+    max_rss_kib, report_line = out.split(b"\n", 1)
+    report = json.loads(report_line[len(REPORT_PREFIX) :])
+    assert report["stdout"]["bytes"] == 50_000_000 and len(report["stdout"]["text"]) == 65536
+    assert report["stderr"]["bytes"] == 20_000_000 and report["stderr"]["text"] == "a" * 65536
+    assert report["error"] is not None and "channel line longer" in report["error"]
+    assert int(max_rss_kib) < 40 * 1024, f"runner used {int(max_rss_kib) // 1024} MiB"
+
+
+def test_invalid_utf8_is_replaced_and_counted(run_runner):
+    r = run_runner(py("import sys; sys.stdout.buffer.write(b'ok \\xff\\xfe end\\n')"))
+    assert r.report["stdout"] == {"text": "ok \ufffd\ufffd end\n", "bytes": 10, "truncated": False}
+
+
+def test_character_cut_by_truncation_is_dropped_not_replaced(run_runner):
+    r = run_runner(py("import sys; sys.stdout.write('aaa\u20ac')"), max_output=4)
+    assert r.report["stdout"] == {"text": "aaa", "bytes": 6, "truncated": True}
+
+
+def test_incomplete_character_at_the_real_end_is_invalid(run_runner):
+    r = run_runner(py("import sys; sys.stdout.buffer.write(b'ab\\xe2\\x82')"))
+    assert r.report["stdout"] == {"text": "ab\ufffd", "bytes": 4, "truncated": False}
+
+
+def test_timeout_kills_infinite_loop(run_runner):
+    r = run_runner(py("print('spinning', flush=True)\nwhile True: pass"), timeout=1)
+    assert r.returncode == 124
+    assert r.report["exitCode"] == 124 and r.report["timedOut"] is True and r.report["signal"] == signal.SIGKILL
+    assert r.report["stdout"]["text"] == "spinning\n"
+    assert 1.0 <= r.elapsed < 2.0
+
+
+def test_timeout_kills_sigterm_ignoring_program_and_its_group(run_runner):
+    code = (
+        "import signal, subprocess, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "child = subprocess.Popen(['python3', '-c', 'import signal, time; "
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)'])\n"
+        "print(child.pid, flush=True)\n"
+        "while True: time.sleep(0.1)\n"
+    )
+    r = run_runner(py(code), timeout=1)
+    assert r.returncode == 124 and r.report["timedOut"] is True
+    assert r.elapsed < 2.0
+    assert wait_gone(int(r.report["stdout"]["text"])), "the program's child survived the timeout"
+
+
+def test_program_killed_by_signal_reports_128_plus_n(run_runner):
+    r = run_runner(py("import os, signal; os.kill(os.getpid(), signal.SIGTERM)"))
+    assert r.returncode == 128 + signal.SIGTERM
+    assert r.report["exitCode"] == 128 + signal.SIGTERM and r.report["signal"] == signal.SIGTERM
+    assert r.report["timedOut"] is False
+
+
+def test_environment_is_built_from_scratch_plus_env_file(run_runner, tmp_path):
+    leaky = {
+        "PATH": os.environ["PATH"],
+        "KUBERNETES_SERVICE_HOST": "10.96.0.1",
+        "KUBERNETES_PORT": "tcp://x",
+        "OPERATOR_TOKEN": "secret",
+        "PYTHONPATH": "/evil",
+    }
+    r = run_runner(
+        py("import json, os; print(json.dumps(dict(os.environ)))"),
+        runner_env=leaky,
+        input={"a": 1},
+        env={"GREETING": "hello world", "HOME": "/home/override"},
+    )
+    env = json.loads(r.report["stdout"]["text"])
+    assert env == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/home/override",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "CODEEXEC_CHANNEL_FD": "3",
+        "CODEEXEC_INPUT_FILE": str(tmp_path / "input.json"),
+        "GREETING": "hello world",
+    }
+
+
+def test_invalid_env_file_is_reported(run_runner):
+    r = run_runner(["true"], env=["not", "an", "object"])  # type: ignore[arg-type]
+    assert r.returncode == 125 and r.report["exitCode"] == 125
+    assert "env file" in r.report["error"]
+
+
+def test_stdin_is_delivered(run_runner):
+    r = run_runner(py("import sys; print(sys.stdin.read().upper())"), stdin=b"hello\nstdin")
+    assert r.report["stdout"]["text"] == "HELLO\nSTDIN\n"
+
+
+def test_missing_stdin_file_means_empty_stdin(run_runner, tmp_path):
+    r = run_runner(py("import sys; print(repr(sys.stdin.read()))"), extra_args=["--stdin", str(tmp_path / "absent")])
+    assert r.report["exitCode"] == 0 and r.report["stdout"]["text"] == "''\n"
+
+
+def test_channel_result_and_logs(run_runner):
+    code = (
+        "import json, os\n"
+        "def send(m): os.write(3, (json.dumps(m) + '\\n').encode())\n"
+        "send({'type': 'log', 'level': 'warn', 'time': '2025-01-02T03:04:05.678Z', 'message': 'careful'})\n"
+        "send({'type': 'result', 'value': {'answer': 42, 'list': [1, 'two', None]}})\n"
+    )
+    r = run_runner(py(code))
+    assert r.report["hasResult"] is True
+    assert r.report["result"] == {"answer": 42, "list": [1, "two", None]}
+    assert r.report["logs"] == [{"level": "warn", "time": "2025-01-02T03:04:05.678Z", "message": "careful"}]
+    assert r.report["logsTruncated"] is False and r.report["error"] is None
+
+
+def test_channel_garbage_sets_error_but_keeps_exit_code_and_output(run_runner):
+    code = "import os, sys; os.write(3, b'\\x00garbage{\\n{\"type\": \"nope\"}\\n'); print('out'); sys.exit(5)"
+    r = run_runner(py(code))
+    assert r.returncode == 5 and r.report["exitCode"] == 5
+    assert r.report["stdout"]["text"] == "out\n"
+    assert r.report["error"] == "malformed channel line: not JSON"
+    assert r.report["hasResult"] is False
+
+
+def test_program_closing_the_channel_is_fine(run_runner):
+    r = run_runner(py("import os; os.close(3); print('done')"))
+    assert r.report["exitCode"] == 0 and r.report["error"] is None and r.report["stdout"]["text"] == "done\n"
+
+
+def test_second_result_is_an_error_and_the_first_stands(run_runner):
+    code = 'import os\nos.write(3, b\'{"type":"result","value":1}\\n{"type":"result","value":2}\\n\')'
+    r = run_runner(py(code))
+    assert r.report["result"] == 1 and "more than one result" in r.report["error"]
+
+
+def test_result_above_the_limit_is_refused(run_runner):
+    code = "import json, os\nos.write(3, (json.dumps({'type': 'result', 'value': 'x' * 5000}) + '\\n').encode())"
+    r = run_runner(py(code), max_output=1000)
+    assert r.report["hasResult"] is False and r.report["result"] is None
+    assert "above the limit" in r.report["error"]
+
+
+def test_deeply_nested_result_does_not_break_the_report(run_runner):
+    code = "import os\nos.write(3, b'{\"type\":\"result\",\"value\":' + b'[' * 5000 + b']' * 5000 + b'}\\n')"
+    r = run_runner(py(code))
+    assert r.report["hasResult"] is False and r.report["error"] is not None
+
+
+def test_logs_are_capped(run_runner):
+    code = (
+        "import json, os\n"
+        "line = json.dumps({'type': 'log', 'level': 'info', 'time': '2025-01-02T03:04:05.678Z', 'message': 'm'})\n"
+        "os.write(3, ((line + '\\n') * 1200).encode())\n"
+    )
+    r = run_runner(py(code))
+    assert len(r.report["logs"]) == 1000 and r.report["logsTruncated"] is True
+    big = (
+        "import json, os\n"
+        "for i in range(3): os.write(3, (json.dumps({'type': 'log', 'level': 'info', "
+        "'time': '2025-01-02T03:04:05.678Z', 'message': str(i) * 40000}) + '\\n').encode())\n"
+    )
+    r = run_runner(py(big))
+    assert [len(e["message"]) for e in r.report["logs"]] == [40000, 64 * 1024 - 40000]
+    assert r.report["logsTruncated"] is True
+
+
+def test_command_not_found_is_reported(run_runner):
+    r = run_runner(["no-such-interpreter", "main.x"])
+    assert r.returncode == 127 and r.report["exitCode"] == 127
+    assert "command not found" in r.report["error"]
+
+
+def test_invalid_arguments_are_reported():
+    proc = subprocess.run([str(RUNNER), "--timeout-seconds", "soon", "--", "true"], capture_output=True, timeout=10)
+    report = json.loads(proc.stdout.rstrip(b"\n").rsplit(b"\n", 1)[-1][len(REPORT_PREFIX) :])
+    assert proc.returncode == 125 and report["exitCode"] == 125 and "invalid runner arguments" in report["error"]
+
+
+def test_sigterm_to_the_runner_kills_the_program_and_still_reports():
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        [str(RUNNER), "--timeout-seconds", "60", "--max-output-bytes", "1000", "--", *py(code)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"up\n"  # the program runs
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=5)
+    report = json.loads(out.rstrip(b"\n").rsplit(b"\n", 1)[-1][len(REPORT_PREFIX) :])
+    assert proc.returncode == 128 + signal.SIGTERM
+    assert report["exitCode"] == 128 + signal.SIGTERM and "SIGTERM" in report["error"]
+    assert report["stdout"]["text"] == "up\n"
+
+
+def test_background_child_in_the_program_group_is_killed(run_runner):
+    # The child keeps the stdout pipe open: without the group kill the runner would wait for it.
+    code = "import subprocess; p = subprocess.Popen(['sleep', '30']); print(p.pid)"
+    r = run_runner(py(code))
+    assert r.elapsed < 1.0
+    assert wait_gone(int(r.report["stdout"]["text"]))
+
+
+def test_as_pid1_setsid_background_process_is_killed_before_the_report(run_runner, pid1_prefix):
+    # setsid escapes the program's process group; only PID 1's kill(-1) reaches it. It keeps the
+    # stdout pipe open and prints after the program exited: that must never reach the report.
+    code = (
+        "import subprocess\n"
+        "subprocess.Popen(['sh', '-c', 'sleep 0.5; echo late'], start_new_session=True)\n"
+        "print('main')\n"
+    )
+    r = run_runner(py(code), prefix=pid1_prefix)
+    assert r.report["stdout"]["text"] == "main\n"
+    assert b"late" not in r.stdout
+    assert r.elapsed < 2.0
+
+
+def test_as_pid1_forking_daemon_is_killed(run_runner, pid1_prefix):
+    # A detached process that keeps forking new sessions: the runner must still finish promptly.
+    daemon = (
+        "import os, time\n"
+        "while True:\n"
+        "    if os.fork() == 0:\n"
+        "        os.setsid(); time.sleep(30); os._exit(0)\n"
+        "    time.sleep(0.001)\n"
+    )
+    code = f"import subprocess, sys; subprocess.Popen([sys.executable, '-c', {daemon!r}], start_new_session=True)"
+    r = run_runner(py(code + "; import time; time.sleep(0.3)"), prefix=pid1_prefix)
+    assert r.report["exitCode"] == 0
+    assert r.elapsed < 1.5  # without the kill the daemon holds the pipes: 2 s drain grace
+
+
+def test_runner_is_not_dumpable(run_runner, nobody_prefix):
+    # Same uid as the program: only PR_SET_DUMPABLE=0 keeps /proc/<runner>/environ closed to it.
+    code = (
+        "import os\n"
+        "try:\n"
+        "    print(open(f'/proc/{os.getppid()}/environ', 'rb').read())\n"
+        "except PermissionError:\n"
+        "    print('denied')\n"
+    )
+    r = run_runner(
+        py(code), prefix=nobody_prefix, runner_env={"PATH": "/usr/local/bin:/usr/bin:/bin", "SECRET": "s3cret"}
+    )
+    assert r.report["stdout"]["text"] == "denied\n"

@@ -1,0 +1,85 @@
+"""Tests of the TypeScript mode of the JS harness, with the image's pinned typescript installed by npm."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SANDBOX_IMAGES = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def ts_harness(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The image's layout in a temp dir: harness.mjs next to node_modules/typescript from the lock file."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        pytest.skip("node and npm are needed to install the pinned typescript package")
+    root = tmp_path_factory.mktemp("typescript-harness")
+    for name in ("package.json", "package-lock.json"):
+        shutil.copy(SANDBOX_IMAGES / "typescript" / name, root / name)
+    npm = subprocess.run(
+        ["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if npm.returncode != 0:
+        pytest.skip(f"npm ci of the pinned typescript failed (registry unreachable?): {npm.stderr[-500:]}")
+    shutil.copy(SANDBOX_IMAGES / "javascript" / "harness.mjs", root / "harness.mjs")
+    return str(root / "harness.mjs")
+
+
+def run_code(run_runner, ts_harness: str, code: str, **kwargs):
+    return run_runner(["node", ts_harness, "--typescript", "main.ts"], files={"main.ts": code}, **kwargs)
+
+
+def test_types_are_stripped_and_return_await_input_work(run_runner, ts_harness):
+    code = (
+        "interface Point { x: number; y: number }\n"
+        "enum Color { Red, Green }\n"
+        "const p: Point = { x: input.x, y: 2 };\n"
+        "const n: number = await Promise.resolve(3);\n"
+        "console.info('point', p);\n"
+        "return { sum: p.x + p.y + n, color: Color.Green };\n"
+    )
+    r = run_code(run_runner, ts_harness, code, input={"x": 1})
+    assert r.report["exitCode"] == 0 and r.report["error"] is None, r.report["stderr"]["text"]
+    assert r.report["result"] == {"sum": 6, "color": 1}
+    assert r.report["logs"][0]["level"] == "info" and r.report["logs"][0]["message"] == "point { x: 1, y: 2 }"
+
+
+def test_import_statements_use_require(run_runner, ts_harness):
+    code = "import * as os from 'os';\nimport fs from 'fs';\nreturn [typeof os.platform, typeof fs.readFileSync];\n"
+    r = run_code(run_runner, ts_harness, code)
+    assert r.report["result"] == ["function", "function"], r.report["stderr"]["text"]
+
+
+def test_type_errors_do_not_stop_the_code(run_runner, ts_harness):
+    r = run_code(run_runner, ts_harness, "const x: string = 5;\nreturn x;\n")
+    assert r.report["exitCode"] == 0 and r.report["result"] == 5
+
+
+def test_error_stack_points_at_the_typescript_source(run_runner, ts_harness):
+    # Type-only lines vanish in the JavaScript output: the positions come from the source map.
+    code = (
+        "type T = { a: number };\n"
+        "\n"
+        "interface U { b: string }\n"
+        "function boom(): never {\n"
+        "  throw new Error('bad');\n"
+        "}\n"
+        "boom();\n"
+    )
+    r = run_code(run_runner, ts_harness, code)
+    assert r.report["exitCode"] == 1
+    stderr = r.report["stderr"]["text"]
+    assert stderr.startswith("Error: bad\n") and "main.ts:5:9" in stderr and "main.ts:7:1" in stderr
+
+
+def test_syntax_error_exits_1_with_typescript_diagnostics(run_runner, ts_harness):
+    r = run_code(run_runner, ts_harness, "const x: number = ;\n")
+    assert r.report["exitCode"] == 1
+    assert "main.ts:1:19 - error TS1109: Expression expected." in r.report["stderr"]["text"]
