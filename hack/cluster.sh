@@ -123,10 +123,14 @@ prepare_host() {
 EOF
 }
 
-# write_if_changed FILE < CONTENT: kube-proxy exits when its config file is rewritten, even with the same content.
+# write_if_changed FILE [COMPONENT] < CONTENT: kube-proxy exits when its config file is rewritten, even with
+# the same content, so files are only written when they change; a running COMPONENT is then stopped so that
+# start_component brings it back with the new configuration.
 write_if_changed() {
   local content; content=$(cat)
-  [[ -f $1 && $(cat "$1") == "$content" ]] || printf '%s\n' "$content" > "$1"
+  [[ -f $1 && $(cat "$1") == "$content" ]] && return 0
+  printf '%s\n' "$content" > "$1"
+  if [[ -n ${2:-} ]] && running "$2"; then log "configuration of $2 changed"; stop_component "$2"; fi
 }
 
 write_configs() {
@@ -136,7 +140,7 @@ root = "/run/containerd/runsc"
 [runsc_config]
   platform = "systrap"
 EOF
-  write_if_changed "$CONF/containerd.toml" <<EOF
+  write_if_changed "$CONF/containerd.toml" containerd <<EOF
 version = 2
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/codeexec/pause:3.10"
@@ -155,7 +159,7 @@ version = 2
     bin_dir = "/usr/lib/cni"
     conf_dir = "/etc/cni/net.d"
 EOF
-  write_if_changed "$CONF/kubelet.yaml" <<EOF
+  write_if_changed "$CONF/kubelet.yaml" kubelet <<EOF
 apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
 authentication:
@@ -172,6 +176,8 @@ tlsPrivateKeyFile: $PKI/kubelet.key
 podCIDR: $POD_CIDR
 resolvConf: /etc/resolv.conf
 maxPods: 110
+# Bounds fork bombs: gVisor enforces the pod's pids limit inside the sandbox as well.
+podPidsLimit: 1024
 serializeImagePulls: false
 containerLogMaxSize: 10Mi
 imageGCHighThresholdPercent: 100
@@ -244,6 +250,14 @@ healthy() {
 
 running() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
 
+stop_component() {
+  local pid; pid=$(cat "$RUN/$1.pid")
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
+  kill -9 "$pid" 2>/dev/null || true
+  rm -f "$RUN/$1.pid"
+}
+
 start_component() {
   local name=$1 timeout=${2:-120}
   if running "$name" && healthy "$name"; then return 0; fi
@@ -296,7 +310,7 @@ cmd_up() {
   make_pki
   write_configs
   start_component containerd 60
-  : "$here/build-images.sh" pause  # TODO restore
+  "$here/build-images.sh" --cluster-only
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do start_component "$c"; done
   apply_cluster_objects
   wait_for "node $NODE_NAME Ready" 180 node_ready || { tail -n 25 "$LOGS/kubelet.log" >&2; exit 1; }
@@ -321,28 +335,18 @@ cmd_down() {
     kubectl_admin delete pods --all --all-namespaces --grace-period=0 --force --wait=false >/dev/null 2>&1 || true
   fi
   local c
-  for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
+  for ((i = ${#COMPONENTS[@]} - 1; i >= 1; i--)); do
     c=${COMPONENTS[i]}
-    [[ $c == containerd ]] && continue
-    if running "$c"; then log "stopping $c"; kill "$(cat "$RUN/$c.pid")" 2>/dev/null || true; fi
+    if running "$c"; then log "stopping $c"; stop_component "$c"; fi
   done
   # Pod sandboxes and containers outlive the kubelet: remove them while containerd still runs.
   if running containerd; then
-    crictl_cmd() { "$CONTAINERD_BIN/ctr" -n k8s.io "$@"; }
-    for t in $(crictl_cmd tasks ls -q 2>/dev/null); do crictl_cmd tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
-    sleep 1
-    for t in $(crictl_cmd tasks ls -q 2>/dev/null); do crictl_cmd tasks delete -f "$t" >/dev/null 2>&1 || true; done
-    for t in $(crictl_cmd containers ls -q 2>/dev/null); do crictl_cmd containers delete "$t" >/dev/null 2>&1 || true; done
-    log "stopping containerd"; kill "$(cat "$RUN/containerd.pid")" 2>/dev/null || true
+    local ctr=("$CONTAINERD_BIN/ctr" -n k8s.io)
+    for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+    for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks delete -f "$t" >/dev/null 2>&1 || true; done
+    for t in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$t" >/dev/null 2>&1 || true; done
+    log "stopping containerd"; stop_component containerd
   fi
-  for c in "${COMPONENTS[@]}"; do
-    if [[ -f $RUN/$c.pid ]]; then
-      local pid; pid=$(cat "$RUN/$c.pid")
-      for _ in $(seq 1 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-      kill -9 "$pid" 2>/dev/null || true
-      rm -f "$RUN/$c.pid"
-    fi
-  done
   pkill -9 -f containerd-shim 2>/dev/null || true
   pkill -9 -f "$GVISOR_BIN/runsc" 2>/dev/null || true
   # Mounts left by the kubelet and containerd sandboxes.
