@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e crds
+.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e crds helm-lint
 
 cluster:
 	@hack/cluster.sh up
@@ -29,6 +29,11 @@ $(VENV)/.installed: pyproject.toml
 
 crds: venv
 	$(PY) -m codeexec crds --out crds
+	$(PY) -m codeexec crds --out charts/code-exec/crds
+
+# The unit tests run it too (tests/unit/test_chart.py); helm is the one `make cluster` builds.
+helm-lint:
+	@eval "$$(hack/cluster.sh env)" && helm lint --strict charts/code-exec
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -9,15 +9,16 @@
 # The base image is built once (debootstrap); remove it (`buildah rmi localhost/codeexec/base:bookworm`)
 # to get a fresh Debian, which then rebuilds everything above it.
 #
-# Usage: hack/build-images.sh [--base-only]     (env: CODEEXEC_IMAGE_TAG, CONTAINERD_ADDRESS)
+# Usage: hack/build-images.sh [--cluster-only]   (env: CODEEXEC_IMAGE_TAG, CONTAINERD_ADDRESS)
+# --cluster-only: just the base and pause images that a bare cluster needs.
 set -Eeuo pipefail
 shopt -s inherit_errexit
 
-base_only=false
+cluster_only=false
 case ${1:-} in
   "") ;;
-  --base-only) base_only=true ;;
-  *) echo "usage: $0 [--base-only]" >&2; exit 2 ;;
+  --cluster-only) cluster_only=true ;;
+  *) echo "usage: $0 [--cluster-only]" >&2; exit 2 ;;
 esac
 
 cd "$(dirname "$0")/.."
@@ -108,8 +109,9 @@ build_base() {
   current=$BASE_IMAGE
   local start mirror security rootfs c mnt
   start=$(now)
+  # The cluster's own e2e tests run plain pods from the base image, so it goes into containerd too.
   if image_exists "$BASE_IMAGE"; then
-    report "$BASE_IMAGE" "$start" "present, kept"
+    export_and_import base "$BASE_IMAGE" "$start" "present, kept"
     return
   fi
   for rootfs in "$CODEEXEC_CACHE"/base-rootfs.*; do
@@ -150,7 +152,7 @@ build_base() {
     --cmd '["/bin/bash"]' "$c"
   buildah commit --quiet --rm "$c" "$BASE_IMAGE" >/dev/null
   remove_tree "$rootfs"
-  report "$BASE_IMAGE" "$start" "built (debootstrap $mirror)"
+  export_and_import base "$BASE_IMAGE" "$start" "built (debootstrap $mirror)"
 }
 
 build_pause() {
@@ -198,8 +200,10 @@ inputs_hash() {
       echo "$from $(image_id "$from" 2>/dev/null || echo stage)"
     done
     for src in $(copy_sources "$dockerfile"); do
-      find "$context/$src" -type f -print0 | sort -z | xargs -0 stat -c '%a %n'
-      find "$context/$src" -type f -print0 | sort -z | xargs -0 sha256sum
+      # Bytecode caches are left out (and kept out of the build by .dockerignore): running the
+      # tests must not make an image look out of date.
+      find "$context/$src" -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 stat -c '%a %n'
+      find "$context/$src" -type f ! -path '*/__pycache__/*' -print0 | sort -z | xargs -0 sha256sum
     done
   } | sha256sum | cut -c1-64
 }
@@ -217,12 +221,26 @@ npm_args() {
   fi
 }
 
+# pip_args DOCKERFILE: for a Dockerfile declaring `ARG PIP_CERT`, the host pip's CA file and
+# index (a TLS-inspecting proxy's CA is only in the host's bundle), like npm_args.
+pip_args() {
+  local cafile index
+  grep -q '^ARG PIP_CERT' "$1" && command -v pip3 >/dev/null || return 0
+  cafile=${PIP_CERT:-$(pip3 config list 2>/dev/null | sed -n "s/^global\.cert='\(.*\)'\$/\1/p" || true)}
+  if [[ -f $cafile ]]; then
+    echo "--volume=$cafile:/run/codeexec-pip-ca.crt:ro"
+    echo "--build-arg=PIP_CERT=/run/codeexec-pip-ca.crt"
+  fi
+  index=${PIP_INDEX_URL:-$(pip3 config list 2>/dev/null | sed -n "s/^global\.index-url='\(.*\)'\$/\1/p" || true)}
+  if [[ -n $index ]]; then echo "--build-arg=PIP_INDEX_URL=$index"; fi
+}
+
 # build_dockerfile NAME DOCKERFILE CONTEXT
 build_dockerfile() {
   local name=$1 dockerfile=$2 context=$3 image=localhost/codeexec/$1:$TAG start hash args
   current=$image
   start=$(now)
-  mapfile -t args < <(npm_args "$dockerfile")
+  mapfile -t args < <(npm_args "$dockerfile"; pip_args "$dockerfile")
   hash=$(inputs_hash "$dockerfile" "$context" "${args[@]}")
   if [[ $(image_label "$image") == "$hash" ]]; then
     export_and_import "$name" "$image" "$start" "up to date"
@@ -251,7 +269,7 @@ export_and_import() {
   elif [[ $(containerd_config_digest "$image") == "$(archive_config_digest "$tar")" ]]; then
     what+=", in containerd"
   else
-    run_logged "$name-import" ctr --address "$CONTAINERD_ADDRESS" -n k8s.io images import "$tar"
+    run_logged "$name-import" "$CONTAINERD_BIN/ctr" --address "$CONTAINERD_ADDRESS" -n k8s.io images import "$tar"
     what+=", imported"
   fi
   report "$image" "$start" "$what"
@@ -267,15 +285,15 @@ archive_config_digest() {
 # containerd_config_digest IMAGE: digest of the image config containerd holds for IMAGE (or nothing).
 containerd_config_digest() {
   local manifest
-  manifest=$(ctr --address "$CONTAINERD_ADDRESS" -n k8s.io images ls "name==$1" | awk 'NR == 2 { print $3 }')
+  manifest=$("$CONTAINERD_BIN/ctr" --address "$CONTAINERD_ADDRESS" -n k8s.io images ls "name==$1" | awk 'NR == 2 { print $3 }')
   [[ -n $manifest ]] || return 0
-  ctr --address "$CONTAINERD_ADDRESS" -n k8s.io content get "$manifest" |
+  "$CONTAINERD_BIN/ctr" --address "$CONTAINERD_ADDRESS" -n k8s.io content get "$manifest" |
     python3 -c 'import json, sys; print(json.load(sys.stdin).get("config", {}).get("digest", ""))'
 }
 
 build_base
-if $base_only; then exit 0; fi
 build_pause
+if $cluster_only; then exit 0; fi
 for dockerfile in sandbox_images/*/Dockerfile; do
   name=$(basename "$(dirname "$dockerfile")")
   build_dockerfile "$name" "$dockerfile" sandbox_images

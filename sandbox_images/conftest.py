@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import shutil
 import subprocess
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ def parse_report(stdout: bytes) -> dict[str, Any]:
         "logs",
         "logsTruncated",
         "error",
+        "networkIsolation",
     }
     return report
 
@@ -116,3 +119,53 @@ def _require_root_and(tool: str) -> None:
         pytest.skip("needs root: runs the runner in its own PID namespace or as another user")
     if shutil.which(tool) is None:
         pytest.skip(f"needs {tool} from util-linux")
+
+
+class _TestApi(http.server.BaseHTTPRequestHandler):
+    """GET /json, /text, /empty-json, /missing (404, JSON), /broken (500, text); POST or PUT echoes (JSON,
+    application/problem+json on /problem)."""
+
+    def do_GET(self) -> None:
+        routes = {
+            "/json": (200, "application/json", b'{"hello": "world", "n": [1, 2]}'),
+            "/text": (200, "text/plain; charset=utf-8", "caf\u00e9".encode()),
+            "/empty-json": (204, "application/json", b""),
+            "/missing": (404, "application/json", b'{"error": "no such thing"}'),
+            "/broken": (500, "text/plain", b"it broke"),
+        }
+        self._send(*routes.get(self.path, (404, "text/plain", b"unknown path")))
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+        echo = {"path": self.path, "contentType": self.headers.get("Content-Type"), "body": body}
+        self._send(
+            200,
+            "application/problem+json" if self.path == "/problem" else "application/json",
+            json.dumps(echo).encode(),
+        )
+
+    do_PUT = do_POST
+
+    def _send(self, status: int, content_type: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def http_base() -> Iterator[str]:
+    """Base URL of a small HTTP API on 127.0.0.1 for the harnesses' `api` helper."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _TestApi)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 DEFAULT_CRD_DIR = Path("crds")
@@ -34,16 +35,29 @@ def _run(liveness: str | None) -> None:
     # Imported here: `crds` needs neither Kopf nor a cluster.
     import kopf
 
-    import codeexec.handlers  # noqa: F401  (registers the handlers with Kopf)
+    import codeexec.handlers  # registers the handlers with Kopf
+    from codeexec import admission, metrics
     from codeexec.config import OperatorConfig
     from codeexec.k8s import Cluster
 
     config = OperatorConfig.from_env()
+    # kopf.run, unlike the `kopf run` CLI, sets up no logging: without this only warnings reach stderr.
+    kopf.configure(debug=config.log_level == "debug", quiet=config.log_level == "warning", log_prefix=True)
+    if config.log_level != "debug":
+        logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per probe and webhook call
+    settings = kopf.OperatorSettings()
+    if config.webhook_port:
+        # settings.admission.managed stays unset: the chart owns the ValidatingWebhookConfiguration.
+        codeexec.handlers.register_webhook(kopf.get_default_registry())
+        settings.admission.server = admission.webhook_server(config)
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
     kopf.run(
         standalone=True,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=liveness,
+        settings=settings,
         memo=kopf.Memo(config=config, cluster=Cluster.connect()),
     )
 

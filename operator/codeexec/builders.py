@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from codeexec.config import OperatorConfig
+from codeexec.models import DEFAULT_DOMAIN_PORTS
 from codeexec.status import SANDBOX_CONTAINER
 from codeexec.validation import Plan, format_cpu, format_memory
 
@@ -30,6 +31,9 @@ TERMINATION_GRACE_SECONDS = 2
 # Nothing listens there inside the pod: name resolution fails, no DNS query leaves.
 UNUSABLE_NAMESERVER = "127.0.0.1"
 MAX_LABEL_VALUE = 63
+# How long the runner waits for the pod's NetworkPolicy to be enforced before it gives up
+# without running the code (enforcers program a new pod's rules moments after it starts).
+ISOLATION_WAIT_SECONDS = 20
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,7 @@ class PinnedHost:
     """An allowed domain resolved by the operator: pinned in /etc/hosts, allowed by IP."""
 
     hostname: str
-    port: int | None
+    port: int | None  # None: DEFAULT_DOMAIN_PORTS
     addresses: tuple[str, ...]
 
 
@@ -83,7 +87,8 @@ def configmap(execution: ExecutionRef, plan: Plan) -> dict[str, Any]:
 
 
 def networkpolicy(execution: ExecutionRef, pinned: Sequence[PinnedHost] = ()) -> dict[str, Any]:
-    """No ingress at all; egress only to the pinned addresses (none: no egress, no DNS)."""
+    """No ingress at all; egress only to the pinned addresses and their TCP ports (none: no egress,
+    no DNS). Selected by the execution's uid label, which only the operator sets."""
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -102,8 +107,12 @@ def pod(
     plan: Plan,
     config: OperatorConfig,
     pinned: Sequence[PinnedHost] = (),
+    *,
+    isolation_probe: str,
 ) -> dict[str, Any]:
-    """The single-use sandbox pod; meets the Pod Security Standard "restricted"."""
+    """The single-use sandbox pod; meets the Pod Security Standard "restricted". `isolation_probe`
+    (HOST:PORT) is an address the NetworkPolicy denies: the runner starts the code only once it is
+    unreachable."""
     quantities = {
         "cpu": format_cpu(plan.cpu_millis),
         "memory": format_memory(plan.memory_bytes),
@@ -111,7 +120,7 @@ def pod(
     }
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": plan.timeout_seconds + config.active_deadline_grace_seconds,
+        "activeDeadlineSeconds": plan.timeout_seconds + ISOLATION_WAIT_SECONDS + config.active_deadline_grace_seconds,
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -121,7 +130,7 @@ def pod(
         "shareProcessNamespace": False,
         "dnsPolicy": "None",
         "dnsConfig": {"nameservers": [UNUSABLE_NAMESERVER]},
-        "hostAliases": [{"ip": address, "hostnames": [host.hostname]} for host in pinned for address in host.addresses],
+        "hostAliases": host_aliases(pinned),
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": NOBODY,
@@ -135,7 +144,7 @@ def pod(
                 "image": plan.runtime.image,
                 "imagePullPolicy": plan.runtime.image_pull_policy or config.image_pull_policy,
                 "command": [RUNNER],
-                "args": runner_args(plan, config),
+                "args": runner_args(plan, config, isolation_probe=isolation_probe),
                 "workingDir": TMP_DIR,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
@@ -170,13 +179,28 @@ def pod(
     }
 
 
-def runner_args(plan: Plan, config: OperatorConfig) -> list[str]:
+def host_aliases(pinned: Sequence[PinnedHost]) -> list[dict[str, Any]]:
+    """/etc/hosts entries of the pinned names: one per address, in the order pinned."""
+    names: dict[str, list[str]] = {}
+    for host in pinned:
+        for address in host.addresses:
+            hostnames = names.setdefault(address, [])
+            if host.hostname not in hostnames:
+                hostnames.append(host.hostname)
+    return [{"ip": address, "hostnames": hostnames} for address, hostnames in names.items()]
+
+
+def runner_args(plan: Plan, config: OperatorConfig, *, isolation_probe: str) -> list[str]:
     """Arguments of /opt/codeexec/runner, per the contract in sandbox_images/README.md."""
     return [
         "--timeout-seconds",
         str(plan.timeout_seconds),
         "--max-output-bytes",
         str(config.max_output_bytes),
+        "--isolation-probe",
+        isolation_probe,
+        "--isolation-wait-seconds",
+        str(ISOLATION_WAIT_SECONDS),
         "--stdin",
         f"{CODE_DIR}/stdin",
         "--input",
@@ -206,9 +230,9 @@ def _label_value(name: str) -> str:
 
 
 def _egress_rule(host: PinnedHost) -> dict[str, Any]:
-    rule: dict[str, Any] = {
-        "to": [{"ipBlock": {"cidr": str(ipaddress.ip_network(address))}} for address in host.addresses]
+    # /32 or /128: ip_network of a bare address is the network of that one address.
+    ports = (host.port,) if host.port is not None else DEFAULT_DOMAIN_PORTS
+    return {
+        "to": [{"ipBlock": {"cidr": str(ipaddress.ip_network(address))}} for address in host.addresses],
+        "ports": [{"protocol": "TCP", "port": port} for port in ports],
     }
-    if host.port is not None:
-        rule["ports"] = [{"protocol": "TCP", "port": host.port}]
-    return rule

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -77,20 +78,60 @@ class OperatorConfig(BaseModel):
     allowed_private_cidrs: tuple[str, ...] = Field(
         default=(),
         description=(
-            "Comma-separated private CIDRs that allowed domains may resolve to (reserved for the egress feature)."
+            "Comma-separated CIDRs inside the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
+            "100.64.0.0/10, fc00::/7) that allowed domains may resolve to. Empty: a domain resolving to a "
+            "private address is rejected. Never opens the cluster's ranges or node addresses."
+        ),
+    )
+    cluster_cidrs: tuple[str, ...] = Field(
+        default=("10.0.0.0/24", "10.244.0.0/16"),
+        description=(
+            "Comma-separated service and pod CIDRs of the cluster: sandboxes never reach them, whatever a "
+            "domain resolves to. Set them to your cluster's ranges; the operator adds what it reads from the "
+            "API itself (node addresses and pod CIDRs, the kubernetes Service and its endpoints)."
         ),
     )
     namespaces: tuple[str, ...] = Field(
         default=(),
         description="Comma-separated namespaces to watch. Empty: all namespaces.",
     )
+    log_level: Literal["debug", "info", "warning"] = Field(
+        default="info", description="Lowest level of the operator's log messages."
+    )
+    metrics_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint /metrics (all interfaces). 0: no metrics endpoint.",
+    )
+    webhook_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description=(
+            "Port of the validating admission webhook (HTTPS, all interfaces). 0: no webhook, as for an "
+            "operator run locally without a Service; the operator still rejects invalid Executions itself."
+        ),
+    )
+    webhook_cert_dir: str = Field(
+        default="/etc/codeexec/webhook",
+        description="Directory with the webhook's serving certificate tls.crt and key tls.key.",
+    )
 
-    @field_validator("allowed_private_cidrs", "namespaces", mode="before")
+    @field_validator("allowed_private_cidrs", "cluster_cidrs", "namespaces", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:
         if isinstance(value, str):
             return tuple(item.strip() for item in value.split(",") if item.strip())
         return value
+
+    @field_validator("allowed_private_cidrs", "cluster_cidrs")
+    @classmethod
+    def _valid_cidrs(cls, cidrs: tuple[str, ...]) -> tuple[str, ...]:
+        # strict: "10.0.0.1/8" (host bits set) is more likely a typo than a network.
+        for cidr in cidrs:
+            ipaddress.ip_network(cidr, strict=True)
+        return cidrs
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorConfig:

@@ -6,20 +6,23 @@ import contextlib
 import logging
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
-from codeexec import builders, status
-from codeexec.builders import ExecutionRef
+from codeexec import admission, builders, egress, metrics, milestones, resolver, status
+from codeexec.builders import ExecutionRef, PinnedHost
 from codeexec.config import OperatorConfig
-from codeexec.k8s import ApiError, Cluster
+from codeexec.k8s import CONFLICT, ApiError, Cluster
 from codeexec.models import GROUP, VERSION
-from codeexec.validation import Rejection, parse_runtimes, plan_execution
+from codeexec.persistence import DigestDiffBaseStorage
+from codeexec.validation import Plan, Rejection, parse_runtimes, plan_execution
 
 EXECUTIONS = (GROUP, VERSION, "executions")
 API_RETRY_DELAY = 5
 WATCH_INTERVAL = 5
+# Tries of a pod sync whose status patch conflicts with a concurrent change of the Execution.
+SYNC_ATTEMPTS = 3
 # API statuses after which creating the sandbox again cannot succeed (invalid, forbidden).
 PERMANENT_CREATE_ERRORS = (400, 403, 422)
 
@@ -28,7 +31,8 @@ PERMANENT_CREATE_ERRORS = (400, 403, 422)
 def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Kopf's bookkeeping lives in annotations, never in .status, which is the API.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
+    # A digest, not Kopf's copy of the spec: with kubectl's own copy it can exceed the annotation limit.
+    settings.persistence.diffbase_storage = DigestDiffBaseStorage(prefix=GROUP)
     # Timers need a finalizer while they run (see the `when` filter of watch_execution).
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Without timeouts a watch can silently stop delivering events.
@@ -56,6 +60,7 @@ def _needs_watching(body: kopf.Body, **_: Any) -> bool:
 def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     """Validates a new Execution and creates its sandbox: ConfigMap, NetworkPolicy, then Pod."""
     current = body.get("status", {})
+    metrics.track(body["metadata"]["uid"], current.get("phase"))
     if current.get("podName"):
         return  # Its pod was created before: never start a second run.
     config, cluster = _config(memo), _cluster(memo)
@@ -63,24 +68,42 @@ def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
     generation = _generation(body)
 
     with _retry_on_api_errors():
-        runtimes = parse_runtimes(cluster.list_runtimes())
-        class_exists = not config.runtime_class or cluster.runtime_class_exists(config.runtime_class)
-        plan = plan_execution(body.get("spec", {}), runtimes, config, class_exists)
-        if isinstance(plan, Rejection):
-            logger.warning(f"{plan.reason}: {plan.message}")
-            patch = status.rejected(current, plan.reason, plan.message, _now(), generation)
+        # The pod first, then the Execution: a sandbox removed after the first read was removed after
+        # its outcome was written, which the second read then shows. Never a second pod, never a rerun.
+        existing = cluster.read_pod(execution.namespace, builders.child_name(execution))
+        if _started_or_finished(cluster, execution):
+            return
+        if existing is not None:
+            # Created before a restart, not yet recorded: its pod events will tell the outcome.
+            _check_owned(existing, execution)
+            patch = {"podName": builders.child_name(execution)}
             cluster.patch_execution_status(execution.namespace, execution.name, patch)
             return
+        runtimes = parse_runtimes(cluster.list_runtimes())
+        class_exists = not config.runtime_class or cluster.runtime_class_exists(config.runtime_class)
+        planned = plan_execution(body.get("spec", {}), runtimes, config, class_exists)
+        admitted = _pin_allowed_domains(cluster, config, planned)
+        if isinstance(admitted, Rejection):
+            # Info, not warning: the Warning Event comes from _record, with the reason.
+            logger.info(f"{admitted.reason}: {admitted.message}")
+            patch = status.rejected(current, admitted.reason, admitted.message, _now(), generation)
+            cluster.patch_execution_status(execution.namespace, execution.name, patch)
+            _record(body, current, patch)
+            return
+        plan, pinned = admitted
+        resolved_addresses = egress.pinned_addresses(pinned)
         if current.get("phase") is None:
             # Pending goes first, so it can never overwrite what pod events report later.
-            patch = status.pending(current, _now(), generation)
+            patch = status.pending(current, _now(), generation, resolved_addresses)
             cluster.patch_execution_status(execution.namespace, execution.name, patch)
+            _record(body, current, patch, milestones.accepted(plan))
 
+        probe = egress.isolation_probe(cluster.api_service())
         children = [
             (builders.configmap(execution, plan), cluster.create_configmap),
             # The NetworkPolicy exists before the pod, so the pod never runs unfenced.
-            (builders.networkpolicy(execution), cluster.create_networkpolicy),
-            (builders.pod(execution, plan, config), cluster.create_pod),
+            (builders.networkpolicy(execution, pinned), cluster.create_networkpolicy),
+            (builders.pod(execution, plan, config, pinned, isolation_probe=probe), cluster.create_pod),
         ]
         try:
             for child, create in children:
@@ -91,13 +114,46 @@ def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         except ApiError as error:
             if error.status not in PERMANENT_CREATE_ERRORS:
                 raise
-            logger.warning(f"sandbox not created: {error}")
+            logger.info(f"sandbox not created: {error}")
             patch = status.sandbox_not_created(current, str(error), _now(), generation)
             cluster.patch_execution_status(execution.namespace, execution.name, patch)
+            _record(body, current, patch)
             if not config.keep_pods:
                 cluster.delete_sandbox(execution.namespace, builders.child_name(execution))
             return
-        cluster.patch_execution_status(execution.namespace, execution.name, {"podName": builders.child_name(execution)})
+        created: dict[str, Any] = {"podName": builders.child_name(execution)}
+        if resolved_addresses:
+            created["resolvedAddresses"] = resolved_addresses  # as pinned now, also after a resume
+        cluster.patch_execution_status(execution.namespace, execution.name, created)
+        _announce(body, milestones.sandbox_created(builders.child_name(execution)))
+
+
+def _started_or_finished(cluster: Cluster, execution: ExecutionRef) -> bool:
+    """Whether a fresh read shows the Execution's pod recorded or its outcome written (or the Execution
+    gone). The event's body can be seconds old (the listing after a restart): a pod event may have
+    recorded the outcome meanwhile and removed the sandbox, which must not be created again."""
+    latest = cluster.read_execution(execution.namespace, execution.name)
+    if latest is None or latest["metadata"]["uid"] != execution.uid:
+        return True
+    current = latest.get("status", {})
+    return status.is_terminal(current.get("phase")) or bool(current.get("podName"))
+
+
+def _pin_allowed_domains(
+    cluster: Cluster, config: OperatorConfig, plan: Plan | Rejection
+) -> tuple[Plan, tuple[PinnedHost, ...]] | Rejection:
+    """The plan with spec.network.allowedDomains resolved and every address checked (egress.pin_domains).
+    Resolved on every attempt, so pins are never older than the sandbox they go into."""
+    if isinstance(plan, Rejection):
+        return plan
+    domains = plan.spec.network.allowed_domains if plan.spec.network else []
+    if not domains:
+        return plan, ()
+    resolved = resolver.resolve_all(egress.parse_domain(domain)[0] for domain in domains)
+    nodes, api_endpoint_slices = cluster.network_objects()
+    forbidden = egress.cluster_networks(config.cluster_cidrs, nodes, cluster.api_service(), api_endpoint_slices)
+    pinned = egress.pin_domains(domains, resolved, forbidden, config.allowed_private_cidrs)
+    return pinned if isinstance(pinned, Rejection) else (plan, pinned)
 
 
 @kopf.on.event(
@@ -142,10 +198,28 @@ def _sync_with_pod(
     execution: ExecutionRef,
     pod: Mapping[str, Any] | None,
 ) -> None:
+    """_sync_once, again on a fresh read when the Execution changed between its read and its patch
+    (409): Kopf never retries an event handler, and the timer would only try seconds later."""
+    for attempt in range(1, SYNC_ATTEMPTS + 1):
+        try:
+            _sync_once(cluster, config, execution, pod)
+            return
+        except ApiError as error:
+            if error.status != CONFLICT or attempt == SYNC_ATTEMPTS:
+                raise
+
+
+def _sync_once(
+    cluster: Cluster,
+    config: OperatorConfig,
+    execution: ExecutionRef,
+    pod: Mapping[str, Any] | None,
+) -> None:
     """Writes what the pod (or its absence) says into the Execution, then removes a finished
     sandbox. Reads the Execution afresh and patches only that version of it."""
     latest = cluster.read_execution(execution.namespace, execution.name)
     if latest is None or latest["metadata"]["uid"] != execution.uid:
+        metrics.forget(execution.uid)
         return  # The owner is gone; garbage collection removes the pod.
     current = latest.get("status", {})
     finished = status.is_terminal(current.get("phase"))
@@ -166,10 +240,49 @@ def _sync_with_pod(
             patch,
             resource_version=latest["metadata"]["resourceVersion"],
         )
+        _record(latest, current, patch)
         finished = status.is_terminal(patch["phase"])
     being_deleted = pod is not None and pod["metadata"].get("deletionTimestamp")
     if finished and pod is not None and not being_deleted and not config.keep_pods:
         cluster.delete_sandbox(execution.namespace, pod["metadata"]["name"])
+
+
+def validate_execution(spec: kopf.Spec, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
+    """Admission webhook (registered by register_webhook only when enabled): refuses a new Execution
+    that start_execution would reject, with the same message; the operator still checks what gets in."""
+    try:
+        runtimes = parse_runtimes(_cluster(memo).list_runtimes())
+    except ApiError as error:
+        # Admitted: the operator validates it anyway, so an API hiccup must not block users.
+        warnings.append(f"not validated against the installed Runtimes ({error}); the operator will")
+        return
+    refusal = admission.refusal(spec, runtimes, _config(memo))
+    if refusal is not None:
+        raise kopf.AdmissionError(refusal, code=422)
+
+
+def register_webhook(registry: kopf.OperatorRegistry) -> None:
+    """Kopf refuses to start with admission handlers but no webhook server: a local operator
+    (no Service to reach it) runs without this handler."""
+    kopf.on.validate(*EXECUTIONS, id=admission.WEBHOOK_ID, operations=["CREATE"], registry=registry)(validate_execution)
+
+
+def _record(
+    execution: Mapping[str, Any],
+    current: Mapping[str, Any],
+    patch: Mapping[str, Any],
+    milestone: milestones.Milestone | None = None,
+) -> None:
+    """Metrics and an Event for a status change just written."""
+    previous = current.get("phase")
+    metrics.record(execution["metadata"]["uid"], execution.get("spec", {}).get("language"), previous, patch)
+    _announce(execution, milestone or milestones.from_patch(previous, patch))
+
+
+def _announce(execution: Mapping[str, Any], milestone: milestones.Milestone | None) -> None:
+    if milestone is not None:
+        body = kopf.Body(cast(kopf.RawBody, dict(execution)))
+        kopf.event(body, type=milestone.type, reason=milestone.reason, message=milestone.message)
 
 
 @contextlib.contextmanager

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -22,6 +24,10 @@ LOG_CHUNK_BYTES = 64 * 1024
 BAD_REQUEST = 400
 NOT_FOUND = 404
 CONFLICT = 409
+# The API server's Service, which sandboxes must never reach (the isolation probe).
+API_SERVICE = ("default", "kubernetes")
+# Nodes and the API server's addresses change rarely; Executions can come by the hundred.
+NETWORK_FACTS_TTL_SECONDS = 30.0
 
 Body = dict[str, Any]
 P = ParamSpec("P")
@@ -73,7 +79,10 @@ class Cluster:
         self._core = client.CoreV1Api(api_client)
         self._networking = client.NetworkingV1Api(api_client)
         self._node = client.NodeV1Api(api_client)
+        self._discovery = client.DiscoveryV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._cache: dict[str, tuple[float, Any]] = {}
+        self._cache_lock = threading.Lock()
 
     @classmethod
     def connect(cls) -> Cluster:
@@ -101,6 +110,56 @@ class Cluster:
                 return False
             raise
         return True
+
+    def api_service(self) -> Body:
+        """The `kubernetes` Service in `default` (cached for a while)."""
+        service: Body = self._cached("api_service", self._read_api_service)
+        return service
+
+    def network_objects(self) -> tuple[list[Body], list[Body]]:
+        """Every Node and the EndpointSlices of the `kubernetes` Service (cached for a while): the
+        addresses a domain must never be pinned to, beyond the configured cluster ranges."""
+        objects: tuple[list[Body], list[Body]] = self._cached(
+            "network_objects", lambda: (self._list_nodes(), self._list_api_endpoint_slices())
+        )
+        return objects
+
+    @_api_errors
+    def _read_api_service(self) -> Body:
+        namespace, name = API_SERVICE
+        response = self._core.read_namespaced_service(
+            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+        )
+        return _json(response)
+
+    @_api_errors
+    def _list_nodes(self) -> list[Body]:
+        response = self._core.list_node(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        items: list[Body] = _json(response).get("items", [])
+        return items
+
+    @_api_errors
+    def _list_api_endpoint_slices(self) -> list[Body]:
+        namespace, name = API_SERVICE
+        response = self._discovery.list_namespaced_endpoint_slice(
+            namespace,
+            label_selector=f"kubernetes.io/service-name={name}",
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+        items: list[Body] = _json(response).get("items", [])
+        return items
+
+    def _cached(self, key: str, load: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._cache_lock:
+            entry = self._cache.get(key)
+        if entry is not None and now - entry[0] < NETWORK_FACTS_TTL_SECONDS:
+            return entry[1]
+        value = load()  # outside the lock: a slow API call must not hold up other handlers
+        with self._cache_lock:
+            self._cache[key] = (now, value)
+        return value
 
     @_api_errors
     def read_execution(self, namespace: str, name: str) -> Body | None:

@@ -25,8 +25,13 @@ MAX_TIMEOUT_SECONDS = 3600
 RESERVED_ENV_PREFIX = "CODEEXEC_"
 # Go RE2 (the API server) and Rust regex (pydantic) both accept these: no lookaround.
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-# Lower-case DNS name with at least one dot, optionally followed by :port.
-DOMAIN_PATTERN = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?(:[0-9]{1,5})?$"
+# Lower-case DNS name with at least one dot (the last label not numeric, so no IP address),
+# optionally followed by :port (1-65535, no leading zero).
+PORT_PATTERN = r"([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+DOMAIN_PATTERN = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?\.)+[a-z]([-a-z0-9]{0,61}[a-z0-9])?" + f"(:{PORT_PATTERN})?$"
+# Ports an allowed domain without ":port" may be reached on (HTTPS and HTTP).
+DEFAULT_DOMAIN_PORTS = (443, 80)
+MAX_HOST_NAME_LENGTH = 253
 CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
 MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|k|K|M|G)?$"
 FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
@@ -96,15 +101,27 @@ class EnvVar(Model):
 class Network(Model):
     """Network access of the sandbox."""
 
-    allowed_domains: list[Annotated[str, StringConstraints(max_length=260, pattern=DOMAIN_PATTERN)]] = Field(
+    allowed_domains: list[Annotated[str, StringConstraints(max_length=259, pattern=DOMAIN_PATTERN)]] = Field(
         default_factory=list,
         max_length=MAX_ALLOWED_DOMAINS,
         description=(
-            'Host names the code may connect to, each optionally with ":port" '
-            "(all ports otherwise). Empty (the default): no network egress at all. "
-            "DNS stays closed; the operator resolves these names and pins them in the pod."
+            'Exact host names the code may connect to over TCP, each optionally with ":port" '
+            f"(ports {' and '.join(map(str, DEFAULT_DOMAIN_PORTS))} otherwise); no wildcards, no IP addresses. "
+            "Empty (the default): no network egress at all. DNS stays closed: the operator resolves "
+            "these names when it accepts the Execution, pins the addresses in the pod's /etc/hosts and "
+            "allows exactly those addresses; a name that resolves to a loopback, link-local, private or "
+            "cluster address is rejected."
         ),
     )
+
+    @field_validator("allowed_domains")
+    @classmethod
+    def _host_names_fit_dns(cls, domains: list[str]) -> list[str]:
+        for domain in domains:
+            host = domain.partition(":")[0]
+            if len(host) > MAX_HOST_NAME_LENGTH:
+                raise ValueError(f"{host[:40]}...: a host name has at most {MAX_HOST_NAME_LENGTH} characters")
+        return domains
 
 
 class ExecutionSpec(Model):

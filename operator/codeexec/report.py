@@ -24,6 +24,17 @@ class StreamOutput(Model):
     truncated: bool
 
 
+class NetworkIsolation(Model):
+    """What the runner's isolation probe saw before it started the program (README: --isolation-probe)."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    probe: str
+    isolated: bool
+    waited_ms: int = Field(ge=0)
+    attempts: int = Field(ge=0)
+
+
 class Report(Model):
     """The runner's account of the program's run (sandbox_images/README.md)."""
 
@@ -41,6 +52,8 @@ class Report(Model):
     logs: list[LogEntry]
     logs_truncated: bool
     error: str | None
+    # Absent from reports of runners started without --isolation-probe.
+    network_isolation: NetworkIsolation | None = None
 
 
 class ReportScanner:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +33,9 @@ IMAGE_ERROR = "ImageError"
 START_TIMEOUT = "StartTimeout"
 UNSCHEDULABLE = "Unschedulable"
 REPORT_MISSING = "ReportMissing"
+DOMAIN_NOT_ALLOWED = "DomainNotAllowed"
+DOMAIN_UNRESOLVABLE = "DomainUnresolvable"
+NETWORK_NOT_ISOLATED = "NetworkNotIsolated"
 
 ACCEPTED = "Accepted"  # Reason of Accepted=True.
 CONDITION_ACCEPTED = "Accepted"
@@ -80,8 +83,10 @@ def rejected(status: Status, reason: str, message: str, now: datetime, generatio
     return patch
 
 
-def pending(status: Status, now: datetime, generation: int) -> Patch:
+def pending(status: Status, now: datetime, generation: int, resolved_addresses: Sequence[str] = ()) -> Patch:
+    patch: Patch = {"resolvedAddresses": list(resolved_addresses)} if resolved_addresses else {}
     return {
+        **patch,
         "phase": Phase.PENDING.value,
         "observedGeneration": generation,
         "conditions": _with_condition(
@@ -138,7 +143,12 @@ def from_pod(
     outcome = _outcome(pod, terminated, trusted)
     if outcome is not None:
         phase, reason, message = outcome
-        fields, note = _outcome_fields(status, pod, terminated or {}, trusted, config, now)
+        if reason == NETWORK_NOT_ISOLATED:
+            # The program never ran: no exit code, output or duration of its own to report.
+            fields: dict[str, Any] = {"podName": _pod_name(pod)}
+            note = None
+        else:
+            fields, note = _outcome_fields(status, pod, terminated or {}, trusted, config, now)
         return _finished(status, phase, reason, _join(message, note), now, generation, **fields)
 
     if pod.get("metadata", {}).get("deletionTimestamp"):
@@ -228,6 +238,16 @@ def _outcome(
             REPORT_MISSING,
             f"The runner's report is missing or disagrees with the container's exit code {exit_code}; "
             "output and result are unknown",
+        )
+    isolation = report.network_isolation
+    if isolation is not None and not isolation.isolated:
+        # Fail closed: without an enforced NetworkPolicy the sandbox could reach anything.
+        return (
+            Phase.FAILED,
+            NETWORK_NOT_ISOLATED,
+            f"The sandbox's NetworkPolicy was not in effect: the isolation probe {isolation.probe} was still "
+            f"reachable after {isolation.waited_ms / 1000:.1f} s, so the code did not run; "
+            "check that the cluster runs a NetworkPolicy enforcer",
         )
     if report.timed_out:
         return Phase.TIMED_OUT, TIMEOUT, _join("The program exceeded its timeout", report.error)

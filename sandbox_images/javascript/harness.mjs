@@ -1,4 +1,5 @@
-// JavaScript/TypeScript harness: runs the code as the body of an async function (input, console, require, process).
+// JavaScript/TypeScript harness: runs the code as the body of an async function (input, console, require, process)
+// with a global `api` (a small HTTP helper on fetch).
 //
 // Usage: node harness.mjs [--typescript] CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
 // With --typescript the code is first transpiled by the `typescript` package installed next to this file.
@@ -41,6 +42,69 @@ function structuredConsole(send) {
     };
   }
   return out;
+}
+
+class HttpError extends Error {
+  constructor(method, url, response, body) {
+    super(`HTTP ${response.status} ${response.statusText}: ${method} ${url}`);
+    this.name = "HttpError";
+    this.status = response.status;
+    this.body = body;
+  }
+}
+
+// `api.get(url)`, `api.post(url, body)`, `api.request(method, url, { body, headers, timeoutMs })` on fetch:
+// an object or array body is sent as JSON; the response comes back parsed when it is JSON, else as text;
+// an HTTP error status throws api.HttpError (.status, .body). Only the allowedDomains are reachable.
+function httpApi() {
+  async function request(method, url, { body, headers = {}, timeoutMs = 30000 } = {}) {
+    const init = { method, headers: { accept: "application/json, text/plain;q=0.9, */*;q=0.8", ...headers } };
+    if (body !== undefined && typeof body !== "string" && !(body instanceof Uint8Array)) {
+      init.body = JSON.stringify(body);
+      if (!Object.keys(headers).some((name) => name.toLowerCase() === "content-type")) {
+        init.headers["content-type"] = "application/json";
+      }
+    } else if (body !== undefined) {
+      init.body = body;
+    }
+    init.signal = AbortSignal.timeout(timeoutMs);
+    let response;
+    let text;
+    try {
+      response = await fetch(url, init);
+      text = await response.text();
+    } catch (error) {
+      // fetch says only "fetch failed"; the cause says why (ECONNREFUSED, EAI_AGAIN, ...).
+      throw new Error(`${method} ${url} failed: ${error.cause?.message ?? error.message}`, { cause: error });
+    }
+    const mime = (response.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();
+    const isJson = mime === "application/json" || mime.endsWith("+json");
+    const parse = () => (text.trim() === "" ? null : JSON.parse(text));
+    if (!response.ok) {
+      let errorBody = text;
+      try {
+        if (isJson) errorBody = parse();
+      } catch {} // an error page may lie about its type
+      throw new HttpError(method, url, response, errorBody);
+    }
+    return isJson ? parse() : text;
+  }
+  return {
+    request,
+    get: (url, options) => request("GET", url, options),
+    post: (url, body, options) => request("POST", url, { ...options, body }),
+    HttpError,
+  };
+}
+
+function quietFetchWarning() {
+  // Node 18 warns on the first fetch() that the API is experimental: noise in the code's stderr.
+  const emitWarning = process.emitWarning;
+  process.emitWarning = function (warning, ...rest) {
+    const type = typeof rest[0] === "string" ? rest[0] : rest[0]?.type;
+    if (type === "ExperimentalWarning" && String(warning?.message ?? warning).includes("Fetch API")) return;
+    return emitWarning.call(this, warning, ...rest);
+  };
 }
 
 function readInput() {
@@ -104,6 +168,9 @@ async function main() {
   // The code sees itself as the script and spec.args after it, as with `node main.js args`.
   process.argv = [process.argv[0], fileName, ...argv.slice(1)];
   const send = channelWriter();
+  quietFetchWarning();
+  // A global rather than a parameter: code that declares its own `api` keeps working.
+  globalThis.api = httpApi();
 
   let value;
   try {

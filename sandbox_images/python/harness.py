@@ -1,4 +1,4 @@
-"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, top-level return and await.
+"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, `api`, top-level return and await.
 
 Usage: python3 harness.py CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
 """
@@ -95,6 +95,76 @@ class Console:
         self._emit("error", sys.stderr, args)
 
 
+class HTTPError(Exception):
+    """An HTTP response with status >= 400 from `api`: `status`, `reason` and the decoded `body`."""
+
+    def __init__(self, method: str, url: str, status: int, reason: str, body: Any) -> None:
+        super().__init__(f"HTTP {status} {reason}: {method} {url}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+class Api:
+    """`api.get(url)`, `api.post(url, body)`, `api.request(method, url, body)`: HTTP(S) with urllib. A dict
+    or list body is sent as JSON; the response comes back parsed when it is JSON, else as text; an HTTP
+    error status raises `api.HTTPError`. Only the Execution's allowedDomains are reachable."""
+
+    HTTPError = HTTPError
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 30,
+    ) -> Any:
+        import urllib.error  # imported on first use: most code never needs them
+        import urllib.request
+
+        all_headers = {"Accept": "application/json, text/plain;q=0.9, */*;q=0.8", **(headers or {})}
+        data = None
+        if body is not None:
+            if isinstance(body, (bytes, bytearray)):
+                data, content_type = bytes(body), "application/octet-stream"
+            elif isinstance(body, str):
+                data, content_type = body.encode(), "text/plain; charset=utf-8"
+            else:
+                data, content_type = json.dumps(body).encode(), "application/json"
+            if not any(name.lower() == "content-type" for name in all_headers):
+                all_headers["Content-Type"] = content_type
+        request = urllib.request.Request(url, data=data, headers=all_headers, method=method.upper())
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return _decode(response.headers, response.read())
+        except urllib.error.HTTPError as error:
+            body = _decode(error.headers, error.read(), lenient=True)  # an error page may lie about its type
+            raise HTTPError(method.upper(), url, error.code, error.reason, body) from None
+
+    def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Any:
+        return self.request("GET", url, headers=headers, timeout=timeout)
+
+    def post(self, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 30) -> Any:
+        return self.request("POST", url, body, headers, timeout)
+
+
+def _decode(headers: Any, raw: bytes, lenient: bool = False) -> Any:
+    """A response body: parsed when its Content-Type is JSON, else text (also when lenient and not JSON)."""
+    mime = headers.get_content_type() if headers else "text/plain"
+    try:
+        text = raw.decode((headers.get_content_charset() if headers else None) or "utf-8", "replace")
+    except LookupError:  # a charset Python does not know
+        text = raw.decode("utf-8", "replace")
+    if mime == "application/json" or mime.endswith("+json"):
+        try:
+            return json.loads(text) if text.strip() else None
+        except ValueError:
+            if not lenient:
+                raise
+    return text
+
+
 def channel_fd() -> int | None:
     value = os.environ.get("CODEEXEC_CHANNEL_FD")
     return int(value) if value else None
@@ -143,7 +213,7 @@ def main() -> int:
 
     module = types.ModuleType("__main__")
     module.__file__ = code_path
-    module.__dict__.update({"input": read_input(), "console": Console(channel), RETURN_NAME: CodeReturn})
+    module.__dict__.update({"input": read_input(), "console": Console(channel), "api": Api(), RETURN_NAME: CodeReturn})
     sys.modules["__main__"] = module  # pickle, dataclasses and `if __name__ == "__main__"` work
 
     try:

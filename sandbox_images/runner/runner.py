@@ -10,12 +10,14 @@ from __future__ import annotations
 import argparse
 import codecs
 import ctypes
+import ipaddress
 import json
 import os
 import re
 import selectors
 import shutil
 import signal
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -43,6 +45,12 @@ EXIT_RUNNER_ERROR = 125
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
 EXIT_TIMEOUT = 124
+# The pod's NetworkPolicy was not enforced in time: the program was not started.
+EXIT_NOT_ISOLATED = 122
+# The isolation probe: how long to wait for the policy, how often to try, how long one connect may take.
+DEFAULT_ISOLATION_WAIT_SECONDS = 20.0
+ISOLATION_RETRY_SECONDS = 0.15
+ISOLATION_CONNECT_TIMEOUT = 1.0
 
 
 class RunnerError(Exception):
@@ -67,6 +75,8 @@ class Config:
     input_path: str | None
     env_file: str | None
     command: list[str]
+    isolation_probe: tuple[str, int] | None = None
+    isolation_wait_seconds: float = DEFAULT_ISOLATION_WAIT_SECONDS
 
 
 def parse_args(argv: list[str]) -> Config:
@@ -76,6 +86,8 @@ def parse_args(argv: list[str]) -> Config:
     parser.add_argument("--stdin", dest="stdin_path")
     parser.add_argument("--input", dest="input_path")
     parser.add_argument("--env-file")
+    parser.add_argument("--isolation-probe", metavar="HOST:PORT")
+    parser.add_argument("--isolation-wait-seconds", type=float, default=DEFAULT_ISOLATION_WAIT_SECONDS)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -85,7 +97,77 @@ def parse_args(argv: list[str]) -> Config:
         raise RunnerError("invalid runner arguments: --timeout-seconds must be positive")
     if args.max_output_bytes < 0:
         raise RunnerError("invalid runner arguments: --max-output-bytes must not be negative")
-    return Config(args.timeout_seconds, args.max_output_bytes, args.stdin_path, args.input_path, args.env_file, command)
+    if args.isolation_wait_seconds < 0:
+        raise RunnerError("invalid runner arguments: --isolation-wait-seconds must not be negative")
+    probe = parse_probe(args.isolation_probe) if args.isolation_probe is not None else None
+    return Config(
+        args.timeout_seconds,
+        args.max_output_bytes,
+        args.stdin_path,
+        args.input_path,
+        args.env_file,
+        command,
+        probe,
+        args.isolation_wait_seconds,
+    )
+
+
+def parse_probe(text: str) -> tuple[str, int]:
+    """Parses "10.0.0.1:443" or "[fd00::1]:443" into (address, port): an IP address, never a name (no DNS)."""
+    host, _, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        number = int(port)
+    except ValueError:
+        address, number = None, 0
+    if address is None or not 0 < number < 65536 or (address.version == 6) != bracketed:
+        raise RunnerError(f"invalid runner arguments: --isolation-probe {text!r} is not IPV4:PORT or [IPV6]:PORT")
+    return str(address), number
+
+
+@dataclass
+class Isolation:
+    """What the isolation probe saw: the program may start only when `isolated`."""
+
+    probe: str
+    isolated: bool
+    waited_ms: int
+    attempts: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"probe": self.probe, "isolated": self.isolated, "waitedMs": self.waited_ms, "attempts": self.attempts}
+
+
+def wait_for_isolation(probe: tuple[str, int], wait_seconds: float) -> Isolation:
+    """Connects to the probe address (one the pod's NetworkPolicy denies) until that fails. Enforcers
+    program a new pod's rules moments after it starts; until then the code could reach anything.
+    Refused, timed out or unreachable all mean the policy is in force; a connection means it is not
+    yet, and after `wait_seconds` that it will not be (no enforcer): fail closed."""
+    host, port = probe
+    label = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    started = time.monotonic()
+    attempts = 0
+    while True:
+        attempts += 1
+        reachable = can_connect(host, port)
+        waited_ms = int((time.monotonic() - started) * 1000)
+        if not reachable:
+            return Isolation(label, True, waited_ms, attempts)
+        if waited_ms >= wait_seconds * 1000:
+            return Isolation(label, False, waited_ms, attempts)
+        time.sleep(ISOLATION_RETRY_SECONDS)
+
+
+def can_connect(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.settimeout(ISOLATION_CONNECT_TIMEOUT)
+        try:
+            sock.connect((host, port))
+        except OSError:  # refused, timed out, unreachable, or not permitted
+            return False
+    return True
 
 
 def build_env(config: Config) -> dict[str, str]:
@@ -355,6 +437,7 @@ class Outcome:
     stdout: Capture | None = None
     stderr: Capture | None = None
     channel: Channel | None = None
+    isolation: Isolation | None = None
 
 
 def run(config: Config) -> Outcome:
@@ -492,6 +575,7 @@ def report_json(outcome: Outcome) -> dict[str, Any]:
         "logs": channel.logs,
         "logsTruncated": channel.logs_truncated,
         "error": error,
+        "networkIsolation": outcome.isolation.to_json() if outcome.isolation else None,
     }
 
 
@@ -502,12 +586,23 @@ def write_report(outcome: Outcome) -> None:
 
 
 def main(argv: list[str]) -> int:
+    isolation = None
     try:
         harden()
-        outcome = run(parse_args(argv))
+        config = parse_args(argv)
+        if config.isolation_probe is not None:
+            isolation = wait_for_isolation(config.isolation_probe, config.isolation_wait_seconds)
+            if not isolation.isolated:
+                raise RunnerError(
+                    f"network isolation not in effect: {isolation.probe} was still reachable after "
+                    f"{isolation.waited_ms / 1000:.1f} s; the program was not started",
+                    EXIT_NOT_ISOLATED,
+                )
+        outcome = run(config)
     except RunnerError as e:
         write_all(sys.stdout.fileno(), f"codeexec runner: {e}\n".encode())
         outcome = Outcome(exit_code=e.exit_code, error=str(e))
+    outcome.isolation = isolation
     write_report(outcome)
     return outcome.exit_code
 

@@ -1,14 +1,25 @@
-"""Fixtures for e2e tests: the local cluster from `make cluster`, namespaces and netns test hosts."""
+"""Fixtures for e2e tests: the local cluster from `make cluster`, namespaces, netns test hosts, and the
+operator run as a local process watching only `e2e-op-*` namespaces."""
 
 from __future__ import annotations
 
 import socket
 import subprocess
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 
 import pytest
 
+from tests.e2e.executions import (
+    OPERATOR_NAMESPACES,
+    OperatorProcess,
+    delete_executions,
+    install_crds_and_runtimes,
+    op_namespace_name,
+    operator_log_dir,
+    operators_watching,
+)
 from tests.e2e.kube import REPO, NetnsHost, kubectl, run_host, wait_until
 
 
@@ -63,3 +74,68 @@ def test_host(cluster: None) -> Iterator[NetnsHost]:
         server.wait()
         subprocess.run(["ip", "link", "delete", host_if], capture_output=True)
         subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+
+
+# Every test host's address is in here (test_host and test_network.py's hosts).
+TEST_HOST_CIDR = "10.250.0.0/16"
+# The operator of the running session, for the failure report hook below.
+_operator: OperatorProcess | None = None
+_LOG_OFFSET = pytest.StashKey[int]()
+
+
+@pytest.fixture(scope="session")
+def operator(cluster: None) -> Iterator[OperatorProcess]:
+    """The CRDs and Runtimes applied, and the operator running as a local process that watches only
+    this session's namespaces, e2e-op-<session>-* (an operator installed in the cluster must be told
+    to leave e2e-op-*)."""
+    global _operator
+    others = operators_watching(op_namespace_name())
+    if others:
+        pytest.fail(f"installed operators would also handle this session's Executions: {others}")
+    install_crds_and_runtimes()
+    log_path = operator_log_dir() / f"operator-e2e-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}.log"
+    process = OperatorProcess(
+        log_path,
+        {
+            "CODEEXEC_NAMESPACES": OPERATOR_NAMESPACES,
+            # Test hosts (netns on this machine) live there; sandboxes may be allowed to reach them.
+            "CODEEXEC_ALLOWED_PRIVATE_CIDRS": TEST_HOST_CIDR,
+        },
+    )
+    process.start()
+    _operator = process
+    try:
+        yield process
+    finally:
+        _operator = None
+        process.stop()
+
+
+@pytest.fixture
+def op_namespace(operator: OperatorProcess) -> Iterator[str]:
+    """A fresh namespace the e2e operator watches, enforcing the Pod Security Standard "restricted"
+    (the API server itself then refuses any sandbox pod that does not meet it)."""
+    name = op_namespace_name()
+    kubectl("create", "namespace", name)
+    kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
+    yield name
+    if not operator.running:
+        operator.start()  # a test that stopped it failed midway; its finalizers need it
+    delete_executions(name)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test that used the operator shows what the operator logged meanwhile."""
+    report = yield
+    if _operator is None:
+        return report
+    if call.when == "setup":
+        item.stash[_LOG_OFFSET] = _operator.log_size()
+    elif report.failed and "operator" in getattr(item, "fixturenames", ()):
+        offset = item.stash.get(_LOG_OFFSET, 0)
+        report.sections.append((f"operator log ({_operator.log_path})", _operator.log_since(offset)))
+    return report

@@ -27,8 +27,21 @@ def cluster_env() -> dict[str, str]:
 ENV = cluster_env()
 
 
+def kubectl_run(*args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """kubectl's whole outcome, for callers that inspect a refusal (exit code and stderr)."""
+    return subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=timeout)
+
+
+def helm(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """helm (the cluster's build, on the cluster env's PATH) against the local cluster."""
+    result = subprocess.run(["helm", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed: {result.stderr.strip()}\n{result.stdout}")
+    return result
+
+
 def kubectl(*args: str, stdin: str | None = None, check: bool = True, timeout: float = 60) -> str:
-    result = subprocess.run(["kubectl", *args], input=stdin, capture_output=True, text=True, env=ENV, timeout=timeout)
+    result = kubectl_run(*args, stdin=stdin, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout

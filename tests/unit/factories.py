@@ -107,6 +107,7 @@ def report_data(**fields: Any) -> dict[str, Any]:
         "logs": [{"level": "info", "time": "2030-01-02T03:04:04.123Z", "message": "summing"}],
         "logsTruncated": False,
         "error": None,
+        "networkIsolation": {"probe": "10.0.0.1:443", "isolated": True, "waitedMs": 850, "attempts": 6},
         **fields,
     }
 

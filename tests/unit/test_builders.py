@@ -14,12 +14,13 @@ from codeexec.config import OperatorConfig
 from tests.unit.factories import UID, plan
 
 EXECUTION = ExecutionRef(namespace="team", name="hello", uid=UID)
+PROBE = "10.0.0.1:443"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
 def build_pod(config: OperatorConfig | None = None, **fields: Any) -> dict[str, Any]:
     config = config or OperatorConfig()
-    return builders.pod(EXECUTION, plan(config, **fields), config)
+    return builders.pod(EXECUTION, plan(config, **fields), config, isolation_probe=PROBE)
 
 
 def sandbox(pod: dict[str, Any]) -> dict[str, Any]:
@@ -103,20 +104,32 @@ def test_networkpolicy_denies_everything_by_default() -> None:
     }
 
 
-def test_networkpolicy_allows_only_pinned_addresses() -> None:
+def test_networkpolicy_allows_only_pinned_addresses_and_ports() -> None:
     pinned = [
-        PinnedHost("api.example.com", 443, ("93.184.216.34", "2606:2800:220:1::1")),
+        PinnedHost("api.example.com", 8443, ("93.184.216.34", "2606:2800:220:1::1")),
         PinnedHost("example.org", None, ("93.184.216.35",)),
     ]
     policy = builders.networkpolicy(EXECUTION, pinned)
-    assert policy["spec"]["ingress"] == []
-    assert policy["spec"]["egress"] == [
+    spec = policy["spec"]
+    assert spec["podSelector"] == {"matchLabels": {"codeexec.io/execution-uid": UID}}
+    assert spec["policyTypes"] == ["Ingress", "Egress"]
+    assert spec["ingress"] == []
+    assert spec["egress"] == [
         {
             "to": [{"ipBlock": {"cidr": "93.184.216.34/32"}}, {"ipBlock": {"cidr": "2606:2800:220:1::1/128"}}],
-            "ports": [{"protocol": "TCP", "port": 443}],
+            "ports": [{"protocol": "TCP", "port": 8443}],
         },
-        {"to": [{"ipBlock": {"cidr": "93.184.216.35/32"}}]},
+        # No port given: HTTPS and HTTP only.
+        {
+            "to": [{"ipBlock": {"cidr": "93.184.216.35/32"}}],
+            "ports": [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}],
+        },
     ]
+    # Single addresses only, never a wider block; TCP only (no UDP, so no DNS even to an allowed host).
+    for rule in spec["egress"]:
+        assert all(block["ipBlock"]["cidr"].endswith(("/32", "/128")) for block in rule["to"])
+        assert all("except" not in block["ipBlock"] for block in rule["to"])
+        assert all(port["protocol"] == "TCP" for port in rule["ports"])
 
 
 def test_pod_identity_and_lifecycle() -> None:
@@ -130,7 +143,8 @@ def test_pod_identity_and_lifecycle() -> None:
     }
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
-    assert spec["activeDeadlineSeconds"] == 45 + 30
+    # The timeout, the runner's wait for network isolation, then the grace.
+    assert spec["activeDeadlineSeconds"] == 45 + 20 + 30
     assert spec["terminationGracePeriodSeconds"] == 2
 
 
@@ -163,13 +177,19 @@ def test_pod_has_no_usable_dns() -> None:
 
 def test_pod_pins_allowed_hosts() -> None:
     config = OperatorConfig()
-    pinned = [PinnedHost("api.example.com", 443, ("93.184.216.34", "93.184.216.35"))]
-    pod = builders.pod(EXECUTION, plan(config), config, pinned)
+    pinned = [
+        PinnedHost("api.example.com", 443, ("93.184.216.34", "93.184.216.35")),
+        PinnedHost("api.example.com", 8080, ("93.184.216.34", "93.184.216.35")),
+        PinnedHost("cdn.example.com", None, ("93.184.216.35", "2606:2800:220:1::1")),
+    ]
+    pod = builders.pod(EXECUTION, plan(config), config, pinned, isolation_probe=PROBE)
     assert pod["spec"]["hostAliases"] == [
         {"ip": "93.184.216.34", "hostnames": ["api.example.com"]},
-        {"ip": "93.184.216.35", "hostnames": ["api.example.com"]},
+        {"ip": "93.184.216.35", "hostnames": ["api.example.com", "cdn.example.com"]},
+        {"ip": "2606:2800:220:1::1", "hostnames": ["cdn.example.com"]},
     ]
     assert pod["spec"]["dnsPolicy"] == "None"
+    assert pod["spec"]["dnsConfig"] == {"nameservers": ["127.0.0.1"]}
 
 
 def test_container_security_settings() -> None:
@@ -196,6 +216,10 @@ def test_container_runs_the_runner_per_the_contract() -> None:
         "12",
         "--max-output-bytes",
         "65536",
+        "--isolation-probe",
+        "10.0.0.1:443",
+        "--isolation-wait-seconds",
+        "20",
         "--stdin",
         "/code/stdin",
         "--input",

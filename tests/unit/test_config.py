@@ -72,3 +72,20 @@ def test_config_is_frozen() -> None:
     config = OperatorConfig()
     with pytest.raises(ValidationError):
         config.keep_pods = True  # type: ignore[misc]
+
+
+def test_network_ranges() -> None:
+    defaults = OperatorConfig.from_env({})
+    assert defaults.cluster_cidrs == ("10.0.0.0/24", "10.244.0.0/16")
+    config = OperatorConfig.from_env(
+        {"CODEEXEC_CLUSTER_CIDRS": "10.96.0.0/12, fd00:10:96::/108", "CODEEXEC_ALLOWED_PRIVATE_CIDRS": "10.250.0.0/16"}
+    )
+    assert config.cluster_cidrs == ("10.96.0.0/12", "fd00:10:96::/108")
+    assert config.allowed_private_cidrs == ("10.250.0.0/16",)
+
+
+@pytest.mark.parametrize("cidr", ["10.0.0.1/8", "10.0.0.0/33", "not-a-network", "10.0.0.0/8,,nope"])
+@pytest.mark.parametrize("variable", ["CODEEXEC_CLUSTER_CIDRS", "CODEEXEC_ALLOWED_PRIVATE_CIDRS"])
+def test_bad_network_ranges_stop_the_operator(variable: str, cidr: str) -> None:
+    with pytest.raises(ValidationError):
+        OperatorConfig.from_env({variable: cidr})

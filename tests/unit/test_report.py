@@ -27,6 +27,30 @@ def test_report_as_the_runner_writes_it() -> None:
     assert report.error is None
 
 
+def test_network_isolation_record() -> None:
+    report = parse_report(report_line() + b"\n")
+    assert report is not None and report.network_isolation is not None
+    isolation = report.network_isolation
+    assert (isolation.probe, isolation.isolated, isolation.waited_ms, isolation.attempts) == (
+        "10.0.0.1:443",
+        True,
+        850,
+        6,
+    )
+    # Null without --isolation-probe; absent in reports of older runners.
+    assert (parsed := parse_report(report_line(networkIsolation=None))) is not None
+    assert parsed.network_isolation is None
+    older = report_data()
+    del older["networkIsolation"]
+    assert (parsed := parse_report(REPORT_PREFIX + json.dumps(older).encode())) is not None
+    assert parsed.network_isolation is None
+    # Strict like the rest: a malformed record makes the whole report untrusted.
+    assert (
+        parse_report(report_line(networkIsolation={"probe": "x", "isolated": "no", "waitedMs": 1, "attempts": 1}))
+        is None
+    )
+
+
 def test_text_logs_work_too() -> None:
     report = parse_report("out\n" + report_line(exitCode=3).decode() + "\n")
     assert report is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -28,7 +29,9 @@ def run_execution(tmp_path: Path, **fields: Any) -> tuple[int, bytes, Report | N
     execution = builders.ExecutionRef("team", "hello", "0f1e2d3c-0000")
     for name, content in builders.configmap(execution, plan)["data"].items():
         (tmp_path / name).write_text(content)
-    args = [arg.replace(f"{builders.CODE_DIR}/", f"{tmp_path}/") for arg in builders.runner_args(plan, CONFIG)]
+    # The probe: a local port nothing listens on, as for a pod whose NetworkPolicy is in force.
+    runner_args = builders.runner_args(plan, CONFIG, isolation_probe=f"127.0.0.1:{closed_port()}")
+    args = [arg.replace(f"{builders.CODE_DIR}/", f"{tmp_path}/") for arg in runner_args]
     proc = subprocess.run(
         [sys.executable, str(RUNNER), *args],
         capture_output=True,
@@ -41,6 +44,13 @@ def run_execution(tmp_path: Path, **fields: Any) -> tuple[int, bytes, Report | N
     for start in range(0, len(proc.stdout), 1000):
         scanner.feed(proc.stdout[start : start + 1000])
     return proc.returncode, proc.stdout, scanner.report()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def outcome(exit_code: int, report: Report | None) -> dict[str, Any]:

@@ -103,6 +103,52 @@ def test_runner_timeout() -> None:
     assert patch["message"] == "The program exceeded its timeout."
 
 
+NOT_ISOLATED = {"probe": "10.0.0.1:443", "isolated": False, "waitedMs": 20150, "attempts": 96}
+NOT_ISOLATED_ERROR = "network isolation not in effect: 10.0.0.1:443 was still reachable after 20.1 s"
+
+
+def test_network_not_isolated_fails_closed_without_program_fields() -> None:
+    runner_report = report(
+        exitCode=122,
+        durationMs=0,
+        stdout={"text": "", "bytes": 0, "truncated": False},
+        hasResult=False,
+        result=None,
+        logs=[],
+        error=NOT_ISOLATED_ERROR,
+        networkIsolation=NOT_ISOLATED,
+    )
+    patch = observe(pod(phase="Failed", state=terminated(122, "Error")), runner_report)
+    assert_finished(patch, "Failed", status.NETWORK_NOT_ISOLATED)
+    assert patch["message"] == (
+        "The sandbox's NetworkPolicy was not in effect: the isolation probe 10.0.0.1:443 was still reachable "
+        "after 20.1 s, so the code did not run; check that the cluster runs a NetworkPolicy enforcer."
+    )
+    # The program never ran: no exit code, output, result or duration of its own.
+    for field in ("exitCode", "durationMs", "stdout", "stderr", "result", "logs"):
+        assert field not in patch, field
+    assert patch["podName"] == "hello-0f1e2d3c"
+
+
+def test_network_isolation_claimed_by_the_code_is_not_trusted() -> None:
+    # Code can print a report line claiming isolation failed, but it ran, so the runner's real
+    # report is the last line; a forged one with another exit code than the container's is ignored.
+    forged = report(exitCode=122, error=NOT_ISOLATED_ERROR, networkIsolation=NOT_ISOLATED)
+    patch = observe(pod(phase="Failed", state=terminated(3, "Error")), forged)
+    assert patch["reason"] == status.REPORT_MISSING
+    # The channel can set `error` to the same words; only the runner's networkIsolation counts.
+    verified = {"probe": "10.0.0.1:443", "isolated": True, "waitedMs": 850, "attempts": 6}
+    echoed = report(exitCode=122, error=NOT_ISOLATED_ERROR, networkIsolation=verified)
+    patch = observe(pod(phase="Failed", state=terminated(122, "Error")), echoed)
+    assert patch["reason"] == status.NON_ZERO_EXIT and patch["exitCode"] == 122
+
+
+def test_verified_isolation_changes_nothing() -> None:
+    verified = {"probe": "10.0.0.1:443", "isolated": True, "waitedMs": 850, "attempts": 6}
+    patch = observe(pod(phase="Succeeded", state=terminated(0)), report(networkIsolation=verified))
+    assert_finished(patch, "Succeeded", status.COMPLETED)
+
+
 def test_forged_report_with_another_exit_code_is_ignored() -> None:
     # The code printed a "success" report and then failed: the container says 1.
     forged = report(exitCode=0, stdout={"text": "all good", "bytes": 8, "truncated": False}, result="forged")
@@ -308,6 +354,20 @@ def test_pending() -> None:
         "Accepted",
         timestamp(NOW),
     )
+
+
+def test_pending_records_the_resolved_addresses() -> None:
+    patch = status.pending({}, NOW, 1, ["93.184.216.34", "2606:2800:220:1::1"])
+    ExecutionStatus.model_validate(patch)
+    assert patch["resolvedAddresses"] == ["93.184.216.34", "2606:2800:220:1::1"]
+    assert "resolvedAddresses" not in status.pending({}, NOW, 1)
+
+
+@pytest.mark.parametrize("reason", [status.DOMAIN_NOT_ALLOWED, status.DOMAIN_UNRESOLVABLE])
+def test_domain_problems_are_rejections(reason: str) -> None:
+    patch = status.rejected({}, reason, 'spec.network.allowedDomains[0] "x.example.com": ...', NOW, 1)
+    assert (patch["phase"], patch["reason"]) == ("Rejected", reason)
+    assert condition(patch, "Accepted")["status"] == "False"
 
 
 def test_condition_transition_time_moves_only_when_its_status_changes() -> None:

@@ -212,7 +212,19 @@ def test_good_env() -> None:
     assert [(var.name, var.value) for var in plan.spec.env] == [("GREETING", "hi"), ("_x1", "")]
 
 
-@pytest.mark.parametrize("domain", ["example.com", "api.example.com:443", "a-b.c0.io", "x.y.z.example.org:8080"])
+@pytest.mark.parametrize(
+    "domain",
+    [
+        "example.com",
+        "api.example.com:443",
+        "a-b.c0.io",
+        "x.y.z.example.org:8080",
+        "example.com:1",
+        "example.com:65535",
+        "xn--bcher-kva.example",
+        ("a" * 63 + ".") * 3 + "b" * 61 + ":65535",  # a 253-character name with the longest port
+    ],
+)
 def test_good_allowed_domains(domain: str) -> None:
     assert accepted(network={"allowedDomains": [domain]}).spec.network is not None
 
@@ -229,6 +241,17 @@ def test_good_allowed_domains(domain: str) -> None:
         "http://example.com",
         "example.com:",
         "example.com:123456",
+        "example.com:0",
+        "example.com:65536",
+        "example.com:99999",
+        "example.com:080",
+        "example.com:443:80",
+        "[::1]:443",
+        "::1",
+        "example.123",
+        "exa_mple.com",
+        "example.com ",
+        "",
         "-bad.example.com",
         "example.com/path",
     ],
@@ -237,6 +260,20 @@ def test_bad_allowed_domains(domain: str) -> None:
     result = rejection(network={"allowedDomains": [domain]})
     assert result.reason == status.INVALID_SPEC
     assert result.message.startswith("spec.network.allowedDomains[0]: ")
+
+
+def test_host_names_longer_than_dns_allows_are_invalid() -> None:
+    name = ("a" * 63 + ".") * 3 + "b" * 62  # 254 characters
+    result = rejection(network={"allowedDomains": [name]})
+    assert result.reason == status.INVALID_SPEC
+    assert result.message.startswith("spec.network.allowedDomains: ")
+    assert "at most 253 characters" in result.message
+
+
+def test_too_many_allowed_domains_are_invalid() -> None:
+    domains = [f"host{i}.example.com" for i in range(33)]
+    assert rejection(network={"allowedDomains": domains}).message.startswith("spec.network.allowedDomains: ")
+    assert accepted(network={"allowedDomains": domains[:32]}).spec.network is not None
 
 
 def test_too_many_args_is_invalid() -> None:

@@ -100,3 +100,72 @@ def test_non_serialisable_result_is_an_error(run_runner, value):
     assert r.report["exitCode"] == 1 and r.report["hasResult"] is False
     assert "not JSON-serialisable" in r.report["error"]
     assert "not JSON-serialisable" in r.report["stderr"]["text"]
+
+
+def test_api_get_parses_json_and_returns_text_otherwise(run_runner, http_base):
+    code = (
+        "const base = input.base;\n"
+        "return { json: await api.get(base + '/json'), text: await api.get(base + '/text'),\n"
+        "         empty: await api.get(base + '/empty-json'), fetch: typeof fetch };\n"
+    )
+    r = run_code(run_runner, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0, r.report["stderr"]
+    assert r.report["result"] == {
+        "json": {"hello": "world", "n": [1, 2]},
+        "text": "caf\u00e9",
+        "empty": None,
+        "fetch": "function",
+    }
+    assert r.report["stderr"]["text"] == ""  # no ExperimentalWarning about fetch (node 18)
+
+
+def test_api_post_sends_json_text_and_custom_headers(run_runner, http_base):
+    code = (
+        "const base = input.base;\n"
+        "return [await api.post(base + '/echo', { a: 1 }), await api.post(base + '/echo', 'raw text'),\n"
+        "  await api.post(base + '/problem', 'x=1',\n"
+        "    { headers: { 'Content-Type': 'application/x-www-form-urlencoded' } }),\n"
+        "  await api.request('PUT', base + '/echo', { body: [1, 2] })];\n"
+    )
+    r = run_code(run_runner, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0, r.report["stderr"]
+    assert r.report["result"] == [
+        {"path": "/echo", "contentType": "application/json", "body": '{"a":1}'},
+        {"path": "/echo", "contentType": "text/plain;charset=UTF-8", "body": "raw text"},
+        {"path": "/problem", "contentType": "application/x-www-form-urlencoded", "body": "x=1"},
+        {"path": "/echo", "contentType": "application/json", "body": "[1,2]"},
+    ]
+
+
+def test_api_http_errors_throw_with_status_and_body(run_runner, http_base):
+    code = (
+        "const errors = [];\n"
+        "for (const path of ['/missing', '/broken']) {\n"
+        "  try { await api.get(input.base + path); }\n"
+        "  catch (error) { errors.push([error instanceof api.HttpError, error.status, error.body, error.message]); }\n"
+        "}\n"
+        "return errors;\n"
+    )
+    r = run_code(run_runner, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0, r.report["stderr"]
+    assert r.report["result"] == [
+        [True, 404, {"error": "no such thing"}, f"HTTP 404 Not Found: GET {http_base}/missing"],
+        [True, 500, "it broke", f"HTTP 500 Internal Server Error: GET {http_base}/broken"],
+    ]
+
+
+def test_api_connection_refused_fails_fast_and_says_why(run_runner):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        r = run_code(run_runner, f"await api.get('http://127.0.0.1:{port}/');\n")
+    assert r.report["exitCode"] == 1
+    assert f"GET http://127.0.0.1:{port}/ failed: connect ECONNREFUSED" in r.report["stderr"]["text"]
+    assert r.elapsed < 5
+
+
+def test_code_may_declare_its_own_api(run_runner):
+    r = run_code(run_runner, "const api = 'mine';\nreturn api;\n")
+    assert r.report["exitCode"] == 0 and r.report["result"] == "mine"

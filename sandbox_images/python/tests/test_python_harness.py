@@ -116,3 +116,65 @@ def test_non_serialisable_result_is_an_error(run_runner):
     assert "not JSON-serialisable" in r.report["stderr"]["text"]
     r = run_code(run_runner, "return float('nan')\n")
     assert r.report["exitCode"] == 1 and "not JSON-serialisable" in r.report["error"]
+
+
+def test_api_get_parses_json_and_returns_text_otherwise(run_runner, http_base):
+    code = (
+        "base = input['base']\n"
+        "return {'json': api.get(base + '/json'), 'text': api.get(base + '/text'),\n"
+        "        'empty': api.get(base + '/empty-json')}\n"
+    )
+    r = run_code(run_runner, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0, r.report["stderr"]
+    assert r.report["result"] == {"json": {"hello": "world", "n": [1, 2]}, "text": "caf\u00e9", "empty": None}
+
+
+def test_api_post_sends_json_text_and_custom_headers(run_runner, http_base):
+    code = (
+        "base = input['base']\n"
+        "return [api.post(base + '/echo', {'a': 1}), api.post(base + '/echo', 'raw text'),\n"
+        "        api.post(base + '/problem', 'x=1', headers={'Content-Type': 'application/x-www-form-urlencoded'}),\n"
+        "        api.request('PUT', base + '/echo', [1, 2])]\n"
+    )
+    r = run_code(run_runner, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0, r.report["stderr"]
+    assert r.report["result"] == [
+        {"path": "/echo", "contentType": "application/json", "body": '{"a": 1}'},
+        {"path": "/echo", "contentType": "text/plain; charset=utf-8", "body": "raw text"},
+        {"path": "/problem", "contentType": "application/x-www-form-urlencoded", "body": "x=1"},
+        {"path": "/echo", "contentType": "application/json", "body": "[1, 2]"},
+    ]
+
+
+def test_api_http_errors_raise_with_status_and_body(run_runner, http_base):
+    code = (
+        "errors = []\n"
+        "for path in ('/missing', '/broken'):\n"
+        "    try:\n"
+        "        api.get(input['base'] + path)\n"
+        "    except api.HTTPError as error:\n"
+        "        errors.append([error.status, error.body, str(error)])\n"
+        "return errors\n"
+    )
+    r = run_code(run_runner, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0, r.report["stderr"]
+    assert r.report["result"] == [
+        [404, {"error": "no such thing"}, f"HTTP 404 Not Found: GET {http_base}/missing"],
+        [500, "it broke", f"HTTP 500 Internal Server Error: GET {http_base}/broken"],
+    ]
+
+
+def test_api_connection_refused_fails_fast(run_runner):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        r = run_code(run_runner, f"api.get('http://127.0.0.1:{port}/')\n")
+    assert r.report["exitCode"] == 1 and "Connection refused" in r.report["stderr"]["text"]
+    assert r.elapsed < 5
+
+
+def test_code_may_define_its_own_api(run_runner):
+    r = run_code(run_runner, "api = 'mine'\nreturn api\n")
+    assert r.report["result"] == "mine"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
 
 RUNNER = Path(__file__).resolve().parents[1] / "runner.py"
 REPORT_PREFIX = b"codeexec-report/v1 "
@@ -338,3 +343,128 @@ def test_runner_is_not_dumpable(run_runner, nobody_prefix):
         py(code), prefix=nobody_prefix, runner_env={"PATH": "/usr/local/bin:/usr/bin:/bin", "SECRET": "s3cret"}
     )
     assert r.report["stdout"]["text"] == "denied\n"
+
+
+class Listener:
+    """A local TCP server that accepts and closes every connection: a probe target that is not isolated."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # closed
+            self.accepted += 1
+            conn.close()
+
+    def close(self) -> None:
+        # shutdown wakes the accept() blocked in the thread; close alone would not.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self.thread.join(5)
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that refuses connections: bound (so nobody else takes it) but not listening."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+MARK_STARTED = "open('started', 'w').write('yes'); print('ran')"
+
+
+def test_no_probe_means_no_isolation_record(run_runner):
+    r = run_runner(py("print('ran')"))
+    assert r.report["exitCode"] == 0 and r.report["networkIsolation"] is None
+
+
+def test_probe_refused_means_isolated_and_the_program_runs(run_runner):
+    port = closed_port()
+    r = run_runner(py("print('ran')"), extra_args=["--isolation-probe", f"127.0.0.1:{port}"])
+    assert r.returncode == 0 and r.report["stdout"]["text"] == "ran\n"
+    isolation = r.report["networkIsolation"]
+    assert isolation["probe"] == f"127.0.0.1:{port}"
+    assert isolation["isolated"] is True and isolation["attempts"] == 1
+    assert isolation["waitedMs"] < 1000
+    assert r.report["error"] is None
+
+
+def test_probe_reachable_means_not_isolated_and_the_program_never_starts(run_runner, tmp_path):
+    listener = Listener()
+    try:
+        r = run_runner(
+            py(MARK_STARTED),
+            extra_args=["--isolation-probe", f"127.0.0.1:{listener.port}", "--isolation-wait-seconds", "1"],
+        )
+    finally:
+        listener.close()
+    assert r.returncode == 122 and r.report["exitCode"] == 122
+    assert r.report["error"].startswith("network isolation not in effect: 127.0.0.1:")
+    assert not (tmp_path / "started").exists()
+    assert r.report["stdout"]["text"] == "" and r.report["durationMs"] == 0
+    isolation = r.report["networkIsolation"]
+    assert isolation["isolated"] is False
+    assert isolation["waitedMs"] >= 1000
+    # Retried about every 150 ms meanwhile, each connection really made.
+    assert 4 <= isolation["attempts"] <= 12 and listener.accepted == isolation["attempts"]
+    assert 1.0 <= r.elapsed < 5
+
+
+def test_probe_retries_until_the_policy_takes_effect(run_runner):
+    listener = Listener()
+    # The "enforcer" arrives after about half a second: from then on the probe is refused.
+    timer = threading.Timer(0.5, listener.close)
+    timer.start()
+    try:
+        r = run_runner(py("print('ran')"), extra_args=["--isolation-probe", f"127.0.0.1:{listener.port}"])
+    finally:
+        timer.cancel()
+        listener.close()
+    assert r.returncode == 0 and r.report["stdout"]["text"] == "ran\n"
+    isolation = r.report["networkIsolation"]
+    assert isolation["isolated"] is True and isolation["attempts"] >= 2
+    assert 400 <= isolation["waitedMs"] < 5000
+
+
+def test_probe_timeout_means_isolated(run_runner):
+    # An enforcer that drops rather than rejects: the connect times out (a listener whose accept queue
+    # is full drops SYNs the same way).
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(0)
+    fillers = []
+    try:
+        for _ in range(4):
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(server.getsockname())
+            fillers.append(filler)
+        time.sleep(0.1)
+        r = run_runner(py("print('ran')"), extra_args=["--isolation-probe", f"127.0.0.1:{server.getsockname()[1]}"])
+    finally:
+        for filler in fillers:
+            filler.close()
+        server.close()
+    assert r.returncode == 0 and r.report["networkIsolation"]["isolated"] is True
+    assert r.report["networkIsolation"]["waitedMs"] >= 900
+
+
+@pytest.mark.parametrize("probe", ["kubernetes.default:443", "10.0.0.1", "10.0.0.1:0", "10.0.0.1:65536", "::1:443"])
+def test_invalid_probe_is_an_invalid_argument(run_runner, probe):
+    r = run_runner(py(MARK_STARTED), extra_args=["--isolation-probe", probe])
+    assert r.returncode == 125 and "--isolation-probe" in r.report["error"]
+    assert r.report["networkIsolation"] is None
+
+
+def test_ipv6_probe_is_bracketed(run_runner):
+    r = run_runner(py("print('ran')"), extra_args=["--isolation-probe", f"[::1]:{closed_port()}"])
+    assert r.returncode == 0 and r.report["networkIsolation"]["probe"].startswith("[::1]:")

@@ -83,3 +83,13 @@ def test_syntax_error_exits_1_with_typescript_diagnostics(run_runner, ts_harness
     r = run_code(run_runner, ts_harness, "const x: number = ;\n")
     assert r.report["exitCode"] == 1
     assert "main.ts:1:19 - error TS1109: Expression expected." in r.report["stderr"]["text"]
+
+
+def test_api_helper_is_available(run_runner, ts_harness, http_base):
+    code = (
+        "interface Greeting { hello: string }\n"
+        "const greeting: Greeting = await api.get(input.base + '/json');\n"
+        "return greeting.hello;\n"
+    )
+    r = run_code(run_runner, ts_harness, code, input={"base": http_base})
+    assert r.report["exitCode"] == 0 and r.report["result"] == "world", r.report["stderr"]["text"]

@@ -1,0 +1,62 @@
+"""The Kubernetes Event each milestone of an Execution gets (accepted or rejected, sandbox created,
+started, finished with its reason), computed without I/O from the status change the operator wrote."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from codeexec.models import Phase
+from codeexec.validation import Plan, format_cpu, format_memory
+
+NORMAL = "Normal"
+WARNING = "Warning"
+ACCEPTED = "Accepted"
+SANDBOX_CREATED = "SandboxCreated"
+STARTED = "Started"
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """One Event: type (Normal or Warning), a stable CamelCase reason and a message."""
+
+    type: str
+    reason: str
+    message: str
+
+
+def accepted(plan: Plan) -> Milestone:
+    return Milestone(
+        NORMAL,
+        ACCEPTED,
+        f"Runtime {plan.runtime_name}, timeout {plan.timeout_seconds}s, "
+        f"cpu {format_cpu(plan.cpu_millis)}, memory {format_memory(plan.memory_bytes)}",
+    )
+
+
+def sandbox_created(pod_name: str) -> Milestone:
+    return Milestone(NORMAL, SANDBOX_CREATED, f"Created pod {pod_name} with its ConfigMap and NetworkPolicy")
+
+
+def from_patch(previous_phase: str | None, patch: Mapping[str, Any]) -> Milestone | None:
+    """The Event for a status patch that moved the Execution to Running or a final phase; None otherwise
+    (Pending is announced by `accepted`, which knows the plan)."""
+    phase = patch.get("phase")
+    if phase is None or phase == previous_phase:
+        return None
+    if phase == Phase.RUNNING:
+        pod = patch.get("podName")
+        return Milestone(NORMAL, STARTED, f"Pod {pod} is running the program" if pod else "The program is running")
+    if phase == Phase.PENDING:
+        return None
+    details = [f"{phase}"]
+    if patch.get("exitCode") is not None:
+        details.append(f"exit code {patch['exitCode']}")
+    if patch.get("durationMs") is not None:
+        details.append(f"ran {patch['durationMs']} ms")
+    message = ", ".join(details)
+    if patch.get("message"):
+        message += f": {patch['message']}"
+    event_type = NORMAL if phase == Phase.SUCCEEDED else WARNING
+    return Milestone(event_type, str(patch.get("reason") or phase), message)

@@ -1,0 +1,466 @@
+"""The Helm chart without a cluster: CRDs and Runtimes as generated, values ↔ schema ↔ operator
+settings, comments, and the manifests `helm template` renders (security settings field by field)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from codeexec import admission, crdgen
+from codeexec.config import OperatorConfig
+
+REPO = Path(__file__).resolve().parents[2]
+CHART = REPO / "charts/code-exec"
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+# Settings the chart derives from other values instead of config.<name>.
+DERIVED_SETTINGS = {"runtime_class", "namespaces", "log_level", "metrics_port", "webhook_port", "webhook_cert_dir"}
+GLOB_CHARS = re.compile(r"[*?!\[]")
+
+
+def _helm() -> str | None:
+    """helm on PATH, else the build `make cluster` made (hack/cluster.sh env puts it on PATH)."""
+    exports = subprocess.run([str(REPO / "hack/cluster.sh"), "env"], capture_output=True, text=True).stdout
+    paths = re.findall(r"^export PATH=(.*)$", exports, re.MULTILINE)
+    search = paths[0].replace("$PATH", os.environ.get("PATH", "")) if paths else None
+    return shutil.which("helm", path=search)
+
+
+HELM = _helm()
+needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not built yet (make cluster)")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    assert HELM is not None
+    result = subprocess.run([HELM, *args], capture_output=True, text=True)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def render(*sets: str, namespace: str = "code-exec") -> list[dict[str, Any]]:
+    """The chart's objects as `helm template` renders them (release "code-exec")."""
+    flags = [flag for value in sets for flag in ("--set", value)]
+    args = ["template", "code-exec", str(CHART), "-n", namespace, "--kube-version", "1.34.0", *flags]
+    return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+
+
+def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [o for o in objects if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    assert len(matches) == 1, f"{kind} {name}: {len(matches)} found"
+    return matches[0]
+
+
+def kinds(objects: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
+    return sorted((o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects)
+
+
+# --- files --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("file_name", sorted(crdgen.rendered_files()))
+def test_chart_crds_are_the_generated_ones(file_name: str) -> None:
+    chart_crd = (CHART / "crds" / file_name).read_text(encoding="utf-8")
+    assert chart_crd == crdgen.rendered_files()[file_name], (
+        f"charts/code-exec/crds/{file_name} is out of date: run `make crds`"
+    )
+
+
+def test_chart_has_only_the_generated_crds() -> None:
+    assert sorted(path.name for path in (CHART / "crds").iterdir()) == sorted(crdgen.rendered_files())
+
+
+def schema_nodes(schema: dict[str, Any], values: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any], Any]]:
+    yield path, schema, values
+    if schema.get("type") == "object" and "properties" in schema:
+        for key, child in schema["properties"].items():
+            if key in values:
+                yield from schema_nodes(child, values[key], f"{path}.{key}")
+
+
+def test_schema_and_values_have_the_same_keys() -> None:
+    """Every value is in the schema and every schema property has a default in values.yaml (but
+    Helm's `global`); objects are closed (additionalProperties false) unless they are free maps."""
+    free_maps = {".operator.affinity", ".operator.podAnnotations", ".operator.podLabels", ".operator.nodeSelector"}
+    free_maps |= {".serviceAccount.annotations"}
+    for path, node, value in schema_nodes(SCHEMA, VALUES):
+        assert node.get("description") or not path, f"{path} has no description in the schema"
+        if node.get("type") != "object" or path in free_maps:
+            continue
+        if "properties" in node:
+            assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
+            expected = set(node["properties"]) - ({"global"} if not path else set())
+            if path in {".operator.resources", ".webhook.namespaceSelector"}:
+                assert set(value) <= expected, path
+            else:
+                assert set(value) == expected, f"{path}: values.yaml {sorted(value)} vs schema {sorted(expected)}"
+
+
+def test_every_value_has_a_comment() -> None:
+    """Each key line in values.yaml has a comment right above it (or is inside a commented block)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    missing = []
+    for number, line in enumerate(lines):
+        match = re.match(r"^(\s*)([A-Za-z][A-Za-z0-9]*):", line)
+        if not match:
+            continue
+        previous = lines[number - 1].strip() if number else ""
+        # Per-key comments, except the keys of a small literal map that its parent's comment explains.
+        parent_comment_covers = match.group(1) and re.match(r"^\s*(requests|limits|cpu|memory):", line)
+        if not previous.startswith("#") and not parent_comment_covers:
+            missing.append(f"{number + 1}: {line.strip()}")
+    assert missing == []
+
+
+def test_config_values_are_the_operator_settings_with_its_defaults() -> None:
+    """config.<camelCase> ↔ OperatorConfig.<snake_case>, same defaults: the chart can set every
+    setting, nothing more, and installs the operator's own defaults."""
+    config = VALUES["config"]
+    fields = {name: field for name, field in OperatorConfig.model_fields.items() if name not in DERIVED_SETTINGS}
+    as_snake = {re.sub(r"([A-Z])", r"_\1", key).lower(): key for key in config}
+    assert set(as_snake) == set(fields)
+    defaults = OperatorConfig()
+    for snake, key in as_snake.items():
+        default = getattr(defaults, snake)
+        assert config[key] == (list(default) if isinstance(default, tuple) else default), key
+
+
+def test_helm_test_script_knows_the_schema_languages() -> None:
+    script = (CHART / "files/helm_test.py").read_text()
+    for language in SCHEMA["properties"]["helmTest"]["properties"]["language"]["enum"]:
+        assert f'"{language}": (' in script
+
+
+# --- rendering ----------------------------------------------------------------------------------
+
+
+@needs_helm
+def test_lint_strict_passes() -> None:
+    result = helm("lint", "--strict", str(CHART))
+    assert "0 chart(s) failed" in result.stdout
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("value", "complaint"),
+    [
+        ("operator.bogus=1", "additional properties 'bogus' not allowed"),
+        ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
+        ("config.maxCpu=lots", "/config/maxCpu"),
+        ("operator.logLevel=trace", "/operator/logLevel"),
+        ("runtimes.python.maxTimeoutSeconds=0", "/runtimes/python/maxTimeoutSeconds"),
+    ],
+)
+def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
+    args = ["template", "x", str(CHART), "--kube-version", "1.34.0", "--set", value]
+    result = helm(*args, check=False)
+    assert result.returncode != 0
+    assert complaint in result.stderr
+
+
+@needs_helm
+def test_default_install_objects() -> None:
+    objects = render()
+    assert kinds(objects) == [
+        ("ClusterRole", "code-exec-code-exec", None),
+        ("ClusterRole", "code-exec-code-exec-cluster", None),
+        ("ClusterRoleBinding", "code-exec-code-exec", None),
+        ("ClusterRoleBinding", "code-exec-code-exec-cluster", None),
+        ("Deployment", "code-exec", "code-exec"),
+        ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
+        ("Role", "code-exec-code-exec-apiserver", "default"),
+        ("Role", "code-exec-test", "code-exec"),
+        ("RoleBinding", "code-exec-code-exec-apiserver", "default"),
+        ("RoleBinding", "code-exec-test", "code-exec"),
+        ("Runtime", "javascript", None),
+        ("Runtime", "python", None),
+        ("Runtime", "typescript", None),
+        ("RuntimeClass", "gvisor", None),
+        ("Secret", "code-exec-webhook-tls", "code-exec"),
+        ("Service", "code-exec", "code-exec"),
+        ("ServiceAccount", "code-exec", "code-exec"),
+        ("ServiceAccount", "code-exec-test", "code-exec"),
+        ("ValidatingWebhookConfiguration", "code-exec-code-exec", None),
+    ]
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "code-exec", obj["kind"]
+
+
+@needs_helm
+def test_operator_deployment_security() -> None:
+    deployment = find(render(), "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == "code-exec"
+    assert pod["serviceAccountName"] == "code-exec"
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["enableServiceLinks"] is False
+    assert "hostNetwork" not in pod and "hostPID" not in pod and "hostIPC" not in pod
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 65532
+    assert pod["securityContext"]["runAsGroup"] == 65532
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    (container,) = pod["containers"]
+    assert container["image"] == "localhost/codeexec/operator:0.1.0"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    assert container["args"] == ["run", "--liveness", "http://0.0.0.0:8080/healthz"]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["runAsUser"] == 65532
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["privileged"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"] == {
+        "requests": {"cpu": "50m", "memory": "128Mi"},
+        "limits": {"cpu": "1", "memory": "512Mi"},
+    }
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["startupProbe"]["tcpSocket"] == {"port": "webhook"}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports == {"health": 8080, "webhook": 9443, "metrics": 9090}
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    assert mounts["webhook-tls"] == {"name": "webhook-tls", "mountPath": "/etc/codeexec/webhook", "readOnly": True}
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "16Mi"}
+    assert volumes["webhook-tls"]["secret"]["defaultMode"] == 0o440
+    assert mounts["webhook-tls"]["mountPath"] == OperatorConfig().webhook_cert_dir
+
+
+@needs_helm
+def test_operator_environment_is_every_setting() -> None:
+    (container,) = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert set(env) == {f"CODEEXEC_{name.upper()}" for name in OperatorConfig.model_fields}
+    config = OperatorConfig.from_env(env)  # what the operator would make of it
+    assert config.namespaces == ()
+    assert config.runtime_class == "gvisor"
+    assert (config.webhook_port, config.metrics_port) == (9443, 9090)
+    expected = OperatorConfig(runtime_class="gvisor", webhook_port=9443, metrics_port=9090)
+    assert config == expected
+
+
+@needs_helm
+def test_values_reach_the_operator() -> None:
+    sets = [
+        "config.startDeadlineSeconds=1000000",
+        "config.keepPods=true",
+        "config.allowedPrivateCidrs={10.1.0.0/16,10.2.0.0/16}",
+    ]
+    sets += ["operator.logLevel=debug", "webhook.enabled=false", "metrics.enabled=false", "runtimeClass.create=false"]
+    sets += ["runtimeClass.name="]
+    objects = render(*sets)
+    (container,) = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert env["CODEEXEC_START_DEADLINE_SECONDS"] == "1000000"  # not 1e+06
+    assert env["CODEEXEC_KEEP_PODS"] == "true"
+    assert env["CODEEXEC_ALLOWED_PRIVATE_CIDRS"] == "10.1.0.0/16,10.2.0.0/16"
+    assert env["CODEEXEC_LOG_LEVEL"] == "debug"
+    assert (env["CODEEXEC_WEBHOOK_PORT"], env["CODEEXEC_METRICS_PORT"], env["CODEEXEC_RUNTIME_CLASS"]) == ("0", "0", "")
+    assert "startupProbe" in container and "tcpSocket" not in container["startupProbe"]
+    present = {obj["kind"] for obj in objects}
+    assert not present & {"ValidatingWebhookConfiguration", "Secret", "Service", "RuntimeClass"}
+
+
+@needs_helm
+def test_runtimes_render_as_the_bundled_runtime_files() -> None:
+    rendered = {obj["metadata"]["name"]: obj for obj in render() if obj["kind"] == "Runtime"}
+    for path in sorted((REPO / "crds/runtimes").glob("*.yaml")):
+        bundled = yaml.safe_load(path.read_text())
+        assert rendered[bundled["metadata"]["name"]]["spec"] == bundled["spec"], path.name
+
+
+@needs_helm
+def test_runtime_values() -> None:
+    objects = render(
+        "runtimes.python.image.registry=ghcr.io/example",
+        "runtimes.python.image.tag=1.2.3",
+        "runtimes.python.imagePullPolicy=Always",
+        "runtimes.typescript.enabled=false",
+    )
+    runtimes = {obj["metadata"]["name"]: obj["spec"] for obj in objects if obj["kind"] == "Runtime"}
+    assert sorted(runtimes) == ["javascript", "python"]
+    assert runtimes["python"]["image"] == "ghcr.io/example/codeexec/python:1.2.3"
+    assert runtimes["python"]["imagePullPolicy"] == "Always"
+    assert "imagePullPolicy" not in runtimes["javascript"]
+
+
+@needs_helm
+def test_webhook_configuration() -> None:
+    objects = render()
+    webhook_config = find(objects, "ValidatingWebhookConfiguration")
+    (webhook,) = webhook_config["webhooks"]
+    service = webhook["clientConfig"]["service"]
+    # A path that names no Kopf handler would admit everything: it must be the handler's id.
+    assert service == {
+        "name": "code-exec",
+        "namespace": "code-exec",
+        "path": f"/{admission.WEBHOOK_ID}",
+        "port": 443,
+    }
+    assert webhook["rules"] == [
+        {
+            "apiGroups": ["codeexec.io"],
+            "apiVersions": ["v1alpha1"],
+            "resources": ["executions"],
+            "operations": ["CREATE"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert webhook["failurePolicy"] == "Fail"
+    assert webhook["sideEffects"] == "None"
+    assert webhook["timeoutSeconds"] == 10
+    assert webhook["namespaceSelector"] == {}
+    svc = find(objects, "Service")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
+        "webhook": (443, "webhook"),
+        "metrics": (9090, "metrics"),
+    }
+    assert svc["metadata"]["annotations"]["prometheus.io/port"] == "9090"
+    assert (
+        find(render("webhook.failurePolicy=Ignore"), "ValidatingWebhookConfiguration")["webhooks"][0]["failurePolicy"]
+        == "Ignore"
+    )
+
+
+@needs_helm
+def test_webhook_certificate_serves_the_service_name(tmp_path: Path) -> None:
+    objects = render(namespace="ops")
+    secret = find(objects, "Secret")
+    (webhook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    data = {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    assert secret["type"] == "kubernetes.io/tls"
+    assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
+    # The same render's checksum: a regenerated certificate rolls the operator pod.
+    annotations = find(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/webhook-tls"]) == 64
+    for name, content in data.items():
+        (tmp_path / name).write_bytes(content)
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    verify = subprocess.run(
+        [openssl, "verify", "-CAfile", str(tmp_path / "ca.crt"), str(tmp_path / "tls.crt")],
+        capture_output=True,
+        text=True,
+    )
+    assert verify.returncode == 0, verify.stderr
+    text = subprocess.run(
+        [openssl, "x509", "-noout", "-text", "-in", str(tmp_path / "tls.crt")], capture_output=True, text=True
+    ).stdout
+    assert "DNS:code-exec.ops.svc" in text  # the name the API server connects to
+    assert "BEGIN" in data["tls.key"].decode()
+
+
+@needs_helm
+def test_watching_named_namespaces_grants_roles_only_there() -> None:
+    objects = render("operator.watchNamespaces={team-a,team-b}")
+    roles = {(o["metadata"]["namespace"], o["metadata"]["name"]) for o in objects if o["kind"] == "Role"}
+    assert {("team-a", "code-exec"), ("team-b", "code-exec")} <= roles
+    assert not [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "code-exec-code-exec"]
+    cluster_rules = find(objects, "ClusterRole", "code-exec-code-exec-cluster")["rules"]
+    cluster_resources = {resource for rule in cluster_rules for resource in rule["resources"]}
+    assert cluster_resources == {"runtimes", "runtimeclasses", "nodes", "customresourcedefinitions", "namespaces"}
+    for rule in cluster_rules:
+        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule  # nothing cluster-wide is written
+    (webhook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert webhook["namespaceSelector"] == {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+    }
+    env = {
+        var["name"]: var["value"]
+        for var in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env["CODEEXEC_NAMESPACES"] == "team-a,team-b"
+    test_role = find(objects, "Role", "code-exec-test")
+    assert test_role["metadata"]["namespace"] == "team-a"
+    assert test_role["rules"] == [
+        {"apiGroups": ["codeexec.io"], "resources": ["executions"], "verbs": ["create", "get", "delete"]}
+    ]
+
+
+@needs_helm
+def test_namespace_patterns_need_an_explicit_webhook_selector() -> None:
+    args = ["template", "x", str(CHART), "--kube-version", "1.34.0", "--set", "operator.watchNamespaces={team-*}"]
+    args += ["--set", "helmTest.enabled=false"]
+    refused = helm(*args, check=False)
+    assert refused.returncode != 0
+    assert "webhook.namespaceSelector must be set" in refused.stderr
+    objects = render(
+        "operator.watchNamespaces={team-*}",
+        "webhook.namespaceSelector.matchLabels.codeexec=enabled",
+        "helmTest.namespace=team-a",
+    )
+    assert find(objects, "ClusterRole", "code-exec-code-exec")  # patterns: cluster-wide namespaced rules
+    (webhook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
+    assert webhook["namespaceSelector"] == {"matchLabels": {"codeexec": "enabled"}}
+
+
+@needs_helm
+def test_operator_rules_are_least_privilege() -> None:
+    objects = render()
+    rules = find(objects, "ClusterRole", "code-exec-code-exec")["rules"]
+    merged: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for resource in rule["resources"]:
+            merged.setdefault((rule["apiGroups"][0], resource), set()).update(rule["verbs"])
+    assert merged == {
+        ("codeexec.io", "executions"): {"get", "list", "watch", "delete", "patch"},
+        ("codeexec.io", "executions/status"): {"patch"},
+        ("codeexec.io", "executions/finalizers"): {"update"},
+        ("", "pods"): {"create", "get", "list", "watch", "delete"},
+        ("", "pods/log"): {"get"},
+        ("", "configmaps"): {"create", "get", "delete"},
+        ("networking.k8s.io", "networkpolicies"): {"create", "get", "delete"},
+        ("", "events"): {"create"},
+    }
+    apiserver = find(objects, "Role", "code-exec-code-exec-apiserver")
+    assert apiserver["rules"][0]["resourceNames"] == ["kubernetes"]
+    for obj in objects:
+        for rule in obj.get("rules", []):
+            assert "*" not in rule["verbs"] and "*" not in rule["resources"], obj["metadata"]["name"]
+
+
+def test_every_rbac_rule_has_a_comment() -> None:
+    for template in ("rbac.yaml", "tests/test-execution.yaml"):
+        lines = (CHART / "templates" / template).read_text().splitlines()
+        for number, line in enumerate(lines):
+            if line.strip().startswith("- apiGroups:"):
+                previous = lines[number - 1].strip()
+                parent = lines[number - 1].strip() == "rules:" and lines[number - 2].strip().startswith("#")
+                assert previous.startswith("#") or parent, f"{template}:{number + 1} has no comment"
+
+
+@needs_helm
+def test_helm_test_pod() -> None:
+    args = ["template", "code-exec", str(CHART), "-n", "code-exec", "--kube-version", "1.34.0", "--show-only"]
+    pod = yaml.safe_load(helm(*args, "templates/tests/test-execution.yaml").stdout.split("---")[-1])
+    assert pod["kind"] == "Pod"
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["serviceAccountName"] == "code-exec-test"
+    (container,) = pod["spec"]["containers"]
+    assert container["command"][:2] == ["python", "-c"]
+    assert container["command"][2] == (CHART / "files/helm_test.py").read_text()
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    env = {var["name"]: var["value"] for var in container["env"]}
+    assert env == {
+        "RELEASE": "code-exec",
+        "TEST_NAMESPACE": "code-exec",
+        "TEST_LANGUAGE": "python",
+        "TEST_TIMEOUT_SECONDS": "180",
+    }
