@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e crds helm-lint
+.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e crds demo helm-lint
 
 cluster:
 	@hack/cluster.sh up
@@ -19,6 +19,10 @@ down:
 
 images:
 	@hack/build-images.sh
+
+# The cluster, the images, a Helm install, and one example Execution per language with its status.
+demo: cluster images
+	@hack/demo.sh
 
 venv: $(VENV)/.installed
 

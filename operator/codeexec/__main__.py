@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     crds = commands.add_parser("crds", help="write the CRD YAML files generated from the models")
     crds.add_argument("--out", type=Path, default=DEFAULT_CRD_DIR, help="output directory")
+    commands.add_parser("config-table", help="print the operator settings as a Markdown table")
     args = parser.parse_args(argv)
 
     if args.command == "crds":
@@ -27,6 +28,10 @@ def main(argv: list[str] | None = None) -> None:
 
         for path in crdgen.write(args.out):
             print(path)
+    elif args.command == "config-table":
+        from codeexec.config import markdown_table
+
+        print(markdown_table(), end="")
     else:
         _run(args.liveness)
 

@@ -144,3 +144,19 @@ class OperatorConfig(BaseModel):
 def variable_name(field_name: str) -> str:
     """Environment variable that sets a field, e.g. keep_pods → CODEEXEC_KEEP_PODS."""
     return ENV_PREFIX + field_name.upper()
+
+
+def markdown_table() -> str:
+    """The settings as a Markdown table (variable, default, meaning): the README's configuration section."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in OperatorConfig.model_fields.items():
+        rows.append(f"| `{variable_name(name)}` | {_shown(field.default)} | {field.description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(default: object) -> str:
+    if isinstance(default, tuple):
+        default = ",".join(default)
+    elif isinstance(default, bool):
+        default = str(default).lower()
+    return f"`{default}`" if default != "" else "(empty)"

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make demo`: installs the chart into the local cluster and runs one example Execution per language.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+eval "$(hack/cluster.sh env)"
+NAMESPACE=code-exec-demo
+
+# The local cluster provides the gvisor RuntimeClass itself; the demo release watches only its own
+# namespace, so it never races the operators that the e2e tests start for theirs.
+kubectl apply -f crds/execution.yaml -f crds/runtime.yaml >/dev/null
+# Helm cannot adopt Runtimes created outside it (the e2e tests apply crds/runtimes/): keep those as they are.
+runtime_flags=()
+for runtime in python javascript typescript; do
+  manager=$(kubectl get runtime "$runtime" -o jsonpath='{.metadata.labels.app\.kubernetes\.io/managed-by}' 2>/dev/null || true)
+  if kubectl get runtime "$runtime" >/dev/null 2>&1 && [[ $manager != Helm ]]; then
+    runtime_flags+=(--set "runtimes.$runtime.enabled=false")
+  fi
+done
+helm upgrade --install code-exec charts/code-exec --namespace "$NAMESPACE" --create-namespace \
+  --set runtimeClass.create=false --set "operator.watchNamespaces={$NAMESPACE}" "${runtime_flags[@]}" \
+  --wait --timeout 180s >/dev/null
+echo "installed: $(helm list -n "$NAMESPACE" -o json | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["name"], r["chart"], r["status"])')"
+kubectl get runtimes
+
+for example in crds/examples/hello-*.yaml; do
+  name=$(basename "$example" .yaml)
+  kubectl delete execution "$name" -n "$NAMESPACE" --ignore-not-found --wait >/dev/null
+  kubectl apply -n "$NAMESPACE" -f "$example" >/dev/null
+done
+for example in crds/examples/hello-*.yaml; do
+  name=$(basename "$example" .yaml)
+  kubectl wait -n "$NAMESPACE" "execution/$name" --timeout 120s \
+    --for=jsonpath='{.status.conditions[?(@.type=="Finished")].status}'=True >/dev/null
+  echo
+  echo "== execution/$name"
+  kubectl get execution "$name" -n "$NAMESPACE" -o jsonpath='phase={.status.phase} reason={.status.reason} exitCode={.status.exitCode} durationMs={.status.durationMs}{"\n"}result={.status.result}{"\n"}logs={.status.logs}{"\n"}stdout:{"\n"}{.status.stdout}'
+done
+echo
+kubectl get executions -n "$NAMESPACE"
