@@ -36,7 +36,7 @@ crds: venv
 	$(PY) -m codeexec crds --out charts/code-exec/crds
 
 # The unit tests run it too (tests/unit/test_chart.py); helm is the one `make cluster` builds.
-helm-lint:
+helm-lint: cluster
 	@eval "$$(hack/cluster.sh env)" && helm lint --strict charts/code-exec
 
 lint: venv
@@ -50,6 +50,7 @@ unit: venv
 e2e: venv cluster images
 	$(PY) -m pytest -m e2e
 
-# Everything CI runs: lint, type check, unit tests (incl. CRD drift) and e2e tests on the local cluster.
-test: lint cluster images
-	$(PY) -m pytest
+# Everything CI runs: lint, type check, helm lint, unit tests (incl. CRD drift) and e2e tests on the local
+# cluster, which it brings up (from the cache when there is one) with the images.
+test: lint cluster images helm-lint
+	$(PY) -m pytest -ra

@@ -204,5 +204,7 @@ function reportFailure(send, message) {
   return 1;
 }
 
-// exitCode rather than exit(): pending timers and I/O the code started still finish, as in Node.
-process.exitCode = await main();
+// exitCode rather than exit(): pending timers and I/O the code started still finish, as in Node. An exit
+// code the code set itself stands unless the harness failed.
+const harnessExitCode = await main();
+if (harnessExitCode !== 0 || process.exitCode === undefined) process.exitCode = harnessExitCode;

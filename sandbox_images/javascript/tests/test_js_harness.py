@@ -94,6 +94,11 @@ def test_process_exit_code_is_kept(run_runner):
     assert r.report["exitCode"] == 3 and r.report["stdout"]["text"] == "bye\n"
 
 
+def test_process_exit_code_set_by_the_code_is_kept(run_runner):
+    r = run_code(run_runner, "process.stdout.write('x\\n');\nprocess.exitCode = 3;\n")
+    assert r.report["exitCode"] == 3 and r.report["stdout"]["text"] == "x\n"
+
+
 @pytest.mark.parametrize("value", ["10n", "() => 1", "(() => { const a = {}; a.self = a; return a; })()"])
 def test_non_serialisable_result_is_an_error(run_runner, value):
     r = run_code(run_runner, f"return {value};\n")
