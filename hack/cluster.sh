@@ -349,22 +349,25 @@ cmd_down() {
   fi
   pkill -9 -f containerd-shim 2>/dev/null || true
   pkill -9 -f "$GVISOR_BIN/runsc" 2>/dev/null || true
-  # Mounts left by the kubelet and containerd sandboxes.
-  grep -E " ($CLUSTER_STATE/kubelet|/run/containerd/io.containerd|/run/netns)" /proc/mounts | awk '{print $2}' | sort -r |
-    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  # Mounts left by the kubelet and containerd sandboxes (grep finds none on a clean host: not an error).
+  { grep -E " ($CLUSTER_STATE/kubelet|/run/containerd/(io.containerd|runsc)|/run/netns)" /proc/mounts || true; } |
+    awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
   ip link delete cni0 2>/dev/null || true
-  ip link delete kube-dummy-if 2>/dev/null || true
-  ip link delete kube-bridge 2>/dev/null || true
+  "$KUBE_ROUTER_BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true
+  local table chain rule
   for table in filter nat mangle; do
-    iptables-save -t $table 2>/dev/null | grep -oE '^:(KUBE|CNI)[^ ]*' | tr -d : | while read -r chain; do
-      iptables -t $table -F "$chain" 2>/dev/null || true; done
-    iptables-save -t $table 2>/dev/null | grep -E '^-A .*(KUBE|CNI-)' | sed 's/^-A/-D/' | while read -r rule; do
-      eval "iptables -t $table $rule" 2>/dev/null || true; done
-    iptables-save -t $table 2>/dev/null | grep -oE '^:(KUBE|CNI)[^ ]*' | tr -d : | while read -r chain; do
-      iptables -t $table -X "$chain" 2>/dev/null || true; done
+    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -nE 's/^:((KUBE|CNI)[^ ]*).*/\1/p'); do
+      iptables -t "$table" -F "$chain" 2>/dev/null || true
+    done
+    iptables-save -t "$table" 2>/dev/null | sed -nE 's/^-A (.*(KUBE|CNI-).*)/-D \1/p' | while read -r rule; do
+      eval "iptables -t $table $rule" 2>/dev/null || true
+    done
+    for chain in $(iptables-save -t "$table" 2>/dev/null | sed -nE 's/^:((KUBE|CNI)[^ ]*).*/\1/p'); do
+      iptables -t "$table" -X "$chain" 2>/dev/null || true
+    done
   done
-  ipset list -n 2>/dev/null | grep -E '^(KUBE|kube)' | while read -r s; do ipset destroy "$s" 2>/dev/null || true; done
+  for set in $(ipset list -n 2>/dev/null | sed -nE '/^(KUBE|kube)/p'); do ipset destroy "$set" 2>/dev/null || true; done
   rm -rf /var/lib/cni/networks/codeexec
   log "cluster stopped (state and images kept in $CLUSTER_STATE and containerd; logs in $LOGS)"
 }
