@@ -166,7 +166,9 @@ def pod(
                 "name": "code",
                 "configMap": {"name": child_name(execution), "defaultMode": 0o444},
             },
-            {"name": "tmp", "emptyDir": {"sizeLimit": config.tmp_size}},
+            # In memory: a full /tmp then fails writes with ENOSPC at sizeLimit (and counts toward the memory
+            # limit), where a disk-backed emptyDir would let the code write on until the kubelet evicts it.
+            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": config.tmp_size}},
         ],
     }
     if config.runtime_class:

@@ -58,11 +58,15 @@ class OperatorConfig(BaseModel):
         default="256Mi", description="Memory of Executions whose spec and Runtime set none."
     )
     tmp_size: MemoryQuantity = Field(
-        default="64Mi", description="Size limit of the sandbox's writable /tmp (an emptyDir)."
+        default="64Mi",
+        description=(
+            "Size of the sandbox's writable /tmp, an in-memory emptyDir: writes beyond it fail with ENOSPC, "
+            "and what /tmp holds counts toward the Execution's memory limit."
+        ),
     )
     ephemeral_storage: MemoryQuantity = Field(
         default="128Mi",
-        description="Ephemeral-storage limit of the sandbox container (logs and /tmp included).",
+        description="Ephemeral-storage limit of the sandbox container (its writable layer and logs).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Pull policy for Runtimes that set none."

@@ -250,6 +250,52 @@ def test_memory_over_the_limit_is_oom_killed(op_namespace: str, operator: Operat
     assert operator.running
 
 
+FORK_BOMB = """import os
+while True:
+    try:
+        os.fork()
+    except OSError:
+        pass
+"""
+
+
+def test_fork_bomb_fails_within_its_timeout_and_harms_no_other_execution(op_namespace: str) -> None:
+    # The pod's pids limit (kubelet podPidsLimit) and memory limit bound the bomb; whichever it hits
+    # first, the Execution must end by its own timeout and a neighbour started beside it must succeed.
+    found = run_all(
+        op_namespace,
+        [
+            execution_manifest("fork-bomb", "python", FORK_BOMB, timeoutSeconds=TIMEOUT_SECONDS),
+            execution_manifest("bystander", "python", "return 42\n"),
+        ],
+    )
+    bomb, bystander = status_of(found["fork-bomb"]), status_of(found["bystander"])
+    assert (bomb["phase"], bomb["reason"]) in {("Failed", "OOMKilled"), ("TimedOut", "Timeout")}, bomb
+    assert seconds_between(bomb["startedAt"], bomb["finishedAt"]) <= TIMEOUT_SECONDS + 2, bomb
+    assert (bystander["phase"], bystander.get("result")) == ("Succeeded", 42), bystander
+
+
+DISK_FILL = """import errno
+written = 0
+try:
+    with open("/tmp/fill", "wb") as f:
+        while written < 1024 ** 3:
+            f.write(b"x" * 1024 * 1024)
+            f.flush()
+            written += 1024 * 1024
+except OSError as error:
+    return {"errno": errno.errorcode[error.errno], "written": written}
+return {"errno": None, "written": written}
+"""
+
+
+def test_filling_tmp_fails_with_enospc_at_its_size(op_namespace: str) -> None:
+    status = status_of(run(op_namespace, "disk-fill", "python", DISK_FILL, resources={"memory": "256Mi"}))
+    assert status["phase"] == "Succeeded", status
+    assert status["result"]["errno"] == "ENOSPC", status
+    assert status["result"]["written"] <= 64 * 1024 * 1024  # the operator's default tmp size
+
+
 def test_huge_output_is_truncated_with_true_byte_counts(op_namespace: str) -> None:
     # 50 MB on stdout as one endless line, 10 MB on stderr in lines.
     code = """import sys

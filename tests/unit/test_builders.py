@@ -251,7 +251,7 @@ def test_volumes_are_read_only_code_and_bounded_tmp() -> None:
     pod = build_pod(config=OperatorConfig(tmp_size="32Mi"))
     assert pod["spec"]["volumes"] == [
         {"name": "code", "configMap": {"name": "hello-0f1e2d3c", "defaultMode": 0o444}},
-        {"name": "tmp", "emptyDir": {"sizeLimit": "32Mi"}},
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "32Mi"}},
     ]
     assert sandbox(pod)["volumeMounts"] == [
         {"name": "code", "mountPath": "/code", "readOnly": True},
