@@ -163,21 +163,9 @@ class Cluster:
 
     @_api_errors
     def read_execution(self, namespace: str, name: str) -> Body | None:
-        try:
-            response = self._custom.get_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                "executions",
-                name,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return None
-            raise
-        return _json(response)
+        return self._read_if_present(
+            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "executions", name
+        )
 
     @_api_errors
     def patch_execution_status(
@@ -202,20 +190,9 @@ class Cluster:
 
     @_api_errors
     def delete_execution(self, namespace: str, name: str) -> None:
-        try:
-            self._custom.delete_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                "executions",
-                name,
-                propagation_policy="Background",
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as error:
-            if error.status != NOT_FOUND:
-                raise
+        self._delete_if_present(
+            self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, "executions", name
+        )
 
     @_api_errors
     def create_configmap(self, body: Body) -> Body:
@@ -235,15 +212,7 @@ class Cluster:
 
     @_api_errors
     def read_pod(self, namespace: str, name: str) -> Body | None:
-        try:
-            response = self._core.read_namespaced_pod(
-                name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return None
-            raise
-        return _json(response)
+        return self._read_if_present(self._core.read_namespaced_pod, name, namespace)
 
     @_api_errors
     def read_report(self, namespace: str, pod_name: str) -> Report | None:
@@ -278,17 +247,32 @@ class Cluster:
             self._networking.delete_namespaced_network_policy,
         ]
         for delete in deletes:
-            try:
-                delete(
-                    name,
-                    namespace,
-                    propagation_policy="Background",
-                    _preload_content=False,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-            except ApiException as error:
-                if error.status != NOT_FOUND:
-                    raise
+            self._delete_if_present(delete, name, namespace)
+
+    @staticmethod
+    def _read_if_present(read: Callable[..., Any], *args: str) -> Body | None:
+        """None when the object does not exist (404)."""
+        try:
+            response = read(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return None
+            raise
+        return _json(response)
+
+    @staticmethod
+    def _delete_if_present(delete: Callable[..., Any], *args: str) -> None:
+        """Background delete; an object already gone (404) is what was wanted anyway."""
+        try:
+            delete(
+                *args,
+                propagation_policy="Background",
+                _preload_content=False,
+                _request_timeout=REQUEST_TIMEOUT,
+            )
+        except ApiException as error:
+            if error.status != NOT_FOUND:
+                raise
 
     @staticmethod
     def _create_or_get(create: Callable[..., Any], read: Callable[..., Any], body: Body) -> Body:

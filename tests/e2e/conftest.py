@@ -20,7 +20,7 @@ from tests.e2e.executions import (
     operator_log_dir,
     operators_watching,
 )
-from tests.e2e.kube import REPO, NetnsHost, kubectl, run_host, wait_until
+from tests.e2e.kube import REPO, NetnsHost, kubectl, netns, wait_until
 
 
 @pytest.fixture(scope="session")
@@ -48,32 +48,18 @@ def _accepts(address: str, port: int) -> bool:
 
 @pytest.fixture
 def test_host(cluster: None) -> Iterator[NetnsHost]:
-    suffix = uuid.uuid4().hex[:6]
-    netns, host_if, ns_if = f"ce-th-{suffix}", f"ceh{suffix}", f"cen{suffix}"
-    octet = 1 + int(suffix, 16) % 250
-    host_ip, ns_ip = f"10.250.{octet}.1", f"10.250.{octet}.2"
-    run_host("ip", "netns", "add", netns)
-    run_host("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-    run_host("ip", "link", "set", ns_if, "netns", netns)
-    run_host("ip", "addr", "add", f"{host_ip}/30", "dev", host_if)
-    run_host("ip", "link", "set", host_if, "up")
-    run_host("ip", "-n", netns, "addr", "add", f"{ns_ip}/30", "dev", ns_if)
-    run_host("ip", "-n", netns, "link", "set", ns_if, "up")
-    run_host("ip", "-n", netns, "link", "set", "lo", "up")
-    run_host("ip", "-n", netns, "route", "add", "default", "via", host_ip)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "python3", "-m", "http.server", "8080", "--bind", ns_ip],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until(lambda: _accepts(ns_ip, 8080), 20, f"the test server on {ns_ip}:8080")
-        yield NetnsHost(netns, ns_ip, 8080)
-    finally:
-        server.kill()
-        server.wait()
-        subprocess.run(["ip", "link", "delete", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+    with netns(1 + uuid.uuid4().int % 250) as host:
+        server = subprocess.Popen(
+            ["ip", "netns", "exec", host.name, "python3", "-m", "http.server", "8080", "--bind", host.address],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_until(lambda: _accepts(host.address, 8080), 20, f"the test server on {host.address}:8080")
+            yield NetnsHost(host.name, host.address, 8080)
+        finally:
+            server.kill()
+            server.wait()
 
 
 # Every test host's address is in here (test_host and test_network.py's hosts).

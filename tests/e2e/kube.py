@@ -1,12 +1,14 @@
-"""Helpers for e2e tests: kubectl against the local cluster, polling with a deadline."""
+"""Helpers for e2e tests: kubectl against the local cluster, polling with a deadline, network namespaces."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -82,3 +84,37 @@ class NetnsHost:
 
 def run_host(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True)
+
+
+@dataclass(frozen=True)
+class Netns:
+    """A network namespace joined to this machine by a veth pair: `address` inside, and on this
+    machine's end `host_if` with `gateway`, the namespace's default route."""
+
+    name: str
+    address: str
+    gateway: str
+    host_if: str
+
+
+@contextlib.contextmanager
+def netns(octet: int) -> Iterator[Netns]:
+    """A fresh network namespace holding 10.250.<octet>.2 behind 10.250.<octet>.1; deleted afterwards,
+    also when set up only in part."""
+    suffix = uuid.uuid4().hex[:6]
+    name, host_if, ns_if = f"ce-th-{suffix}", f"ceh{suffix}", f"cen{suffix}"
+    gateway, address = f"10.250.{octet}.1", f"10.250.{octet}.2"
+    try:
+        run_host("ip", "netns", "add", name)
+        run_host("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        run_host("ip", "link", "set", ns_if, "netns", name)
+        run_host("ip", "addr", "add", f"{gateway}/30", "dev", host_if)
+        run_host("ip", "link", "set", host_if, "up")
+        run_host("ip", "-n", name, "addr", "add", f"{address}/30", "dev", ns_if)
+        run_host("ip", "-n", name, "link", "set", ns_if, "up")
+        run_host("ip", "-n", name, "link", "set", "lo", "up")
+        run_host("ip", "-n", name, "route", "add", "default", "via", gateway)
+        yield Netns(name, address, gateway, host_if)
+    finally:
+        subprocess.run(["ip", "link", "delete", host_if], capture_output=True)
+        subprocess.run(["ip", "netns", "delete", name], capture_output=True)

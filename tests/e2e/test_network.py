@@ -33,7 +33,7 @@ from tests.e2e.executions import (
     wait_all_finished,
     wait_finished,
 )
-from tests.e2e.kube import kubectl, kubectl_json, run_host, wait_until
+from tests.e2e.kube import kubectl, kubectl_json, netns, run_host, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -160,35 +160,24 @@ def _used_octets() -> set[int]:
 
 @contextlib.contextmanager
 def _test_host(label: str, name: str, octet: int, tmp: Path) -> Iterator[NetHost]:
-    suffix = uuid.uuid4().hex[:6]
-    netns, host_if, ns_if = f"ce-net-{suffix}", f"cnh{suffix}", f"cnn{suffix}"
-    host_side, address = f"10.250.{octet}.1", f"10.250.{octet}.2"
-    host = NetHost(label, name, netns, address, host_side, host_if, tmp / f"{label}-events.jsonl")
     script = tmp / "server.py"
     script.write_text(SERVER)
-    try:
-        run_host("ip", "netns", "add", netns)
-        run_host("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
-        run_host("ip", "link", "set", ns_if, "netns", netns)
-        run_host("ip", "addr", "add", f"{host_side}/30", "dev", host_if)
-        run_host("ip", "link", "set", host_if, "up")
-        run_host("ip", "-n", netns, "addr", "add", f"{address}/30", "dev", ns_if)
-        run_host("ip", "-n", netns, "link", "set", ns_if, "up")
-        run_host("ip", "-n", netns, "link", "set", "lo", "up")
-        run_host("ip", "-n", netns, "route", "add", "default", "via", host_side)
-        host.process = subprocess.Popen(
-            ["ip", "netns", "exec", netns, sys.executable, str(script), str(host.log), label],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(lambda: host.log.exists() and '"ready"' in host.log.read_text(), 20, f"test host {label} to serve")
-        yield host
-    finally:
-        if host.process is not None:
-            host.process.kill()
-            host.process.wait()
-        subprocess.run(["ip", "link", "delete", host_if], capture_output=True)
-        subprocess.run(["ip", "netns", "delete", netns], capture_output=True)
+    with netns(octet) as ns:
+        host = NetHost(label, name, ns.name, ns.address, ns.gateway, ns.host_if, tmp / f"{label}-events.jsonl")
+        try:
+            host.process = subprocess.Popen(
+                ["ip", "netns", "exec", ns.name, sys.executable, str(script), str(host.log), label],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            wait_until(
+                lambda: host.log.exists() and '"ready"' in host.log.read_text(), 20, f"test host {label} to serve"
+            )
+            yield host
+        finally:
+            if host.process is not None:
+                host.process.kill()
+                host.process.wait()
 
 
 @contextlib.contextmanager

@@ -37,6 +37,19 @@ JAVASCRIPT = RuntimeSpec.model_validate(
     }
 )
 RUNTIMES = {"python": PYTHON, "javascript": JAVASCRIPT}
+# Pod settings an Execution's author must never choose: the schema has no place for them
+# and the operator rejects them.
+POD_LEVEL_FIELDS = [
+    "image",
+    "privileged",
+    "hostPath",
+    "runtimeClass",
+    "runtimeClassName",
+    "nodeName",
+    "serviceAccount",
+    "serviceAccountName",
+    "securityContext",
+]
 
 
 def spec(**fields: Any) -> dict[str, Any]:

@@ -12,21 +12,11 @@ import yaml
 from codeexec import crdgen
 from codeexec.__main__ import main
 from codeexec.models import ExecutionSpec, RuntimeSpec
+from tests.unit.factories import POD_LEVEL_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "crds"
-FORBIDDEN_SPEC_FIELDS = [
-    "image",
-    "privileged",
-    "hostPath",
-    "runtimeClass",
-    "runtimeClassName",
-    "nodeName",
-    "serviceAccount",
-    "serviceAccountName",
-    "securityContext",
-    "volumes",
-]
+FORBIDDEN_SPEC_FIELDS = [*POD_LEVEL_FIELDS, "volumes"]
 
 
 def schema_of(crd: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from codeexec.validation import (
     parse_runtimes,
     plan_execution,
 )
-from tests.unit.factories import JAVASCRIPT, PYTHON, RUNTIMES, python_runtime, spec
+from tests.unit.factories import JAVASCRIPT, POD_LEVEL_FIELDS, PYTHON, RUNTIMES, python_runtime, spec
 
 
 def decide(
@@ -65,21 +65,7 @@ def test_alias_resolves_to_runtime() -> None:
     assert accepted(language="js").runtime == JAVASCRIPT
 
 
-@pytest.mark.parametrize(
-    "field",
-    [
-        "image",
-        "privileged",
-        "hostPath",
-        "runtimeClass",
-        "runtimeClassName",
-        "nodeName",
-        "serviceAccount",
-        "serviceAccountName",
-        "securityContext",
-        "command",
-    ],
-)
+@pytest.mark.parametrize("field", [*POD_LEVEL_FIELDS, "command"])
 def test_extra_fields_are_rejected(field: str) -> None:
     result = rejection(**{field: "anything"})
     assert result.reason == status.INVALID_SPEC
