@@ -315,6 +315,9 @@ cmd_up() {
   apply_cluster_objects
   wait_for "node $NODE_NAME Ready" 180 node_ready || { tail -n 25 "$LOGS/kubelet.log" >&2; exit 1; }
   start_component kube-router
+  # kube-proxy programs Service rules asynchronously after a (re)start; pods rely on the kubernetes Service.
+  wait_for "kube-proxy to route the kubernetes Service" 60 \
+    curl -sk -o /dev/null --max-time 2 "https://$API_SERVICE_IP:443/livez"
   wait_for "default service account" 60 kubectl_admin get serviceaccount default -n default
   log "cluster up in $((SECONDS - start))s (state: $CLUSTER_STATE, logs: $LOGS)"
 }

@@ -111,5 +111,5 @@ def test_kubernetes_service_cluster_ip_reaches_api_server(namespace: str) -> Non
     # An HTTP request to the TLS port makes Go's TLS server answer in plain text: proof the API server replied.
     script = f"exec 3<>/dev/tcp/{service_ip}/443 && printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3 && timeout 5 cat <&3"
     phase, log = run_pod(namespace, "to-api", script)
-    assert phase == "Succeeded"
+    assert phase == "Succeeded", log
     assert "Client sent an HTTP request to an HTTPS server" in log

@@ -451,7 +451,7 @@ def test_sandbox_facts_and_pod_spec(op_namespace: str) -> None:
     volumes = {volume["name"]: volume for volume in spec["volumes"]}
     assert set(volumes) == {"code", "tmp"}  # no projected service-account token, no hostPath
     assert volumes["code"]["configMap"]["name"] == first["podName"]
-    assert volumes["tmp"]["emptyDir"] == {"sizeLimit": "64Mi"}
+    assert volumes["tmp"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Mi"}
     [container] = spec["containers"]
     assert not spec.get("initContainers") and not spec.get("ephemeralContainers")
     assert container["image"] == "localhost/codeexec/python:0.1.0"
