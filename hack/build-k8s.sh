@@ -16,7 +16,8 @@ staging_version=v0.${K8S_VERSION#v1.}
 if [[ ! -f go.sum ]]; then
   rm -f go.mod
   go mod init codeexec.local/k8s-build >/dev/null 2>&1
-  mod=$(curl -fsS "${GOPROXY_URL:-https://proxy.golang.org}/k8s.io/kubernetes/@v/$K8S_VERSION.mod" 2>/dev/null || go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | python3 -c 'import json,sys;print(open(json.load(sys.stdin)["GoMod"]).read())')
+  mod=$(cd / && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+    python3 -c 'import json, sys; print(open(json.load(sys.stdin)["GoMod"]).read())')
   replaces=$(printf '%s\n' "$mod" | awk '/=> .\/staging\/src\// {print $1}')
   for m in $replaces; do go mod edit -replace "$m=$m@$staging_version"; done
   go mod edit -require "k8s.io/kubernetes@$K8S_VERSION"

@@ -65,18 +65,19 @@ def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
         return  # Its pod was created before: never start a second run.
     config, cluster = _config(memo), _cluster(memo)
     execution = _ref(body)
+    sandbox = builders.child_name(execution)  # the pod's, ConfigMap's and NetworkPolicy's name
     generation = _generation(body)
 
     with _retry_on_api_errors():
         # The pod first, then the Execution: a sandbox removed after the first read was removed after
         # its outcome was written, which the second read then shows. Never a second pod, never a rerun.
-        existing = cluster.read_pod(execution.namespace, builders.child_name(execution))
+        existing = cluster.read_pod(execution.namespace, sandbox)
         if _started_or_finished(cluster, execution):
             return
         if existing is not None:
             # Created before a restart, not yet recorded: its pod events will tell the outcome.
             _check_owned(existing, execution)
-            patch = {"podName": builders.child_name(execution)}
+            patch = {"podName": sandbox}
             cluster.patch_execution_status(execution.namespace, execution.name, patch)
             return
         runtimes = parse_runtimes(cluster.list_runtimes())
@@ -119,13 +120,13 @@ def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: 
             cluster.patch_execution_status(execution.namespace, execution.name, patch)
             _record(body, current, patch)
             if not config.keep_pods:
-                cluster.delete_sandbox(execution.namespace, builders.child_name(execution))
+                cluster.delete_sandbox(execution.namespace, sandbox)
             return
-        created: dict[str, Any] = {"podName": builders.child_name(execution)}
+        created: dict[str, Any] = {"podName": sandbox}
         if resolved_addresses:
             created["resolvedAddresses"] = resolved_addresses  # as pinned now, also after a resume
         cluster.patch_execution_status(execution.namespace, execution.name, created)
-        _announce(body, milestones.sandbox_created(builders.child_name(execution)))
+        _announce(body, milestones.sandbox_created(sandbox))
 
 
 def _started_or_finished(cluster: Cluster, execution: ExecutionRef) -> bool:

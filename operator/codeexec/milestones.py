@@ -50,7 +50,7 @@ def from_patch(previous_phase: str | None, patch: Mapping[str, Any]) -> Mileston
         return Milestone(NORMAL, STARTED, f"Pod {pod} is running the program" if pod else "The program is running")
     if phase == Phase.PENDING:
         return None
-    details = [f"{phase}"]
+    details = [str(phase)]
     if patch.get("exitCode") is not None:
         details.append(f"exit code {patch['exitCode']}")
     if patch.get("durationMs") is not None:

@@ -84,9 +84,7 @@ def rejected(status: Status, reason: str, message: str, now: datetime, generatio
 
 
 def pending(status: Status, now: datetime, generation: int, resolved_addresses: Sequence[str] = ()) -> Patch:
-    patch: Patch = {"resolvedAddresses": list(resolved_addresses)} if resolved_addresses else {}
-    return {
-        **patch,
+    patch: Patch = {
         "phase": Phase.PENDING.value,
         "observedGeneration": generation,
         "conditions": _with_condition(
@@ -99,6 +97,9 @@ def pending(status: Status, now: datetime, generation: int, resolved_addresses: 
             generation,
         ),
     }
+    if resolved_addresses:
+        patch["resolvedAddresses"] = list(resolved_addresses)
+    return patch
 
 
 def pod_deleted(status: Status, now: datetime, generation: int) -> Patch:
@@ -136,7 +137,6 @@ def from_pod(
         return None
     state = _container_status(pod).get("state", {})
     terminated = state.get("terminated")
-    pod_status = pod.get("status", {})
     # Code can print a forged report; a forgery cannot also set the container's exit code.
     trusted = report if report is not None and terminated and report.exit_code == terminated.get("exitCode") else None
 
@@ -187,7 +187,7 @@ def from_pod(
 
     created = pod.get("metadata", {}).get("creationTimestamp")
     if created and (now - parse_time(created)).total_seconds() > config.start_deadline_seconds:
-        reason, message = _start_failure(pod_status, waiting, config)
+        reason, message = _start_failure(pod.get("status", {}), waiting, config)
         return _finished(status, Phase.FAILED, reason, message, now, generation, podName=_pod_name(pod))
     return None
 

@@ -75,8 +75,8 @@ class Config:
     input_path: str | None
     env_file: str | None
     command: list[str]
-    isolation_probe: tuple[str, int] | None = None
-    isolation_wait_seconds: float = DEFAULT_ISOLATION_WAIT_SECONDS
+    isolation_probe: tuple[str, int] | None
+    isolation_wait_seconds: float
 
 
 def parse_args(argv: list[str]) -> Config:
