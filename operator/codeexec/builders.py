@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,9 +78,9 @@ def configmap(execution: ExecutionRef, plan: Plan) -> dict[str, Any]:
         "immutable": True,
         "data": {
             plan.runtime.file_name: spec.code,
-            "input.json": json.dumps(spec.input),
+            "input.json": spec.input_json(),
             "stdin": spec.stdin or "",
-            "env.json": json.dumps({var.name: var.value for var in spec.env}),
+            "env.json": spec.env_json(),
         },
     }
 

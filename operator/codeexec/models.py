@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
@@ -209,6 +210,13 @@ class ExecutionSpec(Model):
         if duplicates:
             raise ValueError(f"duplicate names: {', '.join(duplicates)}")
         return env
+
+    # The sandbox's input.json and env.json: one definition, so the size limits measure exactly what ships.
+    def input_json(self) -> str:
+        return json.dumps(self.input)
+
+    def env_json(self) -> str:
+        return json.dumps({var.name: var.value for var in self.env})
 
 
 class Phase(enum.StrEnum):

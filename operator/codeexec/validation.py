@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -196,11 +195,8 @@ def _size_rejection(spec: ExecutionSpec) -> Rejection | None:
         )
     sizes = {
         "spec.stdin": (len((spec.stdin or "").encode()), MAX_STDIN_BYTES),
-        "spec.input": (len(json.dumps(spec.input).encode()), MAX_INPUT_BYTES),
-        "spec.env": (
-            len(json.dumps({var.name: var.value for var in spec.env}).encode()),
-            MAX_ENV_BYTES,
-        ),
+        "spec.input": (len(spec.input_json().encode()), MAX_INPUT_BYTES),
+        "spec.env": (len(spec.env_json().encode()), MAX_ENV_BYTES),
     }
     for field, (size, maximum) in sizes.items():
         if size > maximum:
