@@ -133,6 +133,19 @@ write_if_changed() {
   if [[ -n ${2:-} ]] && running "$2"; then log "configuration of $2 changed"; stop_component "$2"; fi
 }
 
+# Pod network namespaces of sandboxes that no longer run (after `down`, or processes killed): the kubelet
+# cannot recreate such a pod while its old netns file stays mounted. iproute2 bind-mounts /run/netns over
+# itself, which hides those mounts under a layer, so the layers go first.
+clear_pod_netns() {
+  while grep -q " /run/netns " /proc/mounts; do umount -l /run/netns 2>/dev/null || break; done
+  local ns
+  for ns in /run/netns/cni-*; do
+    [[ -e $ns ]] || continue
+    umount -l "$ns" 2>/dev/null || true
+    rm -f "$ns"
+  done
+}
+
 write_configs() {
   write_if_changed "$CONF/runsc.toml" <<EOF
 binary_name = "$GVISOR_BIN/runsc"
@@ -248,7 +261,12 @@ healthy() {
   esac 2>/dev/null
 }
 
-running() { [[ -f $RUN/$1.pid ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
+# A killed component can linger as a zombie until its parent reaps it: that is not running.
+running() {
+  [[ -f $RUN/$1.pid ]] || return 1
+  local state; state=$(ps -o stat= -p "$(cat "$RUN/$1.pid")" 2>/dev/null) || return 1
+  [[ $state != Z* ]]
+}
 
 stop_component() {
   local pid; pid=$(cat "$RUN/$1.pid")
@@ -309,6 +327,7 @@ cmd_up() {
   prepare_host
   make_pki
   write_configs
+  running containerd || clear_pod_netns
   start_component containerd 60
   "$here/build-images.sh" --cluster-only
   for c in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy; do start_component "$c"; done
@@ -353,9 +372,9 @@ cmd_down() {
   pkill -9 -f containerd-shim 2>/dev/null || true
   pkill -9 -f "$GVISOR_BIN/runsc" 2>/dev/null || true
   # Mounts left by the kubelet and containerd sandboxes (grep finds none on a clean host: not an error).
-  { grep -E " ($CLUSTER_STATE/kubelet|/run/containerd/(io.containerd|runsc)|/run/netns)" /proc/mounts || true; } |
+  { grep -E " ($CLUSTER_STATE/kubelet|/run/containerd/(io.containerd|runsc))" /proc/mounts || true; } |
     awk '{print $2}' | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
-  for ns in $(ip netns list 2>/dev/null | awk '/^cni-/ {print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
+  clear_pod_netns
   ip link delete cni0 2>/dev/null || true
   "$KUBE_ROUTER_BIN/kube-router" --cleanup-config >/dev/null 2>&1 || true
   local table chain rule
