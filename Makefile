@@ -42,7 +42,7 @@ helm-lint: cluster
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy operator/codeexec
+	$(VENV)/bin/mypy
 
 unit: venv
 	$(PY) -m pytest -m "not e2e"
