@@ -88,11 +88,13 @@ class OperatorConfig(BaseModel):
         ),
     )
     cluster_cidrs: tuple[str, ...] = Field(
-        default=("10.0.0.0/24", "10.244.0.0/16"),
+        default=(),
         description=(
-            "Comma-separated service and pod CIDRs of the cluster: sandboxes never reach them, whatever a "
-            "domain resolves to. Set them to your cluster's ranges; the operator adds what it reads from the "
-            "API itself (node addresses and pod CIDRs, the kubernetes Service and its endpoints)."
+            "Comma-separated CIDRs of the cluster that sandboxes never reach, whatever a domain resolves to, "
+            "beyond those the operator reads from the API itself (the service ranges of the ServiceCIDR "
+            "objects, Kubernetes 1.33+; every node's addresses and pod CIDRs; the kubernetes Service and its "
+            "endpoints). Set the pod range when your network plugin assigns pod addresses outside the nodes' "
+            "pod CIDRs, and the service range before Kubernetes 1.33."
         ),
     )
     namespaces: tuple[str, ...] = Field(

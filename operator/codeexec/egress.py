@@ -75,10 +75,14 @@ def cluster_networks(
     nodes: Iterable[Mapping[str, Any]],
     api_service: Mapping[str, Any] | None,
     api_endpoint_slices: Iterable[Mapping[str, Any]],
+    *,
+    service_cidrs: Iterable[Mapping[str, Any]],
 ) -> tuple[Forbidden, ...]:
-    """The cluster's own networks from the operator's settings and the API objects: the service and pod
-    ranges, every node's addresses and pod CIDRs, the API server's Service and endpoint addresses."""
-    found: list[tuple[str, str]] = [(cidr, f"an address in the cluster range {cidr}") for cidr in cluster_cidrs]
+    """The cluster's own networks from the operator's settings and the API objects: the configured
+    ranges, the service ranges (ServiceCIDR objects), every node's addresses and pod CIDRs, the API
+    server's Service and endpoint addresses."""
+    ranges = [*cluster_cidrs, *(cidr for item in service_cidrs for cidr in item.get("spec", {}).get("cidrs") or [])]
+    found: list[tuple[str, str]] = [(cidr, f"an address in the cluster range {cidr}") for cidr in ranges]
     for node in nodes:
         name = node.get("metadata", {}).get("name", "?")
         for address in node.get("status", {}).get("addresses") or []:

@@ -152,7 +152,9 @@ def _pin_allowed_domains(
         return plan, ()
     resolved = resolver.resolve_all(egress.parse_domain(domain)[0] for domain in domains)
     nodes, api_endpoint_slices = cluster.network_objects()
-    forbidden = egress.cluster_networks(config.cluster_cidrs, nodes, cluster.api_service(), api_endpoint_slices)
+    forbidden = egress.cluster_networks(
+        config.cluster_cidrs, nodes, cluster.api_service(), api_endpoint_slices, service_cidrs=cluster.service_cidrs()
+    )
     pinned = egress.pin_domains(domains, resolved, forbidden, config.allowed_private_cidrs)
     return pinned if isinstance(pinned, Rejection) else (plan, pinned)
 

@@ -124,6 +124,23 @@ class Cluster:
         )
         return objects
 
+    def service_cidrs(self) -> list[Body]:
+        """The ServiceCIDR objects, the ranges Service IPs come from (cached for a while)."""
+        items: list[Body] = self._cached("service_cidrs", self._list_service_cidrs)
+        return items
+
+    @_api_errors
+    def _list_service_cidrs(self) -> list[Body]:
+        try:
+            response = self._networking.list_service_cidr(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        except ApiException as error:
+            # networking.k8s.io/v1 ServiceCIDR is GA since Kubernetes 1.33; before, CODEEXEC_CLUSTER_CIDRS names them.
+            if error.status == NOT_FOUND:
+                return []
+            raise
+        items: list[Body] = _json(response).get("items", [])
+        return items
+
     @_api_errors
     def _read_api_service(self) -> Body:
         namespace, name = API_SERVICE

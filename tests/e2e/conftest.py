@@ -86,6 +86,9 @@ def operator(cluster: None) -> Iterator[OperatorProcess]:
             "CODEEXEC_NAMESPACES": OPERATOR_NAMESPACES,
             # Test hosts (netns on this machine) live there; sandboxes may be allowed to reach them.
             "CODEEXEC_ALLOWED_PRIVATE_CIDRS": TEST_HOST_CIDR,
+            # The dev cluster's pod range (kube-controller-manager --cluster-cidr), which no API object
+            # shows; its service range the operator reads from the ServiceCIDR objects itself.
+            "CODEEXEC_CLUSTER_CIDRS": "10.244.0.0/16",
         },
     )
     process.start()

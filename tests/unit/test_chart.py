@@ -374,7 +374,14 @@ def test_watching_named_namespaces_grants_roles_only_there() -> None:
     assert not [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == "code-exec-code-exec"]
     cluster_rules = find(objects, "ClusterRole", "code-exec-code-exec-cluster")["rules"]
     cluster_resources = {resource for rule in cluster_rules for resource in rule["resources"]}
-    assert cluster_resources == {"runtimes", "runtimeclasses", "nodes", "customresourcedefinitions", "namespaces"}
+    assert cluster_resources == {
+        "runtimes",
+        "runtimeclasses",
+        "nodes",
+        "servicecidrs",
+        "customresourcedefinitions",
+        "namespaces",
+    }
     for rule in cluster_rules:
         assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule  # nothing cluster-wide is written
     (webhook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]

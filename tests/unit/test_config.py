@@ -78,7 +78,7 @@ def test_config_is_frozen() -> None:
 
 def test_network_ranges() -> None:
     defaults = OperatorConfig.from_env({})
-    assert defaults.cluster_cidrs == ("10.0.0.0/24", "10.244.0.0/16")
+    assert defaults.cluster_cidrs == ()  # the service and node pod ranges are read from the API, no guess
     config = OperatorConfig.from_env(
         {"CODEEXEC_CLUSTER_CIDRS": "10.96.0.0/12, fd00:10:96::/108", "CODEEXEC_ALLOWED_PRIVATE_CIDRS": "10.250.0.0/16"}
     )

@@ -26,7 +26,7 @@ NODE = {
 }
 API_SERVICE = {"spec": {"clusterIP": "10.0.0.1", "clusterIPs": ["10.0.0.1"], "ports": [{"name": "https", "port": 443}]}}
 API_SLICES = [{"endpoints": [{"addresses": ["198.51.99.10"]}, {"addresses": ["2001:4860:1::10"]}]}]
-CLUSTER = egress.cluster_networks(["10.0.0.0/24", "10.244.0.0/16"], [NODE], API_SERVICE, API_SLICES)
+CLUSTER = egress.cluster_networks(["10.0.0.0/24", "10.244.0.0/16"], [NODE], API_SERVICE, API_SLICES, service_cidrs=[])
 
 
 def reason(address: str, allowed_private: tuple[str, ...] = ()) -> str | None:
@@ -125,11 +125,24 @@ def test_cluster_networks_tolerate_sparse_objects() -> None:
     old_node = {"metadata": {"name": "old"}, "spec": {"podCIDR": "10.244.1.0/24"}, "status": {}}
     bare: dict[str, Any] = {}
     headless = {"spec": {"clusterIP": "None"}}
-    networks = egress.cluster_networks([], [old_node, bare], headless, [{"endpoints": None}, {}])
+    networks = egress.cluster_networks([], [old_node, bare], headless, [{"endpoints": None}, {}], service_cidrs=[{}])
     assert networks == (
         (ipaddress.ip_network("10.244.1.0/24"), "an address in the pod range 10.244.1.0/24 of node old"),
     )
-    assert egress.cluster_networks([], [], None, []) == ()
+    assert egress.cluster_networks([], [], None, [], service_cidrs=[]) == ()
+
+
+def test_service_ranges_come_from_the_service_cidr_objects() -> None:
+    """The service ranges are read from the API (ServiceCIDR, Kubernetes 1.33+), after the configured ones."""
+    service_cidrs = [
+        {"metadata": {"name": "kubernetes"}, "spec": {"cidrs": ["10.96.0.0/16", "fd00:10:96::/108"]}},
+        {"metadata": {"name": "extra"}, "spec": {"cidrs": ["10.97.0.0/24"]}},
+    ]
+    networks = egress.cluster_networks(["10.244.0.0/16"], [], None, [], service_cidrs=service_cidrs)
+    assert networks == tuple(
+        (ipaddress.ip_network(cidr), f"an address in the cluster range {cidr}")
+        for cidr in ("10.244.0.0/16", "10.96.0.0/16", "fd00:10:96::/108", "10.97.0.0/24")
+    )
 
 
 def test_isolation_probe_is_the_api_service() -> None:

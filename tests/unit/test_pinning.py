@@ -17,7 +17,7 @@ NODE = {"metadata": {"name": "node-a"}, "status": {"addresses": [{"type": "Exter
 
 
 class StubCluster:
-    """The two reads the pinning needs; counts them."""
+    """The reads the pinning needs; counts the network objects read."""
 
     def __init__(self) -> None:
         self.reads = 0
@@ -28,6 +28,9 @@ class StubCluster:
     def network_objects(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         self.reads += 1
         return [NODE], [{"endpoints": [{"addresses": ["93.184.216.98"]}]}]
+
+    def service_cidrs(self) -> list[dict[str, Any]]:
+        return [{"spec": {"cidrs": ["10.0.0.0/24"]}}]
 
 
 @pytest.fixture
