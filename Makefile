@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e crds demo helm-lint
+.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e generate demo helm-lint
 
 cluster:
 	@hack/cluster.sh up
@@ -31,9 +31,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-crds: venv
-	$(PY) -m codeexec crds --out crds
-	$(PY) -m codeexec crds --out charts/code-exec/crds
+# Rewrites what is generated from the models: crds/*.yaml (the chart's crds/ link to them), the config
+# section of the chart's values.yaml and values.schema.json, and the README's settings table. A unit
+# test fails when any of them is out of date.
+generate: venv
+	$(PY) -m codeexec generate
 
 # The unit tests run it too (tests/unit/test_chart.py); helm is the one `make cluster` builds.
 helm-lint: cluster

@@ -1,4 +1,4 @@
-"""Command line: `python -m codeexec run` starts the operator, `python -m codeexec crds` writes the CRDs."""
+"""Command line: `run` starts the operator, `crds` writes the CRDs, `generate` rewrites every generated file."""
 
 from __future__ import annotations
 
@@ -20,7 +20,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     crds = commands.add_parser("crds", help="write the CRD YAML files generated from the models")
     crds.add_argument("--out", type=Path, default=DEFAULT_CRD_DIR, help="output directory")
-    commands.add_parser("config-table", help="print the operator settings as a Markdown table")
+    generate = commands.add_parser(
+        "generate", help="rewrite the files generated from the models: CRDs, chart values and schema, README table"
+    )
+    generate.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    generate.add_argument("--check", action="store_true", help="write nothing; fail if a file is out of date")
     args = parser.parse_args(argv)
 
     if args.command == "crds":
@@ -28,10 +32,16 @@ def main(argv: list[str] | None = None) -> None:
 
         for path in crdgen.write(args.out):
             print(path)
-    elif args.command == "config-table":
-        from codeexec.config import markdown_table
+    elif args.command == "generate":
+        from codeexec import chartgen
 
-        print(markdown_table(), end="")
+        if args.check:
+            stale = chartgen.stale(args.root)
+            if stale:
+                raise SystemExit(f"out of date (run `make generate`): {', '.join(map(str, stale))}")
+        else:
+            for path in chartgen.write(args.root):
+                print(path)
     else:
         _run(args.liveness)
 

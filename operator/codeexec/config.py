@@ -5,13 +5,15 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from codeexec.models import CpuQuantity, MemoryQuantity
 
 ENV_PREFIX = "CODEEXEC_"
+# An IP network in CIDR notation (checked exactly by ipaddress below; the pattern is for the chart's schema).
+Cidr = Annotated[str, StringConstraints(pattern=r"^[0-9a-fA-F:.]+/[0-9]{1,3}$")]
 
 
 class OperatorConfig(BaseModel):
@@ -69,7 +71,7 @@ class OperatorConfig(BaseModel):
         description="Ephemeral-storage limit of the sandbox container (its writable layer and logs).",
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
-        default="IfNotPresent", description="Pull policy for Runtimes that set none."
+        default="IfNotPresent", description="Pull policy of sandbox images for Runtimes that set none."
     )
     active_deadline_grace_seconds: int = Field(
         default=30,
@@ -79,18 +81,18 @@ class OperatorConfig(BaseModel):
             "a backstop behind the runner's own timeout."
         ),
     )
-    allowed_private_cidrs: tuple[str, ...] = Field(
+    allowed_private_cidrs: tuple[Cidr, ...] = Field(
         default=(),
         description=(
-            "Comma-separated CIDRs inside the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
+            "CIDRs inside the private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, "
             "100.64.0.0/10, fc00::/7) that allowed domains may resolve to. Empty: a domain resolving to a "
             "private address is rejected. Never opens the cluster's ranges or node addresses."
         ),
     )
-    cluster_cidrs: tuple[str, ...] = Field(
+    cluster_cidrs: tuple[Cidr, ...] = Field(
         default=(),
         description=(
-            "Comma-separated CIDRs of the cluster that sandboxes never reach, whatever a domain resolves to, "
+            "CIDRs of the cluster that sandboxes never reach, whatever a domain resolves to, "
             "beyond those the operator reads from the API itself (the service ranges of the ServiceCIDR "
             "objects, Kubernetes 1.33+; every node's addresses and pod CIDRs; the kubernetes Service and its "
             "endpoints). Set the pod range when your network plugin assigns pod addresses outside the nodes' "
@@ -99,7 +101,7 @@ class OperatorConfig(BaseModel):
     )
     namespaces: tuple[str, ...] = Field(
         default=(),
-        description="Comma-separated namespaces to watch. Empty: all namespaces.",
+        description="Namespaces to watch. Empty: all namespaces.",
     )
     log_level: Literal["debug", "info", "warning"] = Field(
         default="info", description="Lowest level of the operator's log messages."
@@ -150,19 +152,3 @@ class OperatorConfig(BaseModel):
 def variable_name(field_name: str) -> str:
     """Environment variable that sets a field, e.g. keep_pods → CODEEXEC_KEEP_PODS."""
     return ENV_PREFIX + field_name.upper()
-
-
-def markdown_table() -> str:
-    """The settings as a Markdown table (variable, default, meaning): the README's configuration section."""
-    rows = ["| variable | default | meaning |", "|---|---|---|"]
-    for name, field in OperatorConfig.model_fields.items():
-        rows.append(f"| `{variable_name(name)}` | {_shown(field.default)} | {field.description} |")
-    return "\n".join(rows) + "\n"
-
-
-def _shown(default: object) -> str:
-    if isinstance(default, tuple):
-        default = ",".join(default)
-    elif isinstance(default, bool):
-        default = str(default).lower()
-    return f"`{default}`" if default != "" else "(empty)"

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,28 +17,26 @@ from typing import Any
 import pytest
 import yaml
 
-from codeexec import admission, crdgen
+from codeexec import admission, chartgen, crdgen
 from codeexec.config import OperatorConfig
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts/code-exec"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
-# Settings the chart derives from other values instead of config.<name>.
-DERIVED_SETTINGS = {"runtime_class", "namespaces", "log_level", "metrics_port", "webhook_port", "webhook_cert_dir"}
 GLOB_CHARS = re.compile(r"[*?!\[]")
 
 
 def _helm() -> str | None:
-    """helm on PATH, else the build `make cluster` made (hack/cluster.sh env puts it on PATH)."""
-    exports = subprocess.run([str(REPO / "hack/cluster.sh"), "env"], capture_output=True, text=True).stdout
+    """helm on PATH, else the build `make helm` made (hack/cluster-env.sh puts it on PATH)."""
+    exports = subprocess.run([str(REPO / "hack/cluster-env.sh")], capture_output=True, text=True).stdout
     paths = re.findall(r"^export PATH=(.*)$", exports, re.MULTILINE)
     search = paths[0].replace("$PATH", os.environ.get("PATH", "")) if paths else None
     return shutil.which("helm", path=search)
 
 
 HELM = _helm()
-needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not built yet (make cluster)")
+needs_helm = pytest.mark.skipif(HELM is None, reason="helm is not built yet (make helm)")
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,18 +68,30 @@ def kinds(objects: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
 
 
 @pytest.mark.parametrize("file_name", sorted(crdgen.rendered_files()))
-def test_chart_crds_are_the_generated_ones(file_name: str) -> None:
-    chart_crd = (CHART / "crds" / file_name).read_text(encoding="utf-8")
-    assert chart_crd == crdgen.rendered_files()[file_name], (
-        f"charts/code-exec/crds/{file_name} is out of date: run `make crds`"
-    )
+def test_chart_crds_are_links_to_the_generated_ones(file_name: str) -> None:
+    """One committed copy of each CRD: the chart's crds/ link to crds/ (helm package stores the files)."""
+    link = CHART / "crds" / file_name
+    assert link.is_symlink(), f"{link} must be a link to crds/{file_name}"
+    assert link.resolve() == (REPO / "crds" / file_name).resolve()
 
 
 def test_chart_has_only_the_generated_crds() -> None:
+    # Not crds/examples or crds/runtimes: Helm would install every file under the chart's crds/.
     assert sorted(path.name for path in (CHART / "crds").iterdir()) == sorted(crdgen.rendered_files())
 
 
+def _resolved(schema: dict[str, Any]) -> dict[str, Any]:
+    """A schema node with its local $ref ("#/definitions/x") followed, siblings kept."""
+    if "$ref" not in schema:
+        return schema
+    target = SCHEMA
+    for part in schema["$ref"].removeprefix("#/").split("/"):
+        target = target[part]
+    return {**target, **{key: value for key, value in schema.items() if key != "$ref"}}
+
+
 def schema_nodes(schema: dict[str, Any], values: Any, path: str = "") -> Iterator[tuple[str, dict[str, Any], Any]]:
+    schema = _resolved(schema)
     yield path, schema, values
     if schema.get("type") == "object" and "properties" in schema:
         for key, child in schema["properties"].items():
@@ -126,7 +137,7 @@ def test_config_values_are_the_operator_settings_with_its_defaults() -> None:
     """config.<camelCase> ↔ OperatorConfig.<snake_case>, same defaults: the chart can set every
     setting, nothing more, and installs the operator's own defaults."""
     config = VALUES["config"]
-    fields = {name: field for name, field in OperatorConfig.model_fields.items() if name not in DERIVED_SETTINGS}
+    fields = chartgen.chart_settings()
     as_snake = {re.sub(r"([A-Z])", r"_\1", key).lower(): key for key in config}
     assert set(as_snake) == set(fields)
     defaults = OperatorConfig()
@@ -148,6 +159,24 @@ def test_helm_test_script_knows_the_schema_languages() -> None:
 def test_lint_strict_passes() -> None:
     result = helm("lint", "--strict", str(CHART))
     assert "0 chart(s) failed" in result.stdout
+
+
+@needs_helm
+def test_package_holds_the_crd_files_and_no_examples(tmp_path: Path) -> None:
+    helm("package", str(CHART), "--destination", str(tmp_path))
+    (archive,) = tmp_path.glob("code-exec-*.tgz")
+    with tarfile.open(archive) as tar:
+        crds = {member.name: member for member in tar.getmembers() if "/crds/" in member.name}
+        assert sorted(crds) == [f"code-exec/crds/{name}" for name in sorted(crdgen.rendered_files())]
+        for name, member in crds.items():
+            assert member.isfile(), f"{name} is packaged as a link"
+            content = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
+            assert content == crdgen.rendered_files()[name.rsplit("/", 1)[1]]
+        assert not [name for name in tar.getnames() if "example" in name]
+    for chart in (str(CHART), str(archive)):  # the directory (links followed) and the package
+        rendered = yaml.safe_load_all(helm("template", "x", chart, "--kube-version", "1.34.0", "--include-crds").stdout)
+        names = sorted(doc["metadata"]["name"] for doc in rendered if doc and doc["kind"] == "CustomResourceDefinition")
+        assert names == ["executions.codeexec.io", "runtimes.codeexec.io"], chart
 
 
 @needs_helm

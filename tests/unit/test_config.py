@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from pydantic import ValidationError
 
-from codeexec.config import OperatorConfig, markdown_table, variable_name
+from codeexec.config import OperatorConfig, variable_name
 
 
 def test_defaults() -> None:
@@ -91,9 +89,3 @@ def test_network_ranges() -> None:
 def test_bad_network_ranges_stop_the_operator(variable: str, cidr: str) -> None:
     with pytest.raises(ValidationError):
         OperatorConfig.from_env({variable: cidr})
-
-
-def test_readme_configuration_table_matches_the_settings() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("<!-- config-table:start -->\n", 1)[1].split("<!-- config-table:end -->", 1)[0]
-    assert section == markdown_table()
