@@ -25,7 +25,7 @@ from tests.e2e.kube import REPO, NetnsHost, kubectl, netns, wait_until
 
 @pytest.fixture(scope="session")
 def cluster() -> None:
-    status = subprocess.run([str(REPO / "hack/cluster.sh"), "status"], capture_output=True, text=True)
+    status = subprocess.run([str(REPO / "hack/cluster-status.sh")], capture_output=True, text=True)
     if status.returncode != 0:
         pytest.fail(f"the local cluster is not healthy; run `make cluster` first:\n{status.stdout}")
 

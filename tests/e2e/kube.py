@@ -18,7 +18,7 @@ T = TypeVar("T")
 
 
 def cluster_env() -> dict[str, str]:
-    exports = subprocess.run([str(REPO / "hack/cluster.sh"), "env"], check=True, capture_output=True, text=True).stdout
+    exports = subprocess.run([str(REPO / "hack/cluster-env.sh")], check=True, capture_output=True, text=True).stdout
     env = dict(os.environ)
     for line in exports.splitlines():
         name, _, value = line.removeprefix("export ").partition("=")

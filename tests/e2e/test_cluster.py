@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.e2e.kube import NetnsHost, kubectl, kubectl_json, pod_finished, wait_until
+from tests.e2e.kube import REPO, NetnsHost, kubectl, kubectl_json, pod_finished, wait_until
 
 pytestmark = pytest.mark.e2e
 BASE_IMAGE = "localhost/codeexec/base:bookworm"
 
 
-def run_pod(
+def create_pod(
     namespace: str,
     name: str,
     script: str,
     runtime_class: str | None = None,
     labels: dict[str, str] | None = None,
-) -> tuple[str, str]:
-    """Runs `script` with bash in a single-use pod; returns its final phase and its log."""
+) -> None:
+    """Creates a single-use pod that runs `script` with bash."""
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [
@@ -36,6 +41,17 @@ def run_pod(
         "spec": spec,
     }
     kubectl("apply", "-f", "-", stdin=json.dumps(pod))
+
+
+def run_pod(
+    namespace: str,
+    name: str,
+    script: str,
+    runtime_class: str | None = None,
+    labels: dict[str, str] | None = None,
+) -> tuple[str, str]:
+    """Runs `script` with bash in a single-use pod; returns its final phase and its log."""
+    create_pod(namespace, name, script, runtime_class, labels)
     finished = wait_until(lambda: pod_finished(namespace, name), 120, f"pod {name} to finish")
     return finished["status"]["phase"], kubectl("logs", name, "-n", namespace)
 
@@ -113,3 +129,119 @@ def test_kubernetes_service_cluster_ip_reaches_api_server(namespace: str) -> Non
     phase, log = run_pod(namespace, "to-api", script)
     assert phase == "Succeeded", log
     assert "Client sent an HTTP request to an HTTPS server" in log
+
+
+def hack_value(name: str) -> str:
+    """A constant of the cluster scripts (hack/lib/common.sh), e.g. CLUSTER_STATE."""
+    script = f'source hack/lib/common.sh && echo "${name}"'
+    return subprocess.run(["bash", "-c", script], cwd=REPO, check=True, capture_output=True, text=True).stdout.strip()
+
+
+def table_dump(table: str) -> str:
+    return subprocess.run(["iptables-save", "-t", table], check=True, capture_output=True, text=True).stdout
+
+
+def chain_names(table: str) -> set[str]:
+    return {line[1:].split()[0] for line in table_dump(table).splitlines() if line.startswith(":")}
+
+
+def processes_running_from(directory: str) -> list[str]:
+    """Live processes whose executable lies under `directory` (all of our components' binaries do)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            exe = os.readlink(proc / "exe")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if exe.startswith(directory + "/") and state != "Z":
+            found.append(f"{proc.name} {exe}")
+    return found
+
+
+def pod_cgroup_processes() -> list[str]:
+    """Processes in the pod cgroups the kubelet made (cgroup v2 and v1 layouts)."""
+    roots = [Path("/sys/fs/cgroup/kubepods"), *Path("/sys/fs/cgroup").glob("*/kubepods")]
+    return [pid for root in roots for procs in root.rglob("cgroup.procs") for pid in procs.read_text().split()]
+
+
+@pytest.fixture
+def foreign_things() -> Iterator[subprocess.Popen[bytes]]:
+    """A process, iptables chains and rules, and an ipset that are not the cluster's but are named like its own."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(900)", "containerd-shim-runc-v2", "kube-apiserver", "runsc"],
+        start_new_session=True,
+    )
+    commands = [
+        ["iptables", "-N", "FOREIGN-TEST"],
+        ["iptables", "-A", "FOREIGN-TEST", "-s", "192.0.2.1/32", "-j", "RETURN"],
+        ["iptables", "-t", "nat", "-N", "KUBE-FOREIGN-TEST"],
+        ["iptables", "-t", "nat", "-A", "KUBE-FOREIGN-TEST", "-s", "192.0.2.2/32", "-j", "RETURN"],
+        ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.3/32", "-j", "KUBE-FOREIGN-TEST"],
+        ["ipset", "create", "KUBE-FOREIGN-TEST", "hash:ip"],
+    ]
+    try:
+        for command in commands:
+            subprocess.run(command, check=True)
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "192.0.2.3/32", "-j", "KUBE-FOREIGN-TEST"])
+        for table, chain in (("filter", "FOREIGN-TEST"), ("nat", "KUBE-FOREIGN-TEST")):
+            subprocess.run(["iptables", "-t", table, "-F", chain])
+            subprocess.run(["iptables", "-t", table, "-X", chain])
+        subprocess.run(["ipset", "destroy", "KUBE-FOREIGN-TEST"])
+
+
+def pod_phase(namespace: str, name: str) -> str | None:
+    phase: str | None = kubectl_json("get", "pod", name, "-n", namespace)["status"].get("phase")
+    return phase
+
+
+def run_make(target: str) -> None:
+    result = subprocess.run(["make", "-s", target], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"make {target} failed:\n{result.stdout}\n{result.stderr}"
+
+
+def test_down_stops_only_its_own_processes_and_removes_only_its_own_chains(
+    namespace: str, foreign_things: subprocess.Popen[bytes]
+) -> None:
+    """`make down` with a runc and a gVisor pod running stops every process the cluster started and removes
+    its chains, ipsets, link and mounts — while a process whose command line names containerd-shim,
+    kube-apiserver and runsc, and chains and an ipset named KUBE-*, all foreign, survive it. The safeguard:
+    hack/cluster-down.sh stops processes by pid files checked against our binaries (components), containerd
+    and our shims' shim.pid files and our kubelet's pod cgroups (pods), and deletes only the chains named
+    in hack/lib/host.sh or tagged with our CNI network — never by name across the host (the former
+    `pkill -f containerd-shim` and flush of every KUBE* chain failed this test). Ends with `make cluster`."""
+    for name, runtime_class in (("long-runc", None), ("long-gvisor", "gvisor")):
+        create_pod(namespace, name, "sleep 900", runtime_class)
+    for name in ("long-runc", "long-gvisor"):
+        wait_until(lambda: pod_phase(namespace, name) == "Running", 120, f"pod {name} to run")  # noqa: B023
+    assert pod_cgroup_processes(), "the pods' processes must be in the kubelet's pod cgroups"
+    cache, state = hack_value("CODEEXEC_CACHE"), hack_value("CLUSTER_STATE")
+
+    try:
+        run_make("down")
+
+        assert foreign_things.poll() is None, "a foreign process was stopped"
+        assert "-A FOREIGN-TEST -s 192.0.2.1/32 -j RETURN" in table_dump("filter")
+        nat = table_dump("nat")
+        assert "-A KUBE-FOREIGN-TEST -s 192.0.2.2/32 -j RETURN" in nat
+        assert "-A POSTROUTING -s 192.0.2.3/32 -j KUBE-FOREIGN-TEST" in nat
+        assert subprocess.run(["ipset", "list", "-n", "KUBE-FOREIGN-TEST"], capture_output=True).returncode == 0
+
+        assert processes_running_from(cache) == []
+        assert pod_cgroup_processes() == []
+        for table in ("filter", "nat", "mangle"):
+            left = {c for c in chain_names(table) if c.startswith(("KUBE-", "CNI-")) and c != "KUBE-FOREIGN-TEST"}
+            assert left == set(), f"our chains left in table {table}"
+        ipsets = subprocess.run(["ipset", "list", "-n"], check=True, capture_output=True, text=True).stdout.split()
+        assert [s for s in ipsets if s != "KUBE-FOREIGN-TEST" and s.lower().startswith("kube")] == []
+        assert subprocess.run(["ip", "link", "show", "cni0"], capture_output=True).returncode != 0
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        assert [m for m in mounts if m.startswith((state + "/", "/run/containerd/", "/run/netns/cni-"))] == []
+    finally:
+        run_make("cluster")
+    status = subprocess.run([str(REPO / "hack/cluster-status.sh")], capture_output=True, text=True)
+    assert status.returncode == 0, status.stdout

@@ -1,0 +1,118 @@
+# The host around the cluster (sourced, never run): kernel settings, and what our pods and components leave
+# behind — pod processes, mounts, network namespaces, links, iptables chains and ipsets. Teardown removes
+# only what is provably ours; anything else on the host is left as it is.
+
+# Chains our components make: kube-proxy's and the kubelet's (fixed names, and per Service and endpoint
+# prefixes), kube-router's firewall (fixed names, and per policy and pod prefixes). The CNI plugins' chains
+# are found by our network's name in their rules' comments (our_chains).
+OUR_CHAINS='^KUBE-((SERVICES|EXTERNAL-SERVICES|NODEPORTS|POSTROUTING|MARK-MASQ|FORWARD|FIREWALL|PROXY-FIREWALL)'
+OUR_CHAINS+='|(PROXY|KUBELET)-CANARY|IPTABLES-HINT|ROUTER-(INPUT|FORWARD|OUTPUT)|(SVC|SVL|SEP|FW|EXT|POD-FW|NWPLCY)-.*)$'
+# kube-router's firewall's sets (IPv4, and IPv6 with its inet6: prefix).
+OUR_IPSETS='^(inet6:)?(KUBE-(SRC|DST)-|kube-router-)'
+
+prepare_host() {
+  modprobe br_netfilter 2>/dev/null || true
+  modprobe overlay 2>/dev/null || true
+  sysctl -qw net.ipv4.ip_forward=1
+  sysctl -qw net.bridge.bridge-nf-call-iptables=1
+  sysctl -qw net.bridge.bridge-nf-call-ip6tables=1
+  mkdir -p "$LOGS" "$RUN" "$CONF"
+}
+
+# Pod network namespaces of sandboxes that no longer run (after `down`, or processes killed): the kubelet
+# cannot recreate such a pod while its old netns file stays mounted. containerd names them cni-<uuid>.
+# A layer of /run/netns mounted over itself (iproute2 does that) can hide them: a layer goes only while
+# one of ours is still mounted beneath it.
+clear_pod_netns() {
+  local ns
+  while true; do
+    for ns in /run/netns/cni-*; do
+      if [[ -e $ns ]]; then
+        umount -l "$ns" 2>/dev/null || true
+        rm -f "$ns"
+      fi
+    done
+    grep -q " /run/netns/cni-" /proc/mounts || return 0
+    umount -l /run/netns 2>/dev/null || return 0
+  done
+}
+
+# remove_pod_tasks: our containerd removes the pods' containers itself (their shims exit with them).
+remove_pod_tasks() {
+  local ctr=("$CONTAINERD_BIN/ctr" --address "$CONTAINERD_STATE/containerd.sock" -n "$CONTAINERD_NAMESPACE") t
+  for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks kill -s SIGKILL "$t" >/dev/null 2>&1 || true; done
+  for t in $("${ctr[@]}" tasks ls -q 2>/dev/null); do "${ctr[@]}" tasks delete -f "$t" >/dev/null 2>&1 || true; done
+  for t in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$t" >/dev/null 2>&1 || true; done
+}
+
+# kill_pod_processes: what outlives containerd — the shims it started (each writes shim.pid into its
+# task's bundle in our namespace, and runs our shim binary) and the processes in the pod cgroups our kubelet
+# made (cgroup v2: /kubepods; v1: /<controller>/kubepods).
+kill_pod_processes() {
+  local f pid pids=()
+  for f in "$CONTAINERD_STATE/io.containerd.runtime.v2.task/$CONTAINERD_NAMESPACE"/*/shim.pid; do
+    [[ -f $f ]] || continue
+    pid=$(<"$f")
+    if runs_binary "$pid" "$CONTAINERD_BIN/containerd-shim-runc-v2" ||
+      runs_binary "$pid" "$GVISOR_BIN/containerd-shim-runsc-v1"; then pids+=("$pid"); fi
+  done
+  while read -r f; do
+    while read -r pid; do pids+=("$pid"); done <"$f"
+  done < <(find /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null)
+  if ((${#pids[@]})); then
+    log "stopping ${#pids[@]} pod processes"
+    kill -9 "${pids[@]}" 2>/dev/null || true
+  fi
+}
+
+# unmount_ours: mounts under our kubelet's and our containerd's state directories, deepest first.
+unmount_ours() {
+  awk -v a="$CLUSTER_STATE/" -v b="$CONTAINERD_STATE/" 'index($2, a) == 1 || index($2, b) == 1 { print $2 }' /proc/mounts |
+    sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+}
+
+# remove_pod_links: our bridge and the host ends of our pods' veths (attached to it).
+remove_pod_links() {
+  local link
+  for link in $(ip -o link show master "$CNI_BRIDGE" 2>/dev/null | awk -F': ' '{ sub(/@.*/, "", $2); print $2 }'); do
+    ip link delete "$link" 2>/dev/null || true
+  done
+  ip link delete "$CNI_BRIDGE" 2>/dev/null || true
+}
+
+# our_chains < DUMP: in one table's iptables-save dump, the chains our cluster made: OUR_CHAINS, and the
+# CNI chains that hold, or are the target of, a rule tagged with our network's name.
+our_chains() {
+  awk -v pattern="$OUR_CHAINS" -v tag="name: \\\"$CNI_NETWORK\\\"" '
+    /^:/ { chain = substr($1, 2); if (chain ~ pattern) print chain }
+    /^-A / && index($0, tag) {
+      if ($2 ~ /^CNI-/) print $2
+      for (i = 3; i < NF; i++) if (($i == "-j" || $i == "-g") && $(i + 1) ~ /^CNI-/) print $(i + 1)
+    }' | sort -u
+}
+
+# remove_our_chains IPTABLES: in each table, deletes the rules in other chains that lead to ours or carry our
+# network's tag, then empties and deletes our chains; foreign chains and their other rules stay as they are.
+remove_our_chains() {
+  local family=$1 table dump chains
+  command -v "$family-save" >/dev/null || return 0
+  for table in filter nat mangle raw; do
+    dump=$("$family-save" -t "$table" 2>/dev/null) || continue
+    chains=$(our_chains <<<"$dump")
+    [[ -n $chains ]] || continue
+    awk -v ours="$chains" -v tag="name: \\\"$CNI_NETWORK\\\"" -v table="$table" '
+      BEGIN { n = split(ours, list, "\n"); for (i = 1; i <= n; i++) mine[list[i]] = 1; print "*" table }
+      /^-A / && !($2 in mine) {
+        hit = index($0, tag)
+        for (i = 3; i < NF; i++) if (($i == "-j" || $i == "-g") && ($(i + 1) in mine)) hit = 1
+        if (hit) { sub(/^-A /, "-D "); print }
+      }
+      END { for (c in mine) print "-F " c; for (c in mine) print "-X " c; print "COMMIT" }' <<<"$dump" |
+      "$family-restore" --noflush || log "could not remove all of our $family chains in table $table"
+  done
+}
+
+remove_our_ipsets() {
+  local set
+  for set in $(ipset list -n 2>/dev/null | grep -E "$OUR_IPSETS"); do ipset destroy "$set" 2>/dev/null || true; done
+}
