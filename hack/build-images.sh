@@ -21,16 +21,16 @@ case ${1:-} in
   *) echo "usage: $0 [--cluster-only]" >&2; exit 2 ;;
 esac
 
-cd "$(dirname "$0")/.."
-# shellcheck source=hack/versions.sh
-source hack/versions.sh
+# shellcheck source=lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
+cd "$REPO"
 
 TAG=${CODEEXEC_IMAGE_TAG:-0.1.0}
 BASE_IMAGE=localhost/codeexec/base:bookworm
 PAUSE_IMAGE=localhost/codeexec/pause:3.10
 IMAGES_DIR=$CODEEXEC_CACHE/images
 LOG_DIR=$IMAGES_DIR/logs
-CONTAINERD_ADDRESS=${CONTAINERD_ADDRESS:-/run/containerd/containerd.sock}
+CONTAINERD_ADDRESS=${CONTAINERD_ADDRESS:-$CONTAINERD_STATE/containerd.sock}
 HASH_LABEL=io.codeexec.inputs-hash
 
 current=setup
@@ -196,9 +196,9 @@ inputs_hash() {
   {
     sha256sum "$dockerfile"
     printf '%s\n' "$@"
-    for from in $(awk 'toupper($1) == "FROM" { print $2 }' "$dockerfile"); do
+    while read -r from; do
       echo "$from $(image_id "$from" 2>/dev/null || echo stage)"
-    done
+    done < <(awk 'toupper($1) == "FROM" { print $2 }' "$dockerfile")
     for src in $(copy_sources "$dockerfile"); do
       # Bytecode caches are left out (and kept out of the build by .dockerignore): running the
       # tests must not make an image look out of date.

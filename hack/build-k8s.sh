@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Kubernetes binaries from Go modules into the version-keyed cache (skips what is cached).
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
-source "$here/versions.sh"
+# shellcheck source=lib/common.sh
+source "$(dirname "$0")/lib/common.sh"
 components=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 missing=()
 for c in "${components[@]}"; do [[ -x $K8S_BIN/$c ]] || missing+=("$c"); done

@@ -2,7 +2,7 @@
 # `make demo`: installs the chart into the local cluster and runs one example Execution per language.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-eval "$(hack/cluster.sh env)"
+eval "$(hack/cluster-env.sh)"
 NAMESPACE=code-exec-demo
 
 # The local cluster provides the gvisor RuntimeClass itself; the demo release watches only its own

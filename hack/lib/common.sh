@@ -20,8 +20,9 @@ RUN=$CLUSTER_STATE/run
 CONF=$CLUSTER_STATE/conf
 CNI_CONF_DIR=$CONF/cni
 KUBECONFIG_ADMIN=$CLUSTER_STATE/admin.kubeconfig
-# containerd's state directory and the namespace the kubelet's pods live in.
+# containerd's state and persistent directories, and the namespace the kubelet's pods live in.
 CONTAINERD_STATE=/run/containerd
+CONTAINERD_ROOT=/var/lib/containerd
 CONTAINERD_NAMESPACE=k8s.io
 # Start order; they stop in reverse.
 COMPONENTS=(containerd etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kube-router)

@@ -39,6 +39,7 @@ root = "$CONTAINERD_STATE/runsc"
 EOF
   write_if_changed "$CONF/containerd.toml" containerd <<EOF
 version = 2
+root = "$CONTAINERD_ROOT"
 state = "$CONTAINERD_STATE"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "localhost/codeexec/pause:3.10"

@@ -49,20 +49,26 @@ remove_pod_tasks() {
 # task's bundle in our namespace, and runs our shim binary) and the processes in the pod cgroups our kubelet
 # made (cgroup v2: /kubepods; v1: /<controller>/kubepods).
 kill_pod_processes() {
-  local f pid pids=()
+  local f pid shims=() pids=() _
   for f in "$CONTAINERD_STATE/io.containerd.runtime.v2.task/$CONTAINERD_NAMESPACE"/*/shim.pid; do
     [[ -f $f ]] || continue
     pid=$(<"$f")
     if runs_binary "$pid" "$CONTAINERD_BIN/containerd-shim-runc-v2" ||
-      runs_binary "$pid" "$GVISOR_BIN/containerd-shim-runsc-v1"; then pids+=("$pid"); fi
+      runs_binary "$pid" "$GVISOR_BIN/containerd-shim-runsc-v1"; then shims+=("$pid"); fi
   done
-  while read -r f; do
-    while read -r pid; do pids+=("$pid"); done <"$f"
-  done < <(find /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods -name cgroup.procs 2>/dev/null)
-  if ((${#pids[@]})); then
+  if ((${#shims[@]})); then
+    log "stopping ${#shims[@]} shims"
+    kill -9 "${shims[@]}" 2>/dev/null || true
+  fi
+  # Pod processes may still fork while they are being killed: until the cgroups are empty.
+  for _ in {1..20}; do
+    mapfile -t pids < <(find /sys/fs/cgroup/kubepods /sys/fs/cgroup/*/kubepods -name cgroup.procs \
+      -exec cat {} + 2>/dev/null | sort -u)
+    if ((${#pids[@]} == 0)); then return 0; fi
     log "stopping ${#pids[@]} pod processes"
     kill -9 "${pids[@]}" 2>/dev/null || true
-  fi
+    sleep 0.2
+  done
 }
 
 # unmount_ours: mounts under our kubelet's and our containerd's state directories, deepest first.
@@ -80,12 +86,27 @@ remove_pod_links() {
   ip link delete "$CNI_BRIDGE" 2>/dev/null || true
 }
 
-# our_chains < DUMP: in one table's iptables-save dump, the chains our cluster made: OUR_CHAINS, and the
-# CNI chains that hold, or are the target of, a rule tagged with our network's name.
+# pod_cni_chains: the chain names the bridge plugin derives from our network and each pod sandbox our
+# containerd knows ("CNI-" and 24 hex digits of sha512(network + sandbox id)), so that a chain whose tagged
+# rules a teardown interrupted half-way is still recognised.
+pod_cni_chains() {
+  local dir id
+  for dir in "$CONTAINERD_STATE" "$CONTAINERD_ROOT"; do
+    for id in "$dir/io.containerd.grpc.v1.cri/sandboxes"/*; do
+      [[ -d $id ]] || continue
+      printf '%s' "$CNI_NETWORK${id##*/}" | sha512sum | awk '{ print "CNI-" substr($1, 1, 24) }'
+    done
+  done | sort -u
+}
+
+# our_chains < DUMP: in one table's iptables-save dump, the chains our cluster made: OUR_CHAINS, the CNI
+# chains of our pods (POD_CNI_CHAINS), and the CNI chains that hold, or are the target of, a rule tagged with
+# our network's name (CNI_TAG).
 our_chains() {
-  awk -v pattern="$OUR_CHAINS" -v tag="name: \\\"$CNI_NETWORK\\\"" '
-    /^:/ { chain = substr($1, 2); if (chain ~ pattern) print chain }
-    /^-A / && index($0, tag) {
+  awk -v pattern="$OUR_CHAINS" '
+    BEGIN { n = split(ENVIRON["POD_CNI_CHAINS"], list, "\n"); for (i = 1; i <= n; i++) pods[list[i]] = 1 }
+    /^:/ { chain = substr($1, 2); if (chain ~ pattern || chain in pods) print chain }
+    /^-A / && index($0, ENVIRON["CNI_TAG"]) {
       if ($2 ~ /^CNI-/) print $2
       for (i = 3; i < NF; i++) if (($i == "-j" || $i == "-g") && $(i + 1) ~ /^CNI-/) print $(i + 1)
     }' | sort -u
@@ -96,14 +117,17 @@ our_chains() {
 remove_our_chains() {
   local family=$1 table dump chains
   command -v "$family-save" >/dev/null || return 0
+  # The CNI plugins tag their rules with: name: "<network>" (quotes escaped as iptables-save prints them).
+  local -x CNI_TAG="name: \\\"$CNI_NETWORK\\\"" POD_CNI_CHAINS
+  POD_CNI_CHAINS=$(pod_cni_chains)
   for table in filter nat mangle raw; do
     dump=$("$family-save" -t "$table" 2>/dev/null) || continue
     chains=$(our_chains <<<"$dump")
     [[ -n $chains ]] || continue
-    awk -v ours="$chains" -v tag="name: \\\"$CNI_NETWORK\\\"" -v table="$table" '
+    awk -v ours="$chains" -v table="$table" '
       BEGIN { n = split(ours, list, "\n"); for (i = 1; i <= n; i++) mine[list[i]] = 1; print "*" table }
       /^-A / && !($2 in mine) {
-        hit = index($0, tag)
+        hit = index($0, ENVIRON["CNI_TAG"])
         for (i = 3; i < NF; i++) if (($i == "-j" || $i == "-g") && ($(i + 1) in mine)) hit = 1
         if (hit) { sub(/^-A /, "-D "); print }
       }

@@ -1,4 +1,5 @@
-# Pinned versions and cache locations shared by every hack/ script (sourced, never run).
+# Pinned versions and cache locations shared by every hack/ script (sourced through common.sh, never run).
+# shellcheck disable=SC2034  # used by the scripts that source this file
 K8S_VERSION=v1.34.4
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.19.5

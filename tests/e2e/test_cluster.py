@@ -174,10 +174,10 @@ def foreign_things() -> Iterator[subprocess.Popen[bytes]]:
     )
     commands = [
         ["iptables", "-N", "FOREIGN-TEST"],
-        ["iptables", "-A", "FOREIGN-TEST", "-s", "192.0.2.1/32", "-j", "RETURN"],
+        ["iptables", "-A", "FOREIGN-TEST", "-s", "198.51.100.1/32", "-j", "RETURN"],
         ["iptables", "-t", "nat", "-N", "KUBE-FOREIGN-TEST"],
-        ["iptables", "-t", "nat", "-A", "KUBE-FOREIGN-TEST", "-s", "192.0.2.2/32", "-j", "RETURN"],
-        ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "192.0.2.3/32", "-j", "KUBE-FOREIGN-TEST"],
+        ["iptables", "-t", "nat", "-A", "KUBE-FOREIGN-TEST", "-s", "198.51.100.2/32", "-j", "RETURN"],
+        ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.51.100.3/32", "-j", "KUBE-FOREIGN-TEST"],
         ["ipset", "create", "KUBE-FOREIGN-TEST", "hash:ip"],
     ]
     try:
@@ -187,7 +187,7 @@ def foreign_things() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.kill()
         process.wait()
-        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "192.0.2.3/32", "-j", "KUBE-FOREIGN-TEST"])
+        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "198.51.100.3/32", "-j", "KUBE-FOREIGN-TEST"])
         for table, chain in (("filter", "FOREIGN-TEST"), ("nat", "KUBE-FOREIGN-TEST")):
             subprocess.run(["iptables", "-t", table, "-F", chain])
             subprocess.run(["iptables", "-t", table, "-X", chain])
@@ -225,10 +225,10 @@ def test_down_stops_only_its_own_processes_and_removes_only_its_own_chains(
         run_make("down")
 
         assert foreign_things.poll() is None, "a foreign process was stopped"
-        assert "-A FOREIGN-TEST -s 192.0.2.1/32 -j RETURN" in table_dump("filter")
+        assert "-A FOREIGN-TEST -s 198.51.100.1/32 -j RETURN" in table_dump("filter")
         nat = table_dump("nat")
-        assert "-A KUBE-FOREIGN-TEST -s 192.0.2.2/32 -j RETURN" in nat
-        assert "-A POSTROUTING -s 192.0.2.3/32 -j KUBE-FOREIGN-TEST" in nat
+        assert "-A KUBE-FOREIGN-TEST -s 198.51.100.2/32 -j RETURN" in nat
+        assert "-A POSTROUTING -s 198.51.100.3/32 -j KUBE-FOREIGN-TEST" in nat
         assert subprocess.run(["ipset", "list", "-n", "KUBE-FOREIGN-TEST"], capture_output=True).returncode == 0
 
         assert processes_running_from(cache) == []
