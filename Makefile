@@ -3,22 +3,27 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: cluster cluster-env cluster-status down images venv lint test unit e2e generate demo helm-lint
+.PHONY: cluster cluster-env cluster-status down images helm venv lint test unit e2e generate demo helm-lint
 
 cluster:
-	@hack/cluster.sh up
+	@hack/cluster-up.sh
 
 cluster-env:
-	@hack/cluster.sh env
+	@hack/cluster-env.sh
 
 cluster-status:
-	@hack/cluster.sh status
+	@hack/cluster-status.sh
 
+# Stops only what `make cluster` started and removes only what it made.
 down:
-	@hack/cluster.sh down
+	@hack/cluster-down.sh
 
 images:
 	@hack/build-images.sh
+
+# Builds helm alone (no cluster) and prints its path.
+helm:
+	@hack/helm.sh
 
 # The cluster, the images, a Helm install, and one example Execution per language with its status.
 demo: cluster images
@@ -37,14 +42,15 @@ $(VENV)/.installed: pyproject.toml
 generate: venv
 	$(PY) -m codeexec generate
 
-# The unit tests run it too (tests/unit/test_chart.py); helm is the one `make cluster` builds.
-helm-lint: cluster
-	@eval "$$(hack/cluster.sh env)" && helm lint --strict charts/code-exec
+# The unit tests run it too (tests/unit/test_chart.py), with the same helm.
+helm-lint: helm
+	@"$$(hack/helm.sh)" lint --strict charts/code-exec
 
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	hack/lint.sh
 
 unit: venv
 	$(PY) -m pytest -m "not e2e"
