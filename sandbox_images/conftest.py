@@ -1,4 +1,4 @@
-"""Shared fixtures for the sandbox image tests: run the real runner on the host and parse its report."""
+"""Shared fixtures for the sandbox image tests: the runner built like the images build it, run on the host."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,10 +17,25 @@ from typing import Any
 
 import pytest
 
+from codeexec_runner.contract import REPORT_PREFIX, RUNNER_PATH, ReportDict
+
 SANDBOX_IMAGES = Path(__file__).resolve().parent
-RUNNER = SANDBOX_IMAGES / "runner" / "runner.py"
-REPORT_PREFIX = b"codeexec-report/v1 "
+RUNNER_PACKAGE = SANDBOX_IMAGES / "runner" / "codeexec_runner"
+# Where the images' Dockerfiles copy the package before zipping it.
+IMAGE_BUILD_DIR = "/tmp/codeexec-runner"
 NO_INPUT = object()
+
+
+def zipapp_command(source: Path | str, output: Path | str) -> list[str]:
+    """How the images build the runner: `source` holds codeexec_runner/; `output` becomes one executable file."""
+    return [
+        "python3",
+        "-m",
+        "zipapp",
+        str(source),
+        *("--python", "/usr/bin/python3 -I", "--main", "codeexec_runner.__main__:main"),
+        *("--output", str(output)),
+    ]
 
 
 @dataclass
@@ -37,29 +53,37 @@ def parse_report(stdout: bytes) -> dict[str, Any]:
     last = stdout[:-1].rpartition(b"\n")[2]
     assert last.startswith(REPORT_PREFIX), f"last line is not a report: {last[:200]!r}"
     report = json.loads(last[len(REPORT_PREFIX) :])
-    assert set(report) == {
-        "exitCode",
-        "timedOut",
-        "signal",
-        "durationMs",
-        "stdout",
-        "stderr",
-        "hasResult",
-        "result",
-        "logs",
-        "logsTruncated",
-        "error",
-        "networkIsolation",
-    }
+    assert set(report) == ReportDict.__required_keys__
     return report
 
 
 RunFn = Callable[..., RunResult]
 
 
+@pytest.fixture(scope="session")
+def runner() -> Iterator[Path]:
+    """The runner as the images carry it: the package zipped into one executable file, readable by uid 65534."""
+    with tempfile.TemporaryDirectory() as tmp:
+        build = Path(tmp)
+        build.chmod(0o755)
+        shutil.copytree(
+            RUNNER_PACKAGE, build / "src" / RUNNER_PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__")
+        )
+        zipapp = build / "runner"
+        subprocess.run(zipapp_command(build / "src", zipapp), check=True)
+        zipapp.chmod(0o755)
+        yield zipapp
+
+
+@pytest.fixture(scope="session")
+def image_zipapp_command() -> list[str]:
+    """The command every sandbox Dockerfile must run (runner/tests/test_runner_images.py): the one the tests run."""
+    return zipapp_command(IMAGE_BUILD_DIR, RUNNER_PATH)
+
+
 @pytest.fixture
-def run_runner(tmp_path: Path) -> RunFn:
-    """Runs runner.py like the pod does: code files in a folder, the program after `--`."""
+def run_runner(tmp_path: Path, runner: Path) -> RunFn:
+    """Runs the runner like the pod does: code files in a folder, the program after `--`."""
 
     def run(
         command: list[str],
@@ -88,7 +112,7 @@ def run_runner(tmp_path: Path) -> RunFn:
             (tmp_path / name).write_text(text)
         started = time.monotonic()
         proc = subprocess.run(
-            [*(prefix or []), str(RUNNER), *args, "--", *command],
+            [*(prefix or []), str(runner), *args, "--", *command],
             capture_output=True,
             env=runner_env if runner_env is not None else {"PATH": os.environ["PATH"]},
             cwd=tmp_path,

@@ -13,6 +13,7 @@ from codeexec.config import OperatorConfig
 from codeexec.models import DEFAULT_DOMAIN_PORTS
 from codeexec.status import SANDBOX_CONTAINER
 from codeexec.validation import Plan, format_cpu, format_memory
+from codeexec_runner import contract
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "code-exec"
@@ -21,7 +22,6 @@ SANDBOX_NAME = "code-exec-sandbox"
 EXECUTION_LABEL = "codeexec.io/execution"
 EXECUTION_UID_LABEL = "codeexec.io/execution-uid"
 
-RUNNER = "/opt/codeexec/runner"
 CODE_DIR = "/code"
 TMP_DIR = "/tmp"
 NOBODY = 65534
@@ -30,9 +30,6 @@ TERMINATION_GRACE_SECONDS = 2
 # Nothing listens there inside the pod: name resolution fails, no DNS query leaves.
 UNUSABLE_NAMESERVER = "127.0.0.1"
 MAX_LABEL_VALUE = 63
-# How long the runner waits for the pod's NetworkPolicy to be enforced before it gives up
-# without running the code (enforcers program a new pod's rules moments after it starts).
-ISOLATION_WAIT_SECONDS = 20
 
 
 @dataclass(frozen=True)
@@ -119,7 +116,9 @@ def pod(
     }
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": plan.timeout_seconds + ISOLATION_WAIT_SECONDS + config.active_deadline_grace_seconds,
+        "activeDeadlineSeconds": (
+            plan.timeout_seconds + contract.ISOLATION_WAIT_SECONDS + config.active_deadline_grace_seconds
+        ),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -142,7 +141,7 @@ def pod(
                 "name": SANDBOX_CONTAINER,
                 "image": plan.runtime.image,
                 "imagePullPolicy": plan.runtime.image_pull_policy or config.image_pull_policy,
-                "command": [RUNNER],
+                "command": [contract.RUNNER_PATH],
                 "args": runner_args(plan, config, isolation_probe=isolation_probe),
                 "workingDir": TMP_DIR,
                 "securityContext": {
@@ -194,19 +193,19 @@ def host_aliases(pinned: Sequence[PinnedHost]) -> list[dict[str, Any]]:
 def runner_args(plan: Plan, config: OperatorConfig, *, isolation_probe: str) -> list[str]:
     """Arguments of /opt/codeexec/runner, per the contract in sandbox_images/README.md."""
     return [
-        "--timeout-seconds",
+        contract.TIMEOUT_SECONDS_FLAG,
         str(plan.timeout_seconds),
-        "--max-output-bytes",
+        contract.MAX_OUTPUT_BYTES_FLAG,
         str(config.max_output_bytes),
-        "--isolation-probe",
+        contract.ISOLATION_PROBE_FLAG,
         isolation_probe,
-        "--isolation-wait-seconds",
-        str(ISOLATION_WAIT_SECONDS),
-        "--stdin",
+        contract.ISOLATION_WAIT_SECONDS_FLAG,
+        str(contract.ISOLATION_WAIT_SECONDS),
+        contract.STDIN_FLAG,
         f"{CODE_DIR}/stdin",
-        "--input",
+        contract.INPUT_FLAG,
         f"{CODE_DIR}/input.json",
-        "--env-file",
+        contract.ENV_FILE_FLAG,
         f"{CODE_DIR}/env.json",
         "--",
         *plan.runtime.command,

@@ -8,14 +8,14 @@ from typing import Any
 from pydantic import ConfigDict, Field
 
 from codeexec.models import LogEntry, Model
+from codeexec_runner.contract import REPORT_PREFIX
 
-REPORT_PREFIX = b"codeexec-report/v1 "
 # Far above a real report (outputs are capped at 256 KiB each); anything longer is not one.
 MAX_REPORT_LINE_BYTES = 4 * 1024 * 1024
 
 
 class StreamOutput(Model):
-    """What the runner kept of one output stream."""
+    """What the runner kept of one output stream (contract.StreamDict)."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -25,7 +25,7 @@ class StreamOutput(Model):
 
 
 class NetworkIsolation(Model):
-    """What the runner's isolation probe saw before it started the program (README: --isolation-probe)."""
+    """What the runner's isolation probe saw before it started the program (contract.IsolationDict)."""
 
     model_config = ConfigDict(strict=True, extra="ignore")
 
@@ -36,7 +36,8 @@ class NetworkIsolation(Model):
 
 
 class Report(Model):
-    """The runner's account of the program's run (sandbox_images/README.md)."""
+    """The runner's account of the program's run: validates a contract.ReportDict, whose keys are these
+    fields' camelCase aliases (tests/unit/test_runner_contract.py keeps them equal)."""
 
     # Strict: a report whose types are off is not the runner's and is ignored.
     model_config = ConfigDict(strict=True, extra="ignore")

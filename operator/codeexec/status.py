@@ -10,6 +10,7 @@ from typing import Any
 from codeexec.config import OperatorConfig
 from codeexec.models import Phase
 from codeexec.report import Report
+from codeexec_runner import contract
 
 Status = Mapping[str, Any]
 Patch = dict[str, Any]
@@ -46,10 +47,6 @@ TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Pha
 # Waiting reasons that fail an Execution at once: sandbox images are imported or pulled once,
 # so a pull error rarely fixes itself, and waiting out the start deadline helps nobody.
 IMAGE_ERROR_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
-# The runner already bounds logs like this; the operator does not rely on it.
-MAX_LOG_ENTRIES = 1000
-MAX_LOG_MESSAGE_BYTES = 64 * 1024
-
 _PHASE_ORDER = {None: 0, Phase.PENDING: 1, Phase.RUNNING: 2}
 
 
@@ -323,9 +320,10 @@ def _cap_text(text: str, max_bytes: int) -> tuple[str, bool]:
 
 
 def _cap_logs(report: Report) -> tuple[list[dict[str, str]], bool]:
+    # The runner already bounds logs like this; the operator does not rely on it.
     kept = []
-    budget = MAX_LOG_MESSAGE_BYTES
-    for entry in report.logs[:MAX_LOG_ENTRIES]:
+    budget = contract.MAX_LOG_BYTES
+    for entry in report.logs[: contract.MAX_LOG_ENTRIES]:
         budget -= len(entry.message.encode())
         if budget < 0:
             break

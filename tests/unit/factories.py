@@ -8,8 +8,9 @@ from typing import Any
 
 from codeexec.config import OperatorConfig
 from codeexec.models import RuntimeSpec
-from codeexec.report import REPORT_PREFIX, Report
+from codeexec.report import Report
 from codeexec.validation import Plan, plan_execution
+from codeexec_runner.contract import REPORT_PREFIX
 
 NOW = datetime(2030, 1, 2, 3, 4, 5, tzinfo=UTC)
 UID = "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"

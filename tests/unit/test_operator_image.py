@@ -43,7 +43,12 @@ def test_image_installs_with_the_pins_and_runs_as_non_root() -> None:
 
 def test_copied_paths_exist_and_pass_the_dockerignore() -> None:
     copied = [line.split()[1] for line in DOCKERFILE.splitlines() if line.startswith("COPY ")]
-    assert copied == ["pyproject.toml", "operator/constraints.txt", "operator/codeexec"]
+    assert copied == [
+        "pyproject.toml",
+        "operator/constraints.txt",
+        "operator/codeexec",
+        "sandbox_images/runner/codeexec_runner",
+    ]
     ignore = (REPO / ".dockerignore").read_text().splitlines()
     for path in copied:
         assert (REPO / path).exists()

@@ -1,4 +1,5 @@
-"""The operator's side of the runner contract against the real runner and Python harness (host processes)."""
+"""The operator's side of the runner contract: its report models and pod arguments against the runner's
+`contract` module, and against the real runner and Python harness (host processes)."""
 
 from __future__ import annotations
 
@@ -9,14 +10,18 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from codeexec import builders, status
 from codeexec.config import OperatorConfig
-from codeexec.report import Report, ReportScanner
+from codeexec.models import LogEntry, Model
+from codeexec.report import NetworkIsolation, Report, ReportScanner, StreamOutput
+from codeexec_runner import contract
+from codeexec_runner.arguments import parse_args
 from tests.unit.factories import NOW, pod, python_runtime, terminated
 from tests.unit.factories import plan as make_plan
 
 SANDBOX_IMAGES = Path(__file__).resolve().parents[2] / "sandbox_images"
-RUNNER = SANDBOX_IMAGES / "runner" / "runner.py"
 HARNESS = SANDBOX_IMAGES / "python" / "harness.py"
 CONFIG = OperatorConfig()
 
@@ -33,7 +38,7 @@ def run_execution(tmp_path: Path, **fields: Any) -> tuple[int, bytes, Report | N
     runner_args = builders.runner_args(plan, CONFIG, isolation_probe=f"127.0.0.1:{closed_port()}")
     args = [arg.replace(f"{builders.CODE_DIR}/", f"{tmp_path}/") for arg in runner_args]
     proc = subprocess.run(
-        [sys.executable, str(RUNNER), *args],
+        [sys.executable, "-m", "codeexec_runner", *args],
         capture_output=True,
         env={"PATH": "/usr/local/bin:/usr/bin:/bin"},
         cwd=tmp_path,
@@ -51,6 +56,33 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.mark.parametrize(
+    ("model", "schema"),
+    [
+        (Report, contract.ReportDict),
+        (StreamOutput, contract.StreamDict),
+        (NetworkIsolation, contract.IsolationDict),
+        (LogEntry, contract.LogEntryDict),
+    ],
+)
+def test_report_models_read_exactly_the_keys_the_runner_writes(model: type[Model], schema: Any) -> None:
+    assert {field.alias for field in model.model_fields.values()} == schema.__required_keys__
+
+
+def test_runner_reads_the_pod_arguments_as_the_operator_means_them() -> None:
+    plan = make_plan(CONFIG, args=["a", "b"])
+    config = parse_args(builders.runner_args(plan, CONFIG, isolation_probe="10.96.0.1:443"))
+    assert (config.timeout_seconds, config.max_output_bytes) == (plan.timeout_seconds, CONFIG.max_output_bytes)
+    assert config.isolation_probe == ("10.96.0.1", 443)
+    assert config.isolation_wait_seconds == contract.ISOLATION_WAIT_SECONDS
+    assert (config.stdin_path, config.input_path, config.env_file) == (
+        f"{builders.CODE_DIR}/stdin",
+        f"{builders.CODE_DIR}/input.json",
+        f"{builders.CODE_DIR}/env.json",
+    )
+    assert config.command == [*plan.runtime.command, f"{builders.CODE_DIR}/{plan.runtime.file_name}", "a", "b"]
 
 
 def outcome(exit_code: int, report: Report | None) -> dict[str, Any]:

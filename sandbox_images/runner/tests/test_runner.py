@@ -1,4 +1,4 @@
-"""Tests of runner.py run on the host: capture, limits, timeout, environment, channel and cleanup."""
+"""Tests of the runner (the zipapp the images carry) on the host: capture, limits, timeout, env, channel, cleanup."""
 
 from __future__ import annotations
 
@@ -11,12 +11,11 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-RUNNER = Path(__file__).resolve().parents[1] / "runner.py"
-REPORT_PREFIX = b"codeexec-report/v1 "
+from codeexec_runner.contract import REPORT_PREFIX
+
 ECHO_LIMIT = 1024 * 1024
 NOTICE = b"[codeexec: further output not shown in the log]\n"
 
@@ -91,13 +90,13 @@ def test_output_flood_is_truncated_with_true_byte_counts(run_runner):
     assert r.stdout.count(b"\n" + NOTICE) == 2
 
 
-def test_runner_memory_stays_bounded_under_floods(tmp_path):
+def test_runner_memory_stays_bounded_under_floods(runner):
     # 50 MB on stdout, one endless 20 MB line on stderr and on the channel; the programs themselves
     # (head) use little memory, so the largest RSS measured is the runner's.
     program = "head -c 50000000 /dev/zero; head -c 20000000 /dev/zero | tr '\\0' a >&2; head -c 20000000 /dev/zero >&3"
     measure = (
         "import resource, subprocess, sys\n"
-        f"p = subprocess.run([{str(RUNNER)!r}, '--timeout-seconds', '60', '--max-output-bytes', '65536', '--', "
+        f"p = subprocess.run([{str(runner)!r}, '--timeout-seconds', '60', '--max-output-bytes', '65536', '--', "
         f"'sh', '-c', {program!r}], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)\n"
         "sys.stdout.write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) + '\\n')\n"
         "sys.stdout.buffer.write(p.stdout[p.stdout[:-1].rindex(b'\\n') + 1:])\n"
@@ -270,16 +269,16 @@ def test_command_not_found_is_reported(run_runner):
     assert "command not found" in r.report["error"]
 
 
-def test_invalid_arguments_are_reported():
-    proc = subprocess.run([str(RUNNER), "--timeout-seconds", "soon", "--", "true"], capture_output=True, timeout=10)
+def test_invalid_arguments_are_reported(runner):
+    proc = subprocess.run([str(runner), "--timeout-seconds", "soon", "--", "true"], capture_output=True, timeout=10)
     report = json.loads(proc.stdout.rstrip(b"\n").rsplit(b"\n", 1)[-1][len(REPORT_PREFIX) :])
     assert proc.returncode == 125 and report["exitCode"] == 125 and "invalid runner arguments" in report["error"]
 
 
-def test_sigterm_to_the_runner_kills_the_program_and_still_reports():
+def test_sigterm_to_the_runner_kills_the_program_and_still_reports(runner):
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('up', flush=True); time.sleep(60)"
     proc = subprocess.Popen(
-        [str(RUNNER), "--timeout-seconds", "60", "--max-output-bytes", "1000", "--", *py(code)],
+        [str(runner), "--timeout-seconds", "60", "--max-output-bytes", "1000", "--", *py(code)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )

@@ -1,0 +1,83 @@
+"""Parses the runner's command line (the flags of `contract`) into a Config, or a RunnerError."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+from dataclasses import dataclass
+from typing import NoReturn
+
+from codeexec_runner import contract
+from codeexec_runner.errors import RunnerError
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    # argparse would print usage and exit 2 without a report; the operator needs the report.
+    def error(self, message: str) -> NoReturn:
+        raise RunnerError(f"invalid runner arguments: {message}")
+
+
+@dataclass
+class Config:
+    timeout_seconds: float
+    max_output_bytes: int
+    stdin_path: str | None
+    input_path: str | None
+    env_file: str | None
+    command: list[str]
+    isolation_probe: tuple[str, int] | None
+    isolation_wait_seconds: float
+
+
+def parse_args(argv: list[str]) -> Config:
+    parser = _ArgumentParser(prog="runner", description="Run a sandboxed program and report its outcome.")
+    parser.add_argument(contract.TIMEOUT_SECONDS_FLAG, dest="timeout_seconds", type=float, required=True)
+    parser.add_argument(contract.MAX_OUTPUT_BYTES_FLAG, dest="max_output_bytes", type=int, required=True)
+    parser.add_argument(contract.STDIN_FLAG, dest="stdin_path")
+    parser.add_argument(contract.INPUT_FLAG, dest="input_path")
+    parser.add_argument(contract.ENV_FILE_FLAG, dest="env_file")
+    parser.add_argument(contract.ISOLATION_PROBE_FLAG, dest="isolation_probe", metavar="HOST:PORT")
+    parser.add_argument(
+        contract.ISOLATION_WAIT_SECONDS_FLAG,
+        dest="isolation_wait_seconds",
+        type=float,
+        default=contract.ISOLATION_WAIT_SECONDS,
+    )
+    parser.add_argument("command", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise RunnerError("invalid runner arguments: no command after --")
+    if args.timeout_seconds <= 0:
+        raise RunnerError(f"invalid runner arguments: {contract.TIMEOUT_SECONDS_FLAG} must be positive")
+    if args.max_output_bytes < 0:
+        raise RunnerError(f"invalid runner arguments: {contract.MAX_OUTPUT_BYTES_FLAG} must not be negative")
+    if args.isolation_wait_seconds < 0:
+        raise RunnerError(f"invalid runner arguments: {contract.ISOLATION_WAIT_SECONDS_FLAG} must not be negative")
+    probe = parse_probe(args.isolation_probe) if args.isolation_probe is not None else None
+    return Config(
+        args.timeout_seconds,
+        args.max_output_bytes,
+        args.stdin_path,
+        args.input_path,
+        args.env_file,
+        command,
+        probe,
+        args.isolation_wait_seconds,
+    )
+
+
+def parse_probe(text: str) -> tuple[str, int]:
+    """Parses "10.0.0.1:443" or "[fd00::1]:443" into (address, port): an IP address, never a name (no DNS)."""
+    host, _, port = text.rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+        number = int(port)
+    except ValueError:
+        address, number = None, 0
+    if address is None or not 0 < number < 65536 or (address.version == 6) != bracketed:
+        raise RunnerError(
+            f"invalid runner arguments: {contract.ISOLATION_PROBE_FLAG} {text!r} is not IPV4:PORT or [IPV6]:PORT"
+        )
+    return str(address), number

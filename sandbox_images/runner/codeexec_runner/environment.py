@@ -1,0 +1,50 @@
+"""Builds the program's environment from scratch, plus the pairs of the --env-file."""
+
+from __future__ import annotations
+
+import json
+
+from codeexec_runner.channel import CHANNEL_FD
+from codeexec_runner.errors import RunnerError
+
+PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+def build_env(input_path: str | None, env_file: str | None) -> dict[str, str]:
+    """The program's environment, from scratch: nothing of the runner's (kubelet-injected) env leaks."""
+    env = {
+        "PATH": PATH,
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "CODEEXEC_CHANNEL_FD": str(CHANNEL_FD),
+    }
+    if input_path is not None:
+        env["CODEEXEC_INPUT_FILE"] = input_path
+    if env_file is not None:
+        env.update(read_env_file(env_file))
+    return env
+
+
+def read_env_file(path: str) -> dict[str, str]:
+    try:
+        with open(path, "rb") as f:
+            pairs = json.loads(f.read())
+    except (OSError, ValueError) as e:
+        raise RunnerError(f"cannot read env file {path}: {e}") from e
+    if not isinstance(pairs, dict):
+        raise RunnerError(f"env file {path} must hold a JSON object")
+    for name, value in pairs.items():
+        if not isinstance(value, str) or not name or "=" in name or "\0" in name + value or not is_utf8(name + value):
+            raise RunnerError(f"env file {path}: invalid variable {name!r}")
+    return pairs
+
+
+def is_utf8(text: str) -> bool:
+    # JSON escapes can produce lone surrogates, which no environment can carry.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
