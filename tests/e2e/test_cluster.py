@@ -165,6 +165,10 @@ def pod_cgroup_processes() -> list[str]:
     return [pid for root in roots for procs in root.rglob("cgroup.procs") for pid in procs.read_text().split()]
 
 
+# A foreign rule in a built-in chain that leads to a foreign chain named like ours.
+FOREIGN_JUMP = ["POSTROUTING", "-s", "198.51.100.3/32", "-j", "KUBE-FOREIGN-TEST"]
+
+
 @pytest.fixture
 def foreign_things() -> Iterator[subprocess.Popen[bytes]]:
     """A process, iptables chains and rules, and an ipset that are not the cluster's but are named like its own."""
@@ -177,8 +181,8 @@ def foreign_things() -> Iterator[subprocess.Popen[bytes]]:
         ["iptables", "-A", "FOREIGN-TEST", "-s", "198.51.100.1/32", "-j", "RETURN"],
         ["iptables", "-t", "nat", "-N", "KUBE-FOREIGN-TEST"],
         ["iptables", "-t", "nat", "-A", "KUBE-FOREIGN-TEST", "-s", "198.51.100.2/32", "-j", "RETURN"],
-        ["iptables", "-t", "nat", "-A", "POSTROUTING", "-s", "198.51.100.3/32", "-j", "KUBE-FOREIGN-TEST"],
-        ["ipset", "create", "KUBE-FOREIGN-TEST", "hash:ip"],
+        ["iptables", "-t", "nat", "-A", *FOREIGN_JUMP],
+        ["ipset", "create", "-exist", "KUBE-FOREIGN-TEST", "hash:ip"],
     ]
     try:
         for command in commands:
@@ -187,11 +191,17 @@ def foreign_things() -> Iterator[subprocess.Popen[bytes]]:
     finally:
         process.kill()
         process.wait()
-        subprocess.run(["iptables", "-t", "nat", "-D", "POSTROUTING", "-s", "198.51.100.3/32", "-j", "KUBE-FOREIGN-TEST"])
+        subprocess.run(["iptables", "-t", "nat", "-D", *FOREIGN_JUMP])
         for table, chain in (("filter", "FOREIGN-TEST"), ("nat", "KUBE-FOREIGN-TEST")):
             subprocess.run(["iptables", "-t", table, "-F", chain])
             subprocess.run(["iptables", "-t", table, "-X", chain])
-        subprocess.run(["ipset", "destroy", "KUBE-FOREIGN-TEST"])
+        # kube-router's periodic save and restore of all ipsets can bring a set back that was just destroyed.
+        wait_until(lambda: _destroyed("KUBE-FOREIGN-TEST"), 30, "the foreign ipset to be destroyed", interval=2)
+
+
+def _destroyed(ipset: str) -> bool:
+    subprocess.run(["ipset", "destroy", ipset], capture_output=True)
+    return subprocess.run(["ipset", "list", "-n", ipset], capture_output=True).returncode != 0
 
 
 def pod_phase(namespace: str, name: str) -> str | None:
