@@ -80,6 +80,15 @@ def test_chart_has_only_the_generated_crds() -> None:
     assert sorted(path.name for path in (CHART / "crds").iterdir()) == sorted(crdgen.rendered_files())
 
 
+def test_runtime_contracts_are_read_from_the_bundled_runtime_files() -> None:
+    """One copy of each Runtime's contract: crds/runtimes/, which the chart reads through a link."""
+    link = CHART / "files/runtimes"
+    assert link.is_symlink() and link.resolve() == (REPO / "crds/runtimes").resolve()
+    template = (CHART / "templates/runtimes.yaml").read_text()
+    for contract_word in ("harness", "main.py", "python3", "nodejs", "bookworm"):
+        assert contract_word not in template
+
+
 def _resolved(schema: dict[str, Any]) -> dict[str, Any]:
     """A schema node with its local $ref ("#/definitions/x") followed, siblings kept."""
     if "$ref" not in schema:
