@@ -45,16 +45,21 @@ remove_pod_tasks() {
   for t in $("${ctr[@]}" containers ls -q 2>/dev/null); do "${ctr[@]}" containers delete "$t" >/dev/null 2>&1 || true; done
 }
 
-# kill_pod_processes: what outlives containerd — the shims it started (each writes shim.pid into its
-# task's bundle in our namespace, and runs our shim binary) and the processes in the pod cgroups our kubelet
-# made (cgroup v2: /kubepods; v1: /<controller>/kubepods).
+# kill_pod_processes: what outlives containerd — the shims it started (they run our shim binaries with their
+# task's bundle in our namespace as working directory) and the processes in the pod cgroups our kubelet made
+# (cgroup v2: /kubepods; v1: /<controller>/kubepods).
 kill_pod_processes() {
-  local f pid shims=() pids=() _
-  for f in "$CONTAINERD_STATE/io.containerd.runtime.v2.task/$CONTAINERD_NAMESPACE"/*/shim.pid; do
-    [[ -f $f ]] || continue
-    pid=$(<"$f")
-    if runs_binary "$pid" "$CONTAINERD_BIN/containerd-shim-runc-v2" ||
-      runs_binary "$pid" "$GVISOR_BIN/containerd-shim-runsc-v1"; then shims+=("$pid"); fi
+  local proc exe cwd shims=() pids=() _
+  for proc in /proc/[0-9]*; do
+    exe=$(readlink "$proc/exe" 2>/dev/null) || continue
+    case ${exe% (deleted)} in
+      "$CONTAINERD_BIN/containerd-shim-runc-v2" | "$GVISOR_BIN/containerd-shim-runsc-v1") ;;
+      *) continue ;;
+    esac
+    cwd=$(readlink "$proc/cwd" 2>/dev/null) || continue
+    if [[ $cwd == "$CONTAINERD_STATE/io.containerd.runtime.v2.task/$CONTAINERD_NAMESPACE/"* ]]; then
+      shims+=("${proc#/proc/}")
+    fi
   done
   if ((${#shims[@]})); then
     log "stopping ${#shims[@]} shims"

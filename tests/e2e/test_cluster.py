@@ -220,10 +220,11 @@ def test_down_stops_only_its_own_processes_and_removes_only_its_own_chains(
     """`make down` with a runc and a gVisor pod running stops every process the cluster started and removes
     its chains, ipsets, link and mounts — while a process whose command line names containerd-shim,
     kube-apiserver and runsc, and chains and an ipset named KUBE-*, all foreign, survive it. The safeguard:
-    hack/cluster-down.sh stops processes by pid files checked against our binaries (components), containerd
-    and our shims' shim.pid files and our kubelet's pod cgroups (pods), and deletes only the chains named
-    in hack/lib/host.sh or tagged with our CNI network — never by name across the host (the former
-    `pkill -f containerd-shim` and flush of every KUBE* chain failed this test). Ends with `make cluster`."""
+    hack/cluster-down.sh stops processes by pid files checked against our binaries (components), containerd,
+    shims by our shim binary and a bundle of our namespace as working directory, and our kubelet's pod
+    cgroups (pods), and deletes only the chains named in hack/lib/host.sh or made by our CNI network — never
+    by name across the host (the former `pkill -f containerd-shim` and flush of every KUBE* chain failed this
+    test: the foreign process was killed). Ends with `make cluster`."""
     for name, runtime_class in (("long-runc", None), ("long-gvisor", "gvisor")):
         create_pod(namespace, name, "sleep 900", runtime_class)
     for name in ("long-runc", "long-gvisor"):
