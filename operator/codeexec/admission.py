@@ -1,5 +1,5 @@
 """The validating admission webhook: which new Executions to refuse (the checks that would otherwise
-end in phase Rejected, without I/O) and the HTTPS server Kopf answers the API server with."""
+end in phase Rejected), the handler's logic, and the HTTPS server Kopf answers the API server with."""
 
 from __future__ import annotations
 
@@ -9,14 +9,29 @@ from typing import Any
 
 import kopf
 
+from codeexec.api import ApiError, ClusterFacts
 from codeexec.config import OperatorConfig
 from codeexec.models import RuntimeSpec
-from codeexec.validation import Rejection, plan_execution
+from codeexec.validation import Rejection, parse_runtimes, plan_execution
 
 # Handler id = URL path of the webhook: the chart's ValidatingWebhookConfiguration calls /<id>.
 WEBHOOK_ID = "validate-execution"
 CERT_FILE = "tls.crt"
 KEY_FILE = "tls.key"
+
+
+def validate(spec: Mapping[str, Any], facts: ClusterFacts, config: OperatorConfig, warnings: list[str]) -> None:
+    """Refuses (kopf.AdmissionError) a new Execution that the lifecycle would reject, with the same
+    message; the operator still checks what gets in."""
+    try:
+        runtimes = parse_runtimes(facts.list_runtimes())
+    except ApiError as error:
+        # Admitted: the operator validates it anyway, so an API hiccup must not block users.
+        warnings.append(f"not validated against the installed Runtimes ({error}); the operator will")
+        return
+    why = refusal(spec, runtimes, config)
+    if why is not None:
+        raise kopf.AdmissionError(why, code=422)
 
 
 def refusal(raw_spec: Mapping[str, Any], runtimes: Mapping[str, RuntimeSpec], config: OperatorConfig) -> str | None:

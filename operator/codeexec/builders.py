@@ -10,17 +10,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from codeexec.config import OperatorConfig
+from codeexec.egress import PinnedHost
 from codeexec.models import DEFAULT_DOMAIN_PORTS
-from codeexec.status import SANDBOX_CONTAINER
 from codeexec.validation import Plan, format_cpu, format_memory
+from codeexec.vocabulary import (
+    EXECUTION_LABEL,
+    EXECUTION_UID_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    NAME_LABEL,
+    SANDBOX_CONTAINER,
+    SANDBOX_NAME,
+)
 from codeexec_runner import contract
-
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "code-exec"
-NAME_LABEL = "app.kubernetes.io/name"
-SANDBOX_NAME = "code-exec-sandbox"
-EXECUTION_LABEL = "codeexec.io/execution"
-EXECUTION_UID_LABEL = "codeexec.io/execution-uid"
 
 CODE_DIR = "/code"
 TMP_DIR = "/tmp"
@@ -39,15 +41,6 @@ class ExecutionRef:
     namespace: str
     name: str
     uid: str
-
-
-@dataclass(frozen=True)
-class PinnedHost:
-    """An allowed domain resolved by the operator: pinned in /etc/hosts, allowed by IP."""
-
-    hostname: str
-    port: int | None  # None: DEFAULT_DOMAIN_PORTS
-    addresses: tuple[str, ...]
 
 
 def child_name(execution: ExecutionRef) -> str:

@@ -7,14 +7,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from codeexec.builders import PinnedHost
-from codeexec.status import DOMAIN_NOT_ALLOWED, DOMAIN_UNRESOLVABLE
+from codeexec.resolver import Resolution
 from codeexec.validation import Rejection
+from codeexec.vocabulary import DOMAIN_NOT_ALLOWED, DOMAIN_UNRESOLVABLE
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # A network no sandbox may reach, and what it is (for the user's message).
-Forbidden = tuple[Network, str]
+Forbidden = tuple[IPNetwork, str]
 
 # Never allowed, whatever the operator's settings (RFC 6890 special-purpose ranges and friends).
 # Explicit rather than ipaddress.is_global, whose lists change between Python releases.
@@ -49,7 +49,7 @@ SPECIAL_NETWORKS: tuple[Forbidden, ...] = tuple(
     )
 )
 # Allowed only inside the operator's allowed_private_cidrs.
-PRIVATE_NETWORKS: tuple[Network, ...] = tuple(
+PRIVATE_NETWORKS: tuple[IPNetwork, ...] = tuple(
     ipaddress.ip_network(cidr)
     for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
@@ -57,11 +57,12 @@ NODE_ADDRESS_TYPES = frozenset({"InternalIP", "ExternalIP"})
 
 
 @dataclass(frozen=True)
-class Resolution:
-    """What the resolver found for one host name: its addresses, or why there are none."""
+class PinnedHost:
+    """An allowed domain resolved by the operator: pinned in /etc/hosts, allowed by IP."""
 
-    addresses: tuple[str, ...] = ()
-    error: str | None = None
+    hostname: str
+    port: int | None  # None: DEFAULT_DOMAIN_PORTS
+    addresses: tuple[str, ...]
 
 
 def parse_domain(entry: str) -> tuple[str, int | None]:

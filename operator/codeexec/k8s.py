@@ -1,4 +1,4 @@
-"""The Kubernetes API calls of the operator (the only module doing API I/O)."""
+"""The ClusterApi over the official Kubernetes client (the only module doing API I/O): one small class per job."""
 
 from __future__ import annotations
 
@@ -7,39 +7,32 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, NamedTuple, ParamSpec, TypeVar, cast
 
 import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 
+from codeexec.api import BAD_REQUEST, CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi
 from codeexec.models import GROUP, VERSION
 from codeexec.report import Report, ReportScanner
-from codeexec.status import SANDBOX_CONTAINER
+from codeexec.vocabulary import SANDBOX_CONTAINER
 
 # (connect, read) seconds: a request to an unresponsive API server must not hang a handler.
 REQUEST_TIMEOUT = (5.0, 30.0)
 LOG_CHUNK_BYTES = 64 * 1024
-BAD_REQUEST = 400
-NOT_FOUND = 404
-CONFLICT = 409
 # The API server's Service, which sandboxes must never reach (the isolation probe).
 API_SERVICE = ("default", "kubernetes")
 # Nodes and the API server's addresses change rarely; Executions can come by the hundred.
 NETWORK_FACTS_TTL_SECONDS = 30.0
 
-Body = dict[str, Any]
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
-class ApiError(Exception):
-    """A failed API call; `status` is the HTTP status, None when the server was not reached."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+# Error translation and the request shapes every part uses.
 
 
 def _api_errors(method: Callable[P, R]) -> Callable[P, R]:
@@ -66,130 +59,71 @@ def _describe(error: ApiException) -> str:
     return f"{error.status} {error.reason}: {message}"
 
 
-def _json(response: Any) -> Body:
+def _request(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Body:
     # Every call uses _preload_content=False: plain dicts in and out, no client models.
+    response = call(*args, **kwargs, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
     body: Body = json.loads(response.data)
     return body
 
 
-class Cluster:
-    """API access with explicit timeouts; objects are plain dicts."""
+def _items(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Body]:
+    items: list[Body] = _request(call, *args, **kwargs).get("items", [])
+    return items
 
-    def __init__(self, api_client: client.ApiClient) -> None:
-        self._core = client.CoreV1Api(api_client)
-        self._networking = client.NetworkingV1Api(api_client)
-        self._node = client.NodeV1Api(api_client)
-        self._discovery = client.DiscoveryV1Api(api_client)
-        self._custom = client.CustomObjectsApi(api_client)
-        self._cache: dict[str, tuple[float, Any]] = {}
-        self._cache_lock = threading.Lock()
 
-    @classmethod
-    def connect(cls) -> Cluster:
-        """In-cluster credentials when running in a pod, else the local kubeconfig."""
-        try:
-            config.load_incluster_config()
-        except ConfigException:
-            config.load_kube_config()
-        return cls(client.ApiClient())
+def _read_if_present(read: Callable[..., Any], *args: str) -> Body | None:
+    """None when the object does not exist (404)."""
+    try:
+        return _request(read, *args)
+    except ApiException as error:
+        if error.status == NOT_FOUND:
+            return None
+        raise
 
-    @_api_errors
-    def list_runtimes(self) -> list[Body]:
-        response = self._custom.list_cluster_custom_object(
-            GROUP, VERSION, "runtimes", _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-        )
-        items: list[Body] = _json(response).get("items", [])
-        return items
 
-    @_api_errors
-    def runtime_class_exists(self, name: str) -> bool:
-        try:
-            self._node.read_runtime_class(name, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return False
+def _delete_if_present(delete: Callable[..., Any], *args: str) -> None:
+    """Background delete; an object already gone (404) is what was wanted anyway."""
+    try:
+        delete(*args, propagation_policy="Background", _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+    except ApiException as error:
+        if error.status != NOT_FOUND:
             raise
-        return True
 
-    def api_service(self) -> Body:
-        """The `kubernetes` Service in `default` (cached for a while)."""
-        service: Body = self._cached("api_service", self._read_api_service)
-        return service
 
-    def network_objects(self) -> tuple[list[Body], list[Body]]:
-        """Every Node and the EndpointSlices of the `kubernetes` Service (cached for a while): the
-        addresses a domain must never be pinned to, beyond the configured cluster ranges."""
-        objects: tuple[list[Body], list[Body]] = self._cached(
-            "network_objects", lambda: (self._list_nodes(), self._list_api_endpoint_slices())
-        )
-        return objects
+class TtlCache:
+    """Values loaded at most once per `ttl_seconds` each, shared by the handlers' threads."""
 
-    def service_cidrs(self) -> list[Body]:
-        """The ServiceCIDR objects, the ranges Service IPs come from (cached for a while)."""
-        items: list[Body] = self._cached("service_cidrs", self._list_service_cidrs)
-        return items
+    def __init__(self, ttl_seconds: float) -> None:
+        self._ttl_seconds = ttl_seconds
+        self._entries: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
 
-    @_api_errors
-    def _list_service_cidrs(self) -> list[Body]:
-        try:
-            response = self._networking.list_service_cidr(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            # networking.k8s.io/v1 ServiceCIDR is GA since Kubernetes 1.33; before, CODEEXEC_CLUSTER_CIDRS names them.
-            if error.status == NOT_FOUND:
-                return []
-            raise
-        items: list[Body] = _json(response).get("items", [])
-        return items
-
-    @_api_errors
-    def _read_api_service(self) -> Body:
-        namespace, name = API_SERVICE
-        response = self._core.read_namespaced_service(
-            name, namespace, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-        )
-        return _json(response)
-
-    @_api_errors
-    def _list_nodes(self) -> list[Body]:
-        response = self._core.list_node(_preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        items: list[Body] = _json(response).get("items", [])
-        return items
-
-    @_api_errors
-    def _list_api_endpoint_slices(self) -> list[Body]:
-        namespace, name = API_SERVICE
-        response = self._discovery.list_namespaced_endpoint_slice(
-            namespace,
-            label_selector=f"kubernetes.io/service-name={name}",
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
-        items: list[Body] = _json(response).get("items", [])
-        return items
-
-    def _cached(self, key: str, load: Callable[[], Any]) -> Any:
+    def get(self, key: str, load: Callable[[], T]) -> T:
         now = time.monotonic()
-        with self._cache_lock:
-            entry = self._cache.get(key)
-        if entry is not None and now - entry[0] < NETWORK_FACTS_TTL_SECONDS:
-            return entry[1]
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is not None and now - entry[0] < self._ttl_seconds:
+            return cast(T, entry[1])
         value = load()  # outside the lock: a slow API call must not hold up other handlers
-        with self._cache_lock:
-            self._cache[key] = (now, value)
+        with self._lock:
+            self._entries[key] = (now, value)
         return value
 
+
+class KubeExecutions:
+    """The Execution custom resources."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+
     @_api_errors
-    def read_execution(self, namespace: str, name: str) -> Body | None:
-        return self._read_if_present(
+    def read(self, namespace: str, name: str) -> Body | None:
+        return _read_if_present(
             self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "executions", name
         )
 
     @_api_errors
-    def patch_execution_status(
-        self, namespace: str, name: str, status: Body, resource_version: str | None = None
-    ) -> None:
-        """Merge-patches .status. With a resourceVersion the patch fails (409) if the
-        Execution changed since it was read: a finished outcome is never overwritten."""
+    def patch_status(self, namespace: str, name: str, status: Body, resource_version: str | None = None) -> None:
         body: Body = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
@@ -206,35 +140,57 @@ class Cluster:
         )
 
     @_api_errors
-    def delete_execution(self, namespace: str, name: str) -> None:
-        self._delete_if_present(
-            self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, "executions", name
-        )
+    def delete(self, namespace: str, name: str) -> None:
+        _delete_if_present(self._custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, "executions", name)
+
+
+class _KindCalls(NamedTuple):
+    """The client's namespaced calls for one kind of sandbox object."""
+
+    create: Callable[..., Any]
+    read: Callable[..., Any]
+    delete: Callable[..., Any]
+
+
+class KubeSandboxes:
+    """The sandbox's objects, created and deleted alike whatever their kind, and the pod's log."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        core = client.CoreV1Api(api_client)
+        networking = client.NetworkingV1Api(api_client)
+        self._core = core
+        # Deleted in this order: the pod first, so nothing runs without its NetworkPolicy.
+        self._kinds = {
+            "Pod": _KindCalls(core.create_namespaced_pod, core.read_namespaced_pod, core.delete_namespaced_pod),
+            "ConfigMap": _KindCalls(
+                core.create_namespaced_config_map, core.read_namespaced_config_map, core.delete_namespaced_config_map
+            ),
+            "NetworkPolicy": _KindCalls(
+                networking.create_namespaced_network_policy,
+                networking.read_namespaced_network_policy,
+                networking.delete_namespaced_network_policy,
+            ),
+        }
 
     @_api_errors
-    def create_configmap(self, body: Body) -> Body:
-        return self._create_or_get(self._core.create_namespaced_config_map, self._core.read_namespaced_config_map, body)
-
-    @_api_errors
-    def create_networkpolicy(self, body: Body) -> Body:
-        return self._create_or_get(
-            self._networking.create_namespaced_network_policy,
-            self._networking.read_namespaced_network_policy,
-            body,
-        )
-
-    @_api_errors
-    def create_pod(self, body: Body) -> Body:
-        return self._create_or_get(self._core.create_namespaced_pod, self._core.read_namespaced_pod, body)
+    def create(self, child: Body) -> Body:
+        """Idempotent create: an object of that name already there (409) is fetched instead."""
+        calls = self._kinds[child["kind"]]
+        metadata = child["metadata"]
+        try:
+            return _request(calls.create, metadata["namespace"], child)
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise
+        return _request(calls.read, metadata["name"], metadata["namespace"])
 
     @_api_errors
     def read_pod(self, namespace: str, name: str) -> Body | None:
-        return self._read_if_present(self._core.read_namespaced_pod, name, namespace)
+        return _read_if_present(self._kinds["Pod"].read, name, namespace)
 
     @_api_errors
     def read_report(self, namespace: str, pod_name: str) -> Report | None:
-        """Streams the sandbox container's log through the report scanner (bounded memory).
-        None when there is no report, or no log any more (the pod or its container is gone)."""
+        """Streams the sandbox container's log through the report scanner (bounded memory)."""
         try:
             response: Any = self._core.read_namespaced_pod_log(
                 pod_name,
@@ -245,7 +201,7 @@ class Cluster:
             )
         except ApiException as error:
             if error.status in (BAD_REQUEST, NOT_FOUND):
-                return None
+                return None  # the pod or its container is gone
             raise
         scanner = ReportScanner()
         try:
@@ -256,59 +212,82 @@ class Cluster:
         return scanner.report()
 
     @_api_errors
-    def delete_sandbox(self, namespace: str, name: str) -> None:
-        """Deletes the pod, ConfigMap and NetworkPolicy named `name`; missing ones are fine."""
-        deletes: list[Callable[..., Any]] = [
-            self._core.delete_namespaced_pod,
-            self._core.delete_namespaced_config_map,
-            self._networking.delete_namespaced_network_policy,
-        ]
-        for delete in deletes:
-            self._delete_if_present(delete, name, namespace)
+    def delete(self, namespace: str, name: str) -> None:
+        for calls in self._kinds.values():
+            _delete_if_present(calls.delete, name, namespace)
 
-    @staticmethod
-    def _read_if_present(read: Callable[..., Any], *args: str) -> Body | None:
-        """None when the object does not exist (404)."""
-        try:
-            response = read(*args, _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return None
-            raise
-        return _json(response)
 
-    @staticmethod
-    def _delete_if_present(delete: Callable[..., Any], *args: str) -> None:
-        """Background delete; an object already gone (404) is what was wanted anyway."""
-        try:
-            delete(
-                *args,
-                propagation_policy="Background",
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as error:
-            if error.status != NOT_FOUND:
-                raise
+class KubeClusterFacts:
+    """Runtimes, the RuntimeClass and the cluster's own networks; the network facts cached for a while."""
 
-    @staticmethod
-    def _create_or_get(create: Callable[..., Any], read: Callable[..., Any], body: Body) -> Body:
-        """Idempotent create: an object of that name already there (409) is fetched instead."""
-        metadata = body["metadata"]
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._networking = client.NetworkingV1Api(api_client)
+        self._node = client.NodeV1Api(api_client)
+        self._discovery = client.DiscoveryV1Api(api_client)
+        self._cache = TtlCache(NETWORK_FACTS_TTL_SECONDS)
+
+    @_api_errors
+    def list_runtimes(self) -> list[Body]:
+        return _items(self._custom.list_cluster_custom_object, GROUP, VERSION, "runtimes")
+
+    @_api_errors
+    def runtime_class_exists(self, name: str) -> bool:
+        return _read_if_present(self._node.read_runtime_class, name) is not None
+
+    def api_service(self) -> Body:
+        return self._cache.get("api_service", self._read_api_service)
+
+    def network_objects(self) -> tuple[list[Body], list[Body]]:
+        return self._cache.get("network_objects", lambda: (self._list_nodes(), self._list_api_endpoint_slices()))
+
+    def service_cidrs(self) -> list[Body]:
+        return self._cache.get("service_cidrs", self._list_service_cidrs)
+
+    @_api_errors
+    def _list_service_cidrs(self) -> list[Body]:
+        # networking.k8s.io/v1 ServiceCIDR is GA since Kubernetes 1.33; before, CODEEXEC_CLUSTER_CIDRS names them.
+        found = _read_if_present(self._networking.list_service_cidr)
+        items: list[Body] = (found or {}).get("items", [])
+        return items
+
+    @_api_errors
+    def _read_api_service(self) -> Body:
+        namespace, name = API_SERVICE
+        return _request(self._core.read_namespaced_service, name, namespace)
+
+    @_api_errors
+    def _list_nodes(self) -> list[Body]:
+        return _items(self._core.list_node)
+
+    @_api_errors
+    def _list_api_endpoint_slices(self) -> list[Body]:
+        namespace, name = API_SERVICE
+        return _items(
+            self._discovery.list_namespaced_endpoint_slice,
+            namespace,
+            label_selector=f"kubernetes.io/service-name={name}",
+        )
+
+
+class Cluster:
+    """The ClusterApi: its parts share one API client (and its connection pool)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self.executions = KubeExecutions(api_client)
+        self.sandboxes = KubeSandboxes(api_client)
+        self.facts = KubeClusterFacts(api_client)
+
+    @classmethod
+    def connect(cls) -> Cluster:
+        """In-cluster credentials when running in a pod, else the local kubeconfig."""
         try:
-            response = create(
-                metadata["namespace"],
-                body,
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        except ApiException as error:
-            if error.status != CONFLICT:
-                raise
-            response = read(
-                metadata["name"],
-                metadata["namespace"],
-                _preload_content=False,
-                _request_timeout=REQUEST_TIMEOUT,
-            )
-        return _json(response)
+            config.load_incluster_config()
+        except ConfigException:
+            config.load_kube_config()
+        return cls(client.ApiClient())
+
+
+# mypy checks here that Cluster offers everything the lifecycle uses.
+_IMPLEMENTS: type[ClusterApi] = Cluster

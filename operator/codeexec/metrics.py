@@ -7,8 +7,7 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, disable_created_metrics, start_http_server
 
-from codeexec.models import Phase
-from codeexec.status import INVALID_SPEC, UNKNOWN_LANGUAGE, is_terminal
+from codeexec.vocabulary import INVALID_SPEC, TERMINAL_PHASES, UNKNOWN_LANGUAGE, Phase
 
 # A refused spec's language is whatever the user typed: it must not become a label value.
 UNKNOWN = "unknown"
@@ -57,7 +56,7 @@ def record(uid: str, language: str | None, previous_phase: str | None, patch: Ma
         return
     label = language_label(language, patch.get("reason"))
     EXECUTIONS.labels(label, phase).inc()
-    if is_terminal(phase):
+    if phase in TERMINAL_PHASES:
         _in_flight.discard(uid)
         duration_ms = patch.get("durationMs")
         if duration_ms is not None:

@@ -7,14 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from codeexec.models import Phase
 from codeexec.validation import Plan, format_cpu, format_memory
-
-NORMAL = "Normal"
-WARNING = "Warning"
-ACCEPTED = "Accepted"
-SANDBOX_CREATED = "SandboxCreated"
-STARTED = "Started"
+from codeexec.vocabulary import EVENT_ACCEPTED, EVENT_NORMAL, EVENT_SANDBOX_CREATED, EVENT_STARTED, EVENT_WARNING, Phase
 
 
 @dataclass(frozen=True)
@@ -28,15 +22,17 @@ class Milestone:
 
 def accepted(plan: Plan) -> Milestone:
     return Milestone(
-        NORMAL,
-        ACCEPTED,
+        EVENT_NORMAL,
+        EVENT_ACCEPTED,
         f"Runtime {plan.runtime_name}, timeout {plan.timeout_seconds}s, "
         f"cpu {format_cpu(plan.cpu_millis)}, memory {format_memory(plan.memory_bytes)}",
     )
 
 
 def sandbox_created(pod_name: str) -> Milestone:
-    return Milestone(NORMAL, SANDBOX_CREATED, f"Created pod {pod_name} with its ConfigMap and NetworkPolicy")
+    return Milestone(
+        EVENT_NORMAL, EVENT_SANDBOX_CREATED, f"Created pod {pod_name} with its ConfigMap and NetworkPolicy"
+    )
 
 
 def from_patch(previous_phase: str | None, patch: Mapping[str, Any]) -> Milestone | None:
@@ -47,7 +43,9 @@ def from_patch(previous_phase: str | None, patch: Mapping[str, Any]) -> Mileston
         return None
     if phase == Phase.RUNNING:
         pod = patch.get("podName")
-        return Milestone(NORMAL, STARTED, f"Pod {pod} is running the program" if pod else "The program is running")
+        return Milestone(
+            EVENT_NORMAL, EVENT_STARTED, f"Pod {pod} is running the program" if pod else "The program is running"
+        )
     if phase == Phase.PENDING:
         return None
     details = [str(phase)]
@@ -58,5 +56,5 @@ def from_patch(previous_phase: str | None, patch: Mapping[str, Any]) -> Mileston
     message = ", ".join(details)
     if patch.get("message"):
         message += f": {patch['message']}"
-    event_type = NORMAL if phase == Phase.SUCCEEDED else WARNING
+    event_type = EVENT_NORMAL if phase == Phase.SUCCEEDED else EVENT_WARNING
     return Milestone(event_type, str(patch.get("reason") or phase), message)

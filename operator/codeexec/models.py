@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import enum
 import json
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
+
+from codeexec.vocabulary import Phase
 
 GROUP = "codeexec.io"
 VERSION = "v1alpha1"
@@ -217,17 +218,6 @@ class ExecutionSpec(Model):
 
     def env_json(self) -> str:
         return json.dumps({var.name: var.value for var in self.env})
-
-
-class Phase(enum.StrEnum):
-    """Lifecycle phase of an Execution."""
-
-    PENDING = "Pending"
-    RUNNING = "Running"
-    SUCCEEDED = "Succeeded"
-    FAILED = "Failed"
-    TIMED_OUT = "TimedOut"
-    REJECTED = "Rejected"
 
 
 class LogEntry(Model):

@@ -6,15 +6,22 @@ import ipaddress
 import socket
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-
-from codeexec.egress import Resolution
+from dataclasses import dataclass
 
 MAX_PARALLEL_LOOKUPS = 8
 # RFC 6761: names under .invalid never resolve; answering that here sends no query anywhere.
 NEVER_RESOLVES = ".invalid"
 
 
-def resolve(host: str) -> Resolution:
+@dataclass(frozen=True)
+class Resolution:
+    """What the resolver found for one host name: its addresses, or why there are none."""
+
+    addresses: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def resolve_host(host: str) -> Resolution:
     """Every IPv4 and IPv6 address of `host` (as getaddrinfo orders them), or why there are none."""
     if host.endswith(NEVER_RESOLVES):
         return Resolution(error=f"names under {NEVER_RESOLVES} never resolve")
@@ -36,4 +43,4 @@ def resolve_all(hosts: Iterable[str]) -> dict[str, Resolution]:
     if not unique:
         return {}
     with ThreadPoolExecutor(max_workers=min(MAX_PARALLEL_LOOKUPS, len(unique))) as pool:
-        return dict(zip(unique, pool.map(resolve, unique), strict=True))
+        return dict(zip(unique, pool.map(resolve_host, unique), strict=True))

@@ -8,42 +8,34 @@ from datetime import UTC, datetime
 from typing import Any
 
 from codeexec.config import OperatorConfig
-from codeexec.models import Phase
 from codeexec.report import Report
+from codeexec.vocabulary import (
+    ACCEPTED,
+    COMPLETED,
+    CONDITION_ACCEPTED,
+    CONDITION_FINISHED,
+    DEADLINE_EXCEEDED,
+    EVICTED,
+    IMAGE_ERROR,
+    NETWORK_NOT_ISOLATED,
+    NON_ZERO_EXIT,
+    OOM_KILLED,
+    POD_DELETED,
+    POD_FAILED,
+    REPORT_MISSING,
+    RUNTIME_CLASS_MISSING,
+    SANDBOX_CONTAINER,
+    START_TIMEOUT,
+    TERMINAL_PHASES,
+    TIMEOUT,
+    UNSCHEDULABLE,
+    Phase,
+)
 from codeexec_runner import contract
 
 Status = Mapping[str, Any]
 Patch = dict[str, Any]
 
-# Stable reasons (status.reason and the Finished condition's reason).
-COMPLETED = "Completed"
-NON_ZERO_EXIT = "NonZeroExit"
-TIMEOUT = "Timeout"
-DEADLINE_EXCEEDED = "DeadlineExceeded"
-OOM_KILLED = "OOMKilled"
-INVALID_SPEC = "InvalidSpec"
-UNKNOWN_LANGUAGE = "UnknownLanguage"
-TIMEOUT_TOO_LONG = "TimeoutTooLong"
-RESOURCES_TOO_LARGE = "ResourcesTooLarge"
-CODE_TOO_LARGE = "CodeTooLarge"
-RUNTIME_CLASS_MISSING = "RuntimeClassMissing"
-POD_FAILED = "PodFailed"
-POD_DELETED = "PodDeleted"
-EVICTED = "Evicted"
-IMAGE_ERROR = "ImageError"
-START_TIMEOUT = "StartTimeout"
-UNSCHEDULABLE = "Unschedulable"
-REPORT_MISSING = "ReportMissing"
-DOMAIN_NOT_ALLOWED = "DomainNotAllowed"
-DOMAIN_UNRESOLVABLE = "DomainUnresolvable"
-NETWORK_NOT_ISOLATED = "NetworkNotIsolated"
-
-ACCEPTED = "Accepted"  # Reason of Accepted=True.
-CONDITION_ACCEPTED = "Accepted"
-CONDITION_FINISHED = "Finished"
-
-SANDBOX_CONTAINER = "sandbox"
-TERMINAL_PHASES = frozenset({Phase.SUCCEEDED, Phase.FAILED, Phase.TIMED_OUT, Phase.REJECTED})
 # Waiting reasons that fail an Execution at once: sandbox images are imported or pulled once,
 # so a pull error rarely fixes itself, and waiting out the start deadline helps nobody.
 IMAGE_ERROR_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})

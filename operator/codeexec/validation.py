@@ -23,7 +23,7 @@ from codeexec.models import (
     Resources,
     RuntimeSpec,
 )
-from codeexec.status import (
+from codeexec.vocabulary import (
     CODE_TOO_LARGE,
     INVALID_SPEC,
     RESOURCES_TOO_LARGE,
@@ -135,15 +135,16 @@ def plan_execution(
     spec = parse_spec(raw_spec)
     if isinstance(spec, Rejection):
         return spec
-    return resolve(spec, runtimes, config, runtime_class_exists)
+    return _plan_parsed(spec, runtimes, config, runtime_class_exists)
 
 
-def resolve(
+def _plan_parsed(
     spec: ExecutionSpec,
     runtimes: Mapping[str, RuntimeSpec],
     config: OperatorConfig,
     runtime_class_exists: bool,
 ) -> Plan | Rejection:
+    """The runtime a parsed spec names, its limits checked and its defaults filled in."""
     found = find_runtime(spec.language, runtimes)
     if found is None:
         installed = ", ".join(sorted(runtimes)) or "none"

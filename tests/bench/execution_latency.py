@@ -28,8 +28,8 @@ from codeexec import builders, egress  # noqa: E402
 from codeexec.builders import ExecutionRef  # noqa: E402
 from codeexec.config import OperatorConfig  # noqa: E402
 from codeexec.report import parse_report  # noqa: E402
-from codeexec.status import SANDBOX_CONTAINER  # noqa: E402
 from codeexec.validation import Plan, parse_runtimes, plan_execution  # noqa: E402
+from codeexec.vocabulary import SANDBOX_CONTAINER  # noqa: E402
 
 GROUP, VERSION = "codeexec.io", "v1alpha1"
 SPEC = {"language": "python", "code": "print('hello')\n", "timeoutSeconds": 30}

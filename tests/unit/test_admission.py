@@ -11,9 +11,10 @@ import pytest
 
 import codeexec.handlers
 from codeexec import admission
+from codeexec.api import ApiError
 from codeexec.config import OperatorConfig
-from codeexec.k8s import ApiError
 from tests.unit.factories import RUNTIMES, spec
+from tests.unit.fakes import FakeCluster
 
 CONFIG = OperatorConfig()
 
@@ -58,19 +59,6 @@ def test_operator_limits_apply() -> None:
     assert refusal is not None and "spec.timeoutSeconds 61 exceeds the maximum 60" in refusal
 
 
-class FakeCluster:
-    """Stands in for the API client only: the webhook's one call, list_runtimes."""
-
-    def __init__(self, runtimes: list[dict[str, Any]] | None = None, error: ApiError | None = None) -> None:
-        self.runtimes = runtimes or []
-        self.error = error
-
-    def list_runtimes(self) -> list[dict[str, Any]]:
-        if self.error is not None:
-            raise self.error
-        return self.runtimes
-
-
 PYTHON_OBJECT = {
     "metadata": {"name": "python"},
     "spec": {"image": "python:1", "command": ["python3"], "fileName": "main.py"},
@@ -86,7 +74,7 @@ def validate(spec_: dict[str, Any], cluster: FakeCluster) -> list[str]:
 
 def test_handler_refuses_with_the_reason() -> None:
     with pytest.raises(kopf.AdmissionError) as refused:
-        validate(spec(language="ruby"), FakeCluster([PYTHON_OBJECT]))
+        validate(spec(language="ruby"), FakeCluster(runtimes=[PYTHON_OBJECT]))
     assert str(refused.value) == (
         'spec.language "ruby" is not an installed Runtime or alias (installed: python) (reason UnknownLanguage)'
     )
@@ -94,12 +82,12 @@ def test_handler_refuses_with_the_reason() -> None:
 
 
 def test_handler_admits_a_valid_execution() -> None:
-    assert validate(spec(), FakeCluster([PYTHON_OBJECT])) == []
+    assert validate(spec(), FakeCluster(runtimes=[PYTHON_OBJECT])) == []
 
 
 def test_handler_admits_with_a_warning_when_the_runtimes_cannot_be_read() -> None:
     # The operator validates again; a flaky API server must not block every user.
-    warnings = validate(spec(language="ruby"), FakeCluster(error=ApiError("503 Service Unavailable", 503)))
+    warnings = validate(spec(language="ruby"), FakeCluster(runtimes_error=ApiError("503 Service Unavailable", 503)))
     assert warnings == ["not validated against the installed Runtimes (503 Service Unavailable); the operator will"]
 
 

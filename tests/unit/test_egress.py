@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from codeexec import egress, status
-from codeexec.builders import PinnedHost
-from codeexec.egress import Resolution
+from codeexec import egress, vocabulary
+from codeexec.egress import PinnedHost
+from codeexec.resolver import Resolution
 from codeexec.validation import Rejection
 
 NODE = {
@@ -195,18 +195,18 @@ def test_unresolvable_domain_is_rejected_naming_it() -> None:
         },
     )
     assert result == Rejection(
-        status.DOMAIN_UNRESOLVABLE,
+        vocabulary.DOMAIN_UNRESOLVABLE,
         'spec.network.allowedDomains[1] "nope.example.com:8080": the name nope.example.com does not resolve '
         "(Name or service not known)",
     )
-    assert pin(["x.example.com"], {"x.example.com": Resolution()}).reason == status.DOMAIN_UNRESOLVABLE
-    assert pin(["y.example.com"], {}).reason == status.DOMAIN_UNRESOLVABLE
+    assert pin(["x.example.com"], {"x.example.com": Resolution()}).reason == vocabulary.DOMAIN_UNRESOLVABLE
+    assert pin(["y.example.com"], {}).reason == vocabulary.DOMAIN_UNRESOLVABLE
 
 
 def test_domain_resolving_to_a_forbidden_address_is_rejected_naming_both() -> None:
     result = pin(["metadata.example.com"], {"metadata.example.com": Resolution(("169.254.169.254",))})
     assert result == Rejection(
-        status.DOMAIN_NOT_ALLOWED,
+        vocabulary.DOMAIN_NOT_ALLOWED,
         'spec.network.allowedDomains[0] "metadata.example.com": the name metadata.example.com resolves to '
         "169.254.169.254, a link-local address (where cloud metadata services answer); "
         "sandboxes may never connect there",
@@ -219,7 +219,7 @@ def test_one_forbidden_address_rejects_the_whole_name() -> None:
     resolved = {"rebind.example.com": Resolution(("93.184.216.34", "10.0.0.1"))}
     result = pin(["rebind.example.com"], resolved, ("10.0.0.0/8",))
     assert isinstance(result, Rejection)
-    assert result.reason == status.DOMAIN_NOT_ALLOWED
+    assert result.reason == vocabulary.DOMAIN_NOT_ALLOWED
     assert "resolves to 10.0.0.1, an address in the cluster range 10.0.0.0/24" in result.message
 
 

@@ -1,4 +1,4 @@
-"""The handler's wiring of allowed domains: resolver → cluster facts → egress decision (API and DNS stubbed)."""
+"""The lifecycle's wiring of allowed domains: resolver → cluster facts → egress decision (API and DNS stubbed)."""
 
 from __future__ import annotations
 
@@ -6,31 +6,24 @@ from typing import Any
 
 import pytest
 
-from codeexec import handlers, resolver, status
-from codeexec.builders import PinnedHost
+from codeexec import lifecycle, resolver, vocabulary
 from codeexec.config import OperatorConfig
-from codeexec.egress import Resolution
+from codeexec.egress import PinnedHost
+from codeexec.resolver import Resolution
 from codeexec.validation import Rejection
 from tests.unit.factories import plan
+from tests.unit.fakes import FakeCluster, FakeClusterFacts
 
 NODE = {"metadata": {"name": "node-a"}, "status": {"addresses": [{"type": "ExternalIP", "address": "93.184.216.99"}]}}
 
 
-class StubCluster:
-    """The reads the pinning needs; counts the network objects read."""
-
-    def __init__(self) -> None:
-        self.reads = 0
-
-    def api_service(self) -> dict[str, Any]:
-        return {"spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 443}]}}
-
-    def network_objects(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        self.reads += 1
-        return [NODE], [{"endpoints": [{"addresses": ["93.184.216.98"]}]}]
-
-    def service_cidrs(self) -> list[dict[str, Any]]:
-        return [{"spec": {"cidrs": ["10.0.0.0/24"]}}]
+def cluster_facts() -> FakeClusterFacts:
+    """A node, the API server's endpoint and a service range, all of which pinning must refuse."""
+    facts = FakeCluster().facts
+    facts.nodes = [NODE]
+    facts.api_endpoint_slices = [{"endpoints": [{"addresses": ["93.184.216.98"]}]}]
+    facts.service_cidr_objects = [{"spec": {"cidrs": ["10.0.0.0/24"]}}]
+    return facts
 
 
 @pytest.fixture
@@ -40,24 +33,24 @@ def answers(monkeypatch: pytest.MonkeyPatch) -> dict[str, Resolution]:
     return table
 
 
-def pin(cluster: StubCluster, config: OperatorConfig | None = None, **fields: Any) -> Any:
+def pin(facts: FakeClusterFacts, config: OperatorConfig | None = None, **fields: Any) -> Any:
     config = config or OperatorConfig()
-    return handlers._pin_allowed_domains(cluster, config, plan(config, **fields))  # type: ignore[arg-type]
+    return lifecycle.pin_allowed_domains(facts, config, plan(config, **fields))
 
 
 def test_no_domains_need_no_lookup_and_no_api_reads(answers: dict[str, Resolution]) -> None:
-    cluster = StubCluster()
-    result = pin(cluster)
+    facts = cluster_facts()
+    result = pin(facts)
     assert not isinstance(result, Rejection)
     assert result[1] == ()
-    assert cluster.reads == 0
+    assert facts.network_reads == 0
 
 
 def test_allowed_domains_are_pinned(answers: dict[str, Resolution]) -> None:
     answers["api.example.com"] = Resolution(("93.184.216.34",))
     answers["lan.example.com"] = Resolution(("10.250.1.2",))
     config = OperatorConfig(allowed_private_cidrs=("10.250.0.0/16",))
-    result = pin(StubCluster(), config, network={"allowedDomains": ["api.example.com:8443", "lan.example.com"]})
+    result = pin(cluster_facts(), config, network={"allowedDomains": ["api.example.com:8443", "lan.example.com"]})
     assert not isinstance(result, Rejection)
     assert result[1] == (
         PinnedHost("api.example.com", 8443, ("93.184.216.34",)),
@@ -76,14 +69,14 @@ def test_allowed_domains_are_pinned(answers: dict[str, Resolution]) -> None:
 )
 def test_cluster_facts_and_settings_reach_the_decision(answers: dict[str, Resolution], address: str, why: str) -> None:
     answers["evil.example.com"] = Resolution((address,))
-    result = pin(StubCluster(), network={"allowedDomains": ["evil.example.com"]})
+    result = pin(cluster_facts(), network={"allowedDomains": ["evil.example.com"]})
     assert isinstance(result, Rejection)
-    assert result.reason == status.DOMAIN_NOT_ALLOWED
+    assert result.reason == vocabulary.DOMAIN_NOT_ALLOWED
     assert f"resolves to {address}, {why}" in result.message
 
 
 def test_unresolvable_and_earlier_rejections_pass_through(answers: dict[str, Resolution]) -> None:
-    result = pin(StubCluster(), network={"allowedDomains": ["gone.example.com"]})
-    assert isinstance(result, Rejection) and result.reason == status.DOMAIN_UNRESOLVABLE
-    earlier = Rejection(status.UNKNOWN_LANGUAGE, "no")
-    assert handlers._pin_allowed_domains(StubCluster(), OperatorConfig(), earlier) is earlier  # type: ignore[arg-type]
+    result = pin(cluster_facts(), network={"allowedDomains": ["gone.example.com"]})
+    assert isinstance(result, Rejection) and result.reason == vocabulary.DOMAIN_UNRESOLVABLE
+    earlier = Rejection(vocabulary.UNKNOWN_LANGUAGE, "no")
+    assert lifecycle.pin_allowed_domains(cluster_facts(), OperatorConfig(), earlier) is earlier

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from codeexec import resolver
-from codeexec.egress import Resolution
+from codeexec.resolver import Resolution
 
 
 def fake_getaddrinfo(answers: dict[str, list[tuple[int, str]]]) -> Any:
@@ -30,12 +30,12 @@ def test_addresses_in_resolver_order_without_duplicates(monkeypatch: pytest.Monk
         ]
     }
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo(answers))
-    assert resolver.resolve("api.example.com") == Resolution(("2606:2800:220:1::1", "93.184.216.34", "fe80::1"))
+    assert resolver.resolve_host("api.example.com") == Resolution(("2606:2800:220:1::1", "93.184.216.34", "fe80::1"))
 
 
 def test_lookup_errors_become_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo({}))
-    assert resolver.resolve("nope.example.com") == Resolution(error="Name or service not known")
+    assert resolver.resolve_host("nope.example.com") == Resolution(error="Name or service not known")
 
 
 def test_invalid_names_are_never_looked_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -43,7 +43,7 @@ def test_invalid_names_are_never_looked_up(monkeypatch: pytest.MonkeyPatch) -> N
         raise AssertionError("no DNS query may be sent for .invalid")
 
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
-    result = resolver.resolve("anything.invalid")
+    result = resolver.resolve_host("anything.invalid")
     assert result.addresses == () and result.error == "names under .invalid never resolve"
 
 
@@ -67,4 +67,4 @@ def test_resolve_all_looks_up_each_name_once(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_the_system_resolver_answers_from_the_hosts_file() -> None:
     # localhost is in every /etc/hosts: a real lookup that sends no DNS query.
-    assert "127.0.0.1" in resolver.resolve("localhost").addresses
+    assert "127.0.0.1" in resolver.resolve_host("localhost").addresses

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from codeexec import status
+from codeexec import status, vocabulary
 from codeexec.config import OperatorConfig
-from codeexec.models import ExecutionStatus, Phase
+from codeexec.models import ExecutionStatus
 from codeexec.report import Report
+from codeexec.vocabulary import Phase
 from tests.unit.factories import NOW, pod, report, terminated, timestamp
 
 CONFIG = OperatorConfig()
@@ -60,7 +61,7 @@ def assert_finished(patch: dict[str, Any], phase: str, reason: str) -> None:
 
 def test_completed_with_everything_from_the_report() -> None:
     patch = observe(pod(phase="Succeeded", state=terminated(0)), report())
-    assert_finished(patch, "Succeeded", status.COMPLETED)
+    assert_finished(patch, "Succeeded", vocabulary.COMPLETED)
     assert patch["message"] == "The program exited with code 0."
     assert patch["exitCode"] == 0
     assert (patch["stdout"], patch["stdoutBytes"], patch["stdoutTruncated"]) == ("hello\n", 6, False)
@@ -81,7 +82,7 @@ def test_no_result_leaves_result_out() -> None:
 
 def test_non_zero_exit() -> None:
     patch = observe(pod(phase="Failed", state=terminated(3, "Error")), report(exitCode=3))
-    assert_finished(patch, "Failed", status.NON_ZERO_EXIT)
+    assert_finished(patch, "Failed", vocabulary.NON_ZERO_EXIT)
     assert patch["exitCode"] == 3
     assert patch["message"] == "The program exited with code 3."
     assert patch["stdout"] == "hello\n"
@@ -92,13 +93,13 @@ def test_killed_by_signal_and_harness_error_are_in_the_message() -> None:
         pod(phase="Failed", state=terminated(137, "Error")),
         report(exitCode=137, signal=9, error="result is not JSON-serialisable"),
     )
-    assert_finished(patch, "Failed", status.NON_ZERO_EXIT)
+    assert_finished(patch, "Failed", vocabulary.NON_ZERO_EXIT)
     assert patch["message"] == "The program exited with code 137 (signal 9): result is not JSON-serialisable."
 
 
 def test_runner_timeout() -> None:
     patch = observe(pod(phase="Failed", state=terminated(124, "Error")), report(exitCode=124, timedOut=True))
-    assert_finished(patch, "TimedOut", status.TIMEOUT)
+    assert_finished(patch, "TimedOut", vocabulary.TIMEOUT)
     assert patch["exitCode"] == 124
     assert patch["message"] == "The program exceeded its timeout."
 
@@ -119,7 +120,7 @@ def test_network_not_isolated_fails_closed_without_program_fields() -> None:
         networkIsolation=NOT_ISOLATED,
     )
     patch = observe(pod(phase="Failed", state=terminated(122, "Error")), runner_report)
-    assert_finished(patch, "Failed", status.NETWORK_NOT_ISOLATED)
+    assert_finished(patch, "Failed", vocabulary.NETWORK_NOT_ISOLATED)
     assert patch["message"] == (
         "The sandbox's NetworkPolicy was not in effect: the isolation probe 10.0.0.1:443 was still reachable "
         "after 20.1 s, so the code did not run; check that the cluster runs a NetworkPolicy enforcer."
@@ -135,25 +136,25 @@ def test_network_isolation_claimed_by_the_code_is_not_trusted() -> None:
     # report is the last line; a forged one with another exit code than the container's is ignored.
     forged = report(exitCode=122, error=NOT_ISOLATED_ERROR, networkIsolation=NOT_ISOLATED)
     patch = observe(pod(phase="Failed", state=terminated(3, "Error")), forged)
-    assert patch["reason"] == status.REPORT_MISSING
+    assert patch["reason"] == vocabulary.REPORT_MISSING
     # The channel can set `error` to the same words; only the runner's networkIsolation counts.
     verified = {"probe": "10.0.0.1:443", "isolated": True, "waitedMs": 850, "attempts": 6}
     echoed = report(exitCode=122, error=NOT_ISOLATED_ERROR, networkIsolation=verified)
     patch = observe(pod(phase="Failed", state=terminated(122, "Error")), echoed)
-    assert patch["reason"] == status.NON_ZERO_EXIT and patch["exitCode"] == 122
+    assert patch["reason"] == vocabulary.NON_ZERO_EXIT and patch["exitCode"] == 122
 
 
 def test_verified_isolation_changes_nothing() -> None:
     verified = {"probe": "10.0.0.1:443", "isolated": True, "waitedMs": 850, "attempts": 6}
     patch = observe(pod(phase="Succeeded", state=terminated(0)), report(networkIsolation=verified))
-    assert_finished(patch, "Succeeded", status.COMPLETED)
+    assert_finished(patch, "Succeeded", vocabulary.COMPLETED)
 
 
 def test_forged_report_with_another_exit_code_is_ignored() -> None:
     # The code printed a "success" report and then failed: the container says 1.
     forged = report(exitCode=0, stdout={"text": "all good", "bytes": 8, "truncated": False}, result="forged")
     patch = observe(pod(phase="Failed", state=terminated(1, "Error")), forged)
-    assert_finished(patch, "Failed", status.REPORT_MISSING)
+    assert_finished(patch, "Failed", vocabulary.REPORT_MISSING)
     assert patch["exitCode"] == 1
     assert "1" in patch["message"]
     for field in ("stdout", "stderr", "result", "logs"):
@@ -162,7 +163,7 @@ def test_forged_report_with_another_exit_code_is_ignored() -> None:
 
 def test_missing_report() -> None:
     patch = observe(pod(phase="Failed", state=terminated(2, "Error", seconds=7)))
-    assert_finished(patch, "Failed", status.REPORT_MISSING)
+    assert_finished(patch, "Failed", vocabulary.REPORT_MISSING)
     assert patch["exitCode"] == 2
     assert patch["durationMs"] == 3000  # from the Running phase's startedAt to the container's end
     assert "result" not in patch
@@ -176,7 +177,7 @@ def test_missing_report_duration_falls_back_to_the_container() -> None:
 
 def test_zero_exit_without_report_is_not_success() -> None:
     patch = observe(pod(phase="Succeeded", state=terminated(0)))
-    assert_finished(patch, "Failed", status.REPORT_MISSING)
+    assert_finished(patch, "Failed", vocabulary.REPORT_MISSING)
 
 
 def test_oom_killed_wins_over_a_matching_report() -> None:
@@ -184,7 +185,7 @@ def test_oom_killed_wins_over_a_matching_report() -> None:
         pod(phase="Failed", state=terminated(137, "OOMKilled"), memory_limit="64Mi"),
         report(exitCode=137, signal=9),
     )
-    assert_finished(patch, "Failed", status.OOM_KILLED)
+    assert_finished(patch, "Failed", vocabulary.OOM_KILLED)
     assert patch["exitCode"] == 137
     assert patch["message"] == "The sandbox exceeded its memory limit of 64Mi."
     assert patch["stdout"] == "hello\n"  # what it printed before dying is still useful
@@ -192,13 +193,13 @@ def test_oom_killed_wins_over_a_matching_report() -> None:
 
 def test_oom_killed_without_report() -> None:
     patch = observe(pod(phase="Failed", state=terminated(137, "OOMKilled")))
-    assert_finished(patch, "Failed", status.OOM_KILLED)
+    assert_finished(patch, "Failed", vocabulary.OOM_KILLED)
 
 
 def test_active_deadline_exceeded() -> None:
     sandbox = pod(phase="Failed", reason="DeadlineExceeded", message="Pod was active on the node longer than allowed")
     patch = observe(sandbox)
-    assert_finished(patch, "TimedOut", status.DEADLINE_EXCEEDED)
+    assert_finished(patch, "TimedOut", vocabulary.DEADLINE_EXCEEDED)
     assert patch["message"] == (
         "The pod's activeDeadlineSeconds passed: Pod was active on the node longer than allowed."
     )
@@ -212,13 +213,13 @@ def test_evicted() -> None:
         state=terminated(137, "Error"),
     )
     patch = observe(sandbox)
-    assert_finished(patch, "Failed", status.EVICTED)
+    assert_finished(patch, "Failed", vocabulary.EVICTED)
     assert "128Mi" in patch["message"]
 
 
 def test_pod_failed_before_the_container_ran() -> None:
     patch = observe(pod(phase="Failed", message="Pod was rejected: node out of resources"))
-    assert_finished(patch, "Failed", status.POD_FAILED)
+    assert_finished(patch, "Failed", vocabulary.POD_FAILED)
     assert patch["message"] == "The pod ended (Failed): Pod was rejected: node out of resources."
 
 
@@ -226,24 +227,24 @@ def test_pod_failed_before_the_container_ran() -> None:
 def test_image_errors(reason: str) -> None:
     sandbox = pod(phase="Pending", state={"waiting": {"reason": reason, "message": "image not found"}})
     patch = observe(sandbox, current=PENDING)
-    assert_finished(patch, "Failed", status.IMAGE_ERROR)
+    assert_finished(patch, "Failed", vocabulary.IMAGE_ERROR)
     assert patch["message"] == f"{reason}: image not found."
 
 
 def test_pod_being_deleted_before_finishing() -> None:
     patch = observe(pod(state={"running": {"startedAt": "2030-01-02T03:04:00Z"}}, deleting=True))
-    assert_finished(patch, "Failed", status.POD_DELETED)
+    assert_finished(patch, "Failed", vocabulary.POD_DELETED)
 
 
 def test_pod_deleted() -> None:
     patch = status.pod_deleted(RUNNING, NOW, 1)
     ExecutionStatus.model_validate(patch)
-    assert_finished(patch, "Failed", status.POD_DELETED)
+    assert_finished(patch, "Failed", vocabulary.POD_DELETED)
 
 
 def test_sandbox_not_created() -> None:
     patch = status.sandbox_not_created(PENDING, 'pods "x" is forbidden: exceeded quota', NOW, 1)
-    assert_finished(patch, "Failed", status.POD_FAILED)
+    assert_finished(patch, "Failed", vocabulary.POD_FAILED)
     assert patch["message"] == 'The sandbox could not be created: pods "x" is forbidden: exceeded quota.'
 
 
@@ -283,7 +284,7 @@ def test_start_timeout() -> None:
         created=NOW - timedelta(seconds=121),
     )
     patch = observe(sandbox, current=PENDING)
-    assert_finished(patch, "Failed", status.START_TIMEOUT)
+    assert_finished(patch, "Failed", vocabulary.START_TIMEOUT)
     assert patch["message"] == "The pod did not start within 120 seconds: ContainerCreating: sandbox setup."
 
 
@@ -301,7 +302,7 @@ def test_unschedulable() -> None:
         ],
     )
     patch = observe(sandbox, current=PENDING)
-    assert_finished(patch, "Failed", status.UNSCHEDULABLE)
+    assert_finished(patch, "Failed", vocabulary.UNSCHEDULABLE)
     assert patch["message"] == "The pod could not be scheduled: 0/1 nodes: Insufficient cpu."
 
 
@@ -327,7 +328,7 @@ def test_outputs_are_capped_again_by_the_operator() -> None:
 
 
 def test_rejected() -> None:
-    patch = status.rejected({}, status.UNKNOWN_LANGUAGE, 'spec.language "cobol" is unknown', NOW, 2)
+    patch = status.rejected({}, vocabulary.UNKNOWN_LANGUAGE, 'spec.language "cobol" is unknown', NOW, 2)
     ExecutionStatus.model_validate(patch)
     assert (patch["phase"], patch["reason"]) == ("Rejected", "UnknownLanguage")
     assert patch["message"] == 'spec.language "cobol" is unknown'
@@ -340,7 +341,7 @@ def test_rejected() -> None:
 
 
 def test_missing_runtime_class_is_a_failure_not_a_rejection() -> None:
-    patch = status.rejected({}, status.RUNTIME_CLASS_MISSING, "no gvisor", NOW, 1)
+    patch = status.rejected({}, vocabulary.RUNTIME_CLASS_MISSING, "no gvisor", NOW, 1)
     assert (patch["phase"], patch["reason"]) == ("Failed", "RuntimeClassMissing")
 
 
@@ -363,7 +364,7 @@ def test_pending_records_the_resolved_addresses() -> None:
     assert "resolvedAddresses" not in status.pending({}, NOW, 1)
 
 
-@pytest.mark.parametrize("reason", [status.DOMAIN_NOT_ALLOWED, status.DOMAIN_UNRESOLVABLE])
+@pytest.mark.parametrize("reason", [vocabulary.DOMAIN_NOT_ALLOWED, vocabulary.DOMAIN_UNRESOLVABLE])
 def test_domain_problems_are_rejections(reason: str) -> None:
     patch = status.rejected({}, reason, 'spec.network.allowedDomains[0] "x.example.com": ...', NOW, 1)
     assert (patch["phase"], patch["reason"]) == ("Rejected", reason)
@@ -373,7 +374,7 @@ def test_domain_problems_are_rejections(reason: str) -> None:
 def test_condition_transition_time_moves_only_when_its_status_changes() -> None:
     again = status.pending(PENDING, NOW, 1)
     assert condition(again, "Accepted")["lastTransitionTime"] == "2030-01-01T00:00:00Z"
-    rejected = status.rejected(PENDING, status.INVALID_SPEC, "bad", NOW, 1)
+    rejected = status.rejected(PENDING, vocabulary.INVALID_SPEC, "bad", NOW, 1)
     assert condition(rejected, "Accepted")["lastTransitionTime"] == timestamp(NOW)
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from codeexec import status
+from codeexec import vocabulary
 from codeexec.config import OperatorConfig
 from codeexec.models import MAX_CODE_BYTES, RuntimeSpec
 from codeexec.validation import (
@@ -68,27 +68,27 @@ def test_alias_resolves_to_runtime() -> None:
 @pytest.mark.parametrize("field", [*POD_LEVEL_FIELDS, "command"])
 def test_extra_fields_are_rejected(field: str) -> None:
     result = rejection(**{field: "anything"})
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message == f"spec.{field}: Extra inputs are not permitted"
 
 
 def test_unknown_language() -> None:
     result = rejection(language="cobol")
-    assert result.reason == status.UNKNOWN_LANGUAGE
+    assert result.reason == vocabulary.UNKNOWN_LANGUAGE
     assert result.message == (
         'spec.language "cobol" is not an installed Runtime or alias (installed: javascript, python)'
     )
 
 
 def test_unknown_language_when_no_runtime_is_installed() -> None:
-    assert rejection(runtimes={}).reason == status.UNKNOWN_LANGUAGE
+    assert rejection(runtimes={}).reason == vocabulary.UNKNOWN_LANGUAGE
 
 
 def test_code_limit_counts_bytes_not_characters() -> None:
     accepted(code="a" * MAX_CODE_BYTES)
     # Two bytes per character: well under the schema's maxLength, over the byte limit.
     result = rejection(code="é" * (MAX_CODE_BYTES // 2 + 1))
-    assert result.reason == status.CODE_TOO_LARGE
+    assert result.reason == vocabulary.CODE_TOO_LARGE
     assert result.message == f"spec.code is {MAX_CODE_BYTES + 2} bytes; the maximum is {MAX_CODE_BYTES}"
 
 
@@ -102,27 +102,27 @@ def test_code_limit_counts_bytes_not_characters() -> None:
 )
 def test_other_size_limits(fields: dict[str, Any], field: str) -> None:
     result = rejection(**fields)
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message.startswith(f"{field} is ")
 
 
 @pytest.mark.parametrize("timeout", [0, -1, 3601])
 def test_timeout_outside_the_schema_bounds_is_invalid(timeout: int) -> None:
     result = rejection(timeoutSeconds=timeout)
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message.startswith("spec.timeoutSeconds: ")
 
 
 def test_timeout_above_the_operator_maximum() -> None:
     result = rejection(timeoutSeconds=900)
-    assert result.reason == status.TIMEOUT_TOO_LONG
+    assert result.reason == vocabulary.TIMEOUT_TOO_LONG
     assert result.message == "spec.timeoutSeconds 900 exceeds the maximum 600 for runtime python"
 
 
 def test_timeout_above_the_runtime_maximum() -> None:
     strict = python_runtime(maxTimeoutSeconds=60)
     result = rejection(runtimes={"python": strict}, timeoutSeconds=61)
-    assert result.reason == status.TIMEOUT_TOO_LONG
+    assert result.reason == vocabulary.TIMEOUT_TOO_LONG
     assert result.message == "spec.timeoutSeconds 61 exceeds the maximum 60 for runtime python"
     assert accepted(runtimes={"python": strict}, timeoutSeconds=60).timeout_seconds == 60
 
@@ -134,23 +134,23 @@ def test_runtime_default_timeout_is_capped_by_the_operator_maximum() -> None:
 
 def test_resources_above_the_operator_maximum() -> None:
     result = rejection(resources={"memory": "2Gi"})
-    assert result.reason == status.RESOURCES_TOO_LARGE
+    assert result.reason == vocabulary.RESOURCES_TOO_LARGE
     assert result.message == "spec.resources.memory 2Gi exceeds the maximum 1Gi for runtime python"
     result = rejection(resources={"cpu": "2500m"})
-    assert result.reason == status.RESOURCES_TOO_LARGE
+    assert result.reason == vocabulary.RESOURCES_TOO_LARGE
     assert result.message == "spec.resources.cpu 2500m exceeds the maximum 2 for runtime python"
 
 
 def test_resources_above_the_runtime_maximum() -> None:
     small = python_runtime(maxResources={"cpu": "1", "memory": "512Mi"})
     result = rejection(runtimes={"python": small}, resources={"memory": "768Mi"})
-    assert result.reason == status.RESOURCES_TOO_LARGE
+    assert result.reason == vocabulary.RESOURCES_TOO_LARGE
     assert result.message == "spec.resources.memory 768Mi exceeds the maximum 512Mi for runtime python"
 
 
 def test_resources_below_the_minimum() -> None:
     result = rejection(resources={"memory": "1Mi"})
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message == "spec.resources.memory 1Mi is below the minimum 16Mi"
     assert rejection(resources={"cpu": "1m"}).message == "spec.resources.cpu 1m is below the minimum 10m"
 
@@ -168,7 +168,7 @@ def test_resources_come_from_spec_then_runtime_then_operator() -> None:
 
 def test_missing_runtime_class_fails_closed() -> None:
     result = rejection(runtime_class_exists=False)
-    assert result.reason == status.RUNTIME_CLASS_MISSING
+    assert result.reason == vocabulary.RUNTIME_CLASS_MISSING
     assert result.message == 'RuntimeClass "gvisor" does not exist; the operator runs no sandbox without it'
 
 
@@ -189,7 +189,7 @@ def test_runtime_class_can_be_switched_off_explicitly() -> None:
 )
 def test_bad_env_is_invalid(env: list[dict[str, Any]]) -> None:
     result = rejection(env=env)
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message.startswith("spec.env")
 
 
@@ -244,14 +244,14 @@ def test_good_allowed_domains(domain: str) -> None:
 )
 def test_bad_allowed_domains(domain: str) -> None:
     result = rejection(network={"allowedDomains": [domain]})
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message.startswith("spec.network.allowedDomains[0]: ")
 
 
 def test_host_names_longer_than_dns_allows_are_invalid() -> None:
     name = ("a" * 63 + ".") * 3 + "b" * 62  # 254 characters
     result = rejection(network={"allowedDomains": [name]})
-    assert result.reason == status.INVALID_SPEC
+    assert result.reason == vocabulary.INVALID_SPEC
     assert result.message.startswith("spec.network.allowedDomains: ")
     assert "at most 253 characters" in result.message
 

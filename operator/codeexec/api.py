@@ -1,0 +1,94 @@
+"""What the operator needs from the Kubernetes API, as Protocols (k8s.py implements them, the tests fake them)."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from codeexec.report import Report
+
+# Objects travel as the API's JSON: plain dicts, no client models.
+Body = dict[str, Any]
+
+BAD_REQUEST = 400
+NOT_FOUND = 404
+CONFLICT = 409
+
+
+class ApiError(Exception):
+    """A failed API call; `status` is the HTTP status, None when the server was not reached."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Executions(Protocol):
+    """The Execution resources: the operator reads them, writes their status and deletes expired ones."""
+
+    def read(self, namespace: str, name: str) -> Body | None:
+        """None when it does not exist."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, status: Body, resource_version: str | None = None) -> None:
+        """Merge-patches .status. With a resourceVersion the patch fails (409) if the
+        Execution changed since it was read: a finished outcome is never overwritten."""
+        ...
+
+    def delete(self, namespace: str, name: str) -> None:
+        """Deleting one already gone is fine."""
+        ...
+
+
+class Sandboxes(Protocol):
+    """The objects made for an Execution (ConfigMap, NetworkPolicy, Pod), all named alike, and the pod's log."""
+
+    def create(self, child: Body) -> Body:
+        """Idempotent: an object of that kind and name already there is returned instead."""
+        ...
+
+    def read_pod(self, namespace: str, name: str) -> Body | None:
+        """None when it does not exist."""
+        ...
+
+    def read_report(self, namespace: str, pod_name: str) -> Report | None:
+        """The runner's report at the end of the sandbox container's log; None when there is
+        none, or no log any more."""
+        ...
+
+    def delete(self, namespace: str, name: str) -> None:
+        """Deletes the pod, ConfigMap and NetworkPolicy named `name`; missing ones are fine."""
+        ...
+
+
+class ClusterFacts(Protocol):
+    """What the cluster offers and where its own networks are: read for planning and pinning."""
+
+    def list_runtimes(self) -> list[Body]: ...
+
+    def runtime_class_exists(self, name: str) -> bool: ...
+
+    def api_service(self) -> Body:
+        """The `kubernetes` Service in `default`, which sandboxes must never reach."""
+        ...
+
+    def network_objects(self) -> tuple[list[Body], list[Body]]:
+        """Every Node and the EndpointSlices of the `kubernetes` Service: the addresses a domain must
+        never be pinned to, beyond the configured cluster ranges."""
+        ...
+
+    def service_cidrs(self) -> list[Body]:
+        """The ServiceCIDR objects, the ranges Service IPs come from (none before Kubernetes 1.33)."""
+        ...
+
+
+class ClusterApi(Protocol):
+    """Everything the Execution lifecycle uses, by job."""
+
+    @property
+    def executions(self) -> Executions: ...
+
+    @property
+    def sandboxes(self) -> Sandboxes: ...
+
+    @property
+    def facts(self) -> ClusterFacts: ...
