@@ -7,7 +7,9 @@ NAMESPACE=code-exec-demo
 
 # The local cluster provides the gvisor RuntimeClass itself; the demo release watches only its own
 # namespace, so it never races the operators that the e2e tests start for theirs.
-kubectl apply -f crds/execution.yaml -f crds/runtime.yaml >/dev/null
+# Helm installs CRDs only with a release's first install: an upgrade of an older demo release needs
+# Kopf's peering CRD too (the release's ClusterKopfPeering object is of its kind).
+kubectl apply -f crds/execution.yaml -f crds/runtime.yaml -f crds/kopf-peering.yaml >/dev/null
 # Helm cannot adopt Runtimes created outside it (the e2e tests apply crds/runtimes/): keep those as they are.
 runtime_flags=()
 for runtime in python javascript typescript; do

@@ -67,8 +67,8 @@ def _run(liveness: str | None) -> None:
         settings.admission.server = admission.webhook_server(config)
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    # Peering or standalone: handlers.configure_peering decides from the config (kopf.run would override it).
     kopf.run(
-        standalone=True,
         clusterwide=not config.namespaces,
         namespaces=config.namespaces,
         liveness_endpoint=liveness,

@@ -29,6 +29,7 @@ DERIVED_SETTINGS = {
     "metrics_port": "metrics.port",
     "webhook_port": "webhook.port",
     "webhook_cert_dir": "(the webhook Secret's mount)",
+    "peering": "(the release's ClusterKopfPeering)",
 }
 # The values of a bundled Runtime that are fields of its spec (the rest is the chart's own).
 RUNTIME_SPEC_VALUES = ("defaultTimeoutSeconds", "maxTimeoutSeconds", "defaultResources", "maxResources")

@@ -126,6 +126,24 @@ class OperatorConfig(BaseModel):
         description="Directory with the webhook's serving certificate tls.crt and key tls.key.",
     )
 
+    peering: str = Field(
+        default="",
+        description=(
+            "Name of the ClusterKopfPeering object the operator's replicas share: the one with the highest "
+            "priority handles Executions, the others stand by. Empty: standalone, no peering; then run exactly "
+            "one operator for the watched namespaces."
+        ),
+    )
+    peering_lifetime_seconds: int = Field(
+        default=10,
+        ge=10,
+        le=300,
+        description=(
+            "How long a replica's peering record stays valid without a keep-alive (sent 5 to 10 seconds "
+            "before it expires): after a replica dies without exiting, the standby takes over within this time."
+        ),
+    )
+
     @field_validator("allowed_private_cidrs", "cluster_cidrs", "namespaces", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

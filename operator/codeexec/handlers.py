@@ -7,7 +7,7 @@ from typing import Any
 
 import kopf
 
-from codeexec import admission, lifecycle, status
+from codeexec import admission, lifecycle, peering, status
 from codeexec.api import ClusterApi
 from codeexec.config import OperatorConfig
 from codeexec.models import GROUP, VERSION
@@ -34,6 +34,14 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.networking.connect_timeout = 10
     # Only problems become Kubernetes Events on the Execution.
     settings.posting.level = logging.WARNING
+
+
+@kopf.on.startup()
+def configure_peering(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    """Replicas: one works, the others stand by (Kopf pauses them) until its peering record is gone or expired."""
+    priority = peering.configure(settings, _config(memo))
+    if priority is not None:
+        logger.info(f"Peering in ClusterKopfPeering {settings.peering.name!r} with priority {priority}.")
 
 
 def _unfinished(body: kopf.Body, **_: Any) -> bool:

@@ -25,6 +25,9 @@ CHART = REPO / "charts/code-exec"
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
 SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 GLOB_CHARS = re.compile(r"[*?!\[]")
+# Kopf's peering CRD: written by hand (Kopf's resource, not generated from our models), installed by the chart.
+KOPF_PEERING_CRD = "kopf-peering.yaml"
+CHART_CRDS = sorted([*crdgen.rendered_files(), KOPF_PEERING_CRD])
 
 
 def _helm() -> str | None:
@@ -60,6 +63,11 @@ def find(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> d
     return matches[0]
 
 
+def literal_env(container: dict[str, Any]) -> dict[str, str]:
+    """The container's variables with literal values (not POD_ID, which is the pod's name from the API)."""
+    return {var["name"]: var["value"] for var in container["env"] if "value" in var}
+
+
 def kinds(objects: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
     return sorted((o["kind"], o["metadata"]["name"], o["metadata"].get("namespace")) for o in objects)
 
@@ -67,17 +75,31 @@ def kinds(objects: list[dict[str, Any]]) -> list[tuple[str, str, str | None]]:
 # --- files --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("file_name", sorted(crdgen.rendered_files()))
-def test_chart_crds_are_links_to_the_generated_ones(file_name: str) -> None:
+@pytest.mark.parametrize("file_name", CHART_CRDS)
+def test_chart_crds_are_links_to_the_repository_ones(file_name: str) -> None:
     """One committed copy of each CRD: the chart's crds/ link to crds/ (helm package stores the files)."""
     link = CHART / "crds" / file_name
     assert link.is_symlink(), f"{link} must be a link to crds/{file_name}"
     assert link.resolve() == (REPO / "crds" / file_name).resolve()
 
 
-def test_chart_has_only_the_generated_crds() -> None:
+def test_chart_has_only_the_generated_crds_and_kopfs_peering() -> None:
     # Not crds/examples or crds/runtimes: Helm would install every file under the chart's crds/.
-    assert sorted(path.name for path in (CHART / "crds").iterdir()) == sorted(crdgen.rendered_files())
+    assert sorted(path.name for path in (CHART / "crds").iterdir()) == CHART_CRDS
+
+
+def test_kopf_peering_crd_serves_what_the_chart_and_kopf_use() -> None:
+    """The CRD of the chart's peering object; Kopf patches that object itself (no status subresource), which
+    is what the RBAC rule grants."""
+    crd = yaml.safe_load((REPO / "crds" / KOPF_PEERING_CRD).read_text())
+    assert crd["metadata"]["name"] == "clusterkopfpeerings.kopf.dev"
+    assert crd["spec"]["scope"] == "Cluster"
+    assert (crd["spec"]["group"], crd["spec"]["names"]["kind"]) == ("kopf.dev", "ClusterKopfPeering")
+    (version,) = crd["spec"]["versions"]
+    assert (version["name"], version["served"], version["storage"]) == ("v1", True, True)
+    assert "subresources" not in version
+    status = version["schema"]["openAPIV3Schema"]["properties"]["status"]
+    assert status["x-kubernetes-preserve-unknown-fields"] is True
 
 
 def test_runtime_contracts_are_read_from_the_bundled_runtime_files() -> None:
@@ -176,16 +198,16 @@ def test_package_holds_the_crd_files_and_no_examples(tmp_path: Path) -> None:
     (archive,) = tmp_path.glob("code-exec-*.tgz")
     with tarfile.open(archive) as tar:
         crds = {member.name: member for member in tar.getmembers() if "/crds/" in member.name}
-        assert sorted(crds) == [f"code-exec/crds/{name}" for name in sorted(crdgen.rendered_files())]
+        assert sorted(crds) == [f"code-exec/crds/{name}" for name in CHART_CRDS]
         for name, member in crds.items():
             assert member.isfile(), f"{name} is packaged as a link"
             content = tar.extractfile(member).read().decode()  # type: ignore[union-attr]
-            assert content == crdgen.rendered_files()[name.rsplit("/", 1)[1]]
+            assert content == (REPO / "crds" / name.rsplit("/", 1)[1]).read_text()
         assert not [name for name in tar.getnames() if "example" in name]
     for chart in (str(CHART), str(archive)):  # the directory (links followed) and the package
         rendered = yaml.safe_load_all(helm("template", "x", chart, "--kube-version", "1.34.0", "--include-crds").stdout)
         names = sorted(doc["metadata"]["name"] for doc in rendered if doc and doc["kind"] == "CustomResourceDefinition")
-        assert names == ["executions.codeexec.io", "runtimes.codeexec.io"], chart
+        assert names == ["clusterkopfpeerings.kopf.dev", "executions.codeexec.io", "runtimes.codeexec.io"], chart
 
 
 @needs_helm
@@ -196,6 +218,8 @@ def test_package_holds_the_crd_files_and_no_examples(tmp_path: Path) -> None:
         ("webhook.failurePolicy=Maybe", "/webhook/failurePolicy"),
         ("config.maxCpu=lots", "/config/maxCpu"),
         ("operator.logLevel=trace", "/operator/logLevel"),
+        ("operator.replicaCount=0", "/operator/replicaCount"),
+        ("config.peeringLifetimeSeconds=2", "/config/peeringLifetimeSeconds"),
         ("runtimes.python.maxTimeoutSeconds=0", "/runtimes/python/maxTimeoutSeconds"),
     ],
 )
@@ -210,12 +234,14 @@ def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
 def test_default_install_objects() -> None:
     objects = render()
     assert kinds(objects) == [
+        ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
         ("ClusterRoleBinding", "code-exec-code-exec", None),
         ("ClusterRoleBinding", "code-exec-code-exec-cluster", None),
         ("Deployment", "code-exec", "code-exec"),
         ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
+        ("PodDisruptionBudget", "code-exec", "code-exec"),
         ("Role", "code-exec-code-exec-apiserver", "default"),
         ("Role", "code-exec-test", "code-exec"),
         ("RoleBinding", "code-exec-code-exec-apiserver", "default"),
@@ -237,8 +263,11 @@ def test_default_install_objects() -> None:
 @needs_helm
 def test_operator_deployment_security() -> None:
     deployment = find(render(), "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     pod = deployment["spec"]["template"]["spec"]
     labels = deployment["spec"]["template"]["metadata"]["labels"]
     assert labels["app.kubernetes.io/name"] == "code-exec"
@@ -282,14 +311,61 @@ def test_operator_deployment_security() -> None:
 @needs_helm
 def test_operator_environment_is_every_setting() -> None:
     (container,) = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {var["name"]: var["value"] for var in container["env"]}
+    env = literal_env(container)
     assert set(env) == {f"CODEEXEC_{name.upper()}" for name in OperatorConfig.model_fields}
     config = OperatorConfig.from_env(env)  # what the operator would make of it
     assert config.namespaces == ()
     assert config.runtime_class == "gvisor"
     assert (config.webhook_port, config.metrics_port) == (9443, 9090)
-    expected = OperatorConfig(runtime_class="gvisor", webhook_port=9443, metrics_port=9090)
+    expected = OperatorConfig(
+        runtime_class="gvisor", webhook_port=9443, metrics_port=9090, peering="code-exec-code-exec"
+    )
     assert config == expected
+
+
+@needs_helm
+def test_replicas_share_the_release_peering_object() -> None:
+    """Two replicas by default, one active by Kopf peering: each pod names itself (POD_ID, Kopf's identity) in
+    the release's ClusterKopfPeering, which the operator is told, may patch, and which the chart creates."""
+    objects = render(namespace="ops")
+    deployment = find(objects, "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {var["name"]: var for var in container["env"]}
+    assert env["POD_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    name = env["CODEEXEC_PEERING"]["value"]
+    assert name == "code-exec-ops"  # cluster-scoped: the namespace keeps two releases apart
+    peering = find(objects, "ClusterKopfPeering")
+    assert (peering["apiVersion"], peering["metadata"]["name"]) == ("kopf.dev/v1", name)
+    rules = find(objects, "ClusterRole", "code-exec-ops-cluster")["rules"]
+    peering_rules = [rule for rule in rules if rule["apiGroups"] == ["kopf.dev"]]
+    assert peering_rules == [
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["kopf.dev"], "resources": ["clusterkopfpeerings"], "resourceNames": [name], "verbs": ["patch"]},
+    ]
+    # A stopping pod exits gracefully (and leaves the peering) within this; the default lifetime is shorter.
+    assert pod["terminationGracePeriodSeconds"] == 30
+    assert OperatorConfig().peering_lifetime_seconds < pod["terminationGracePeriodSeconds"]
+    (spread,) = pod["topologySpreadConstraints"]
+    assert spread["whenUnsatisfiable"] == "ScheduleAnyway"
+    assert (
+        spread["labelSelector"]["matchLabels"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+@needs_helm
+def test_disruption_budget_keeps_one_replica() -> None:
+    objects = render()
+    budget = find(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert selector == find(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    # One replica: a budget of 1 would block every node drain, so there is none (and nothing to spread).
+    single = render("operator.replicaCount=1")
+    assert find(single, "Deployment")["spec"]["replicas"] == 1
+    assert "topologySpreadConstraints" not in find(single, "Deployment")["spec"]["template"]["spec"]
+    assert not [obj for obj in single if obj["kind"] == "PodDisruptionBudget"]
+    assert find(render("operator.replicaCount=3"), "Deployment")["spec"]["replicas"] == 3
 
 
 @needs_helm
@@ -303,7 +379,7 @@ def test_values_reach_the_operator() -> None:
     sets += ["runtimeClass.name="]
     objects = render(*sets)
     (container,) = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = {var["name"]: var["value"] for var in container["env"]}
+    env = literal_env(container)
     assert env["CODEEXEC_START_DEADLINE_SECONDS"] == "1000000"  # not 1e+06
     assert env["CODEEXEC_KEEP_PODS"] == "true"
     assert env["CODEEXEC_ALLOWED_PRIVATE_CIDRS"] == "10.1.0.0/16,10.2.0.0/16"
@@ -419,17 +495,23 @@ def test_watching_named_namespaces_grants_roles_only_there() -> None:
         "servicecidrs",
         "customresourcedefinitions",
         "namespaces",
+        "clusterkopfpeerings",
     }
     for rule in cluster_rules:
-        assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule  # nothing cluster-wide is written
+        if set(rule["verbs"]) <= {"get", "list", "watch"}:
+            continue
+        # Nothing cluster-wide is written but the release's own peering object.
+        assert rule == {
+            "apiGroups": ["kopf.dev"],
+            "resources": ["clusterkopfpeerings"],
+            "resourceNames": ["code-exec-code-exec"],
+            "verbs": ["patch"],
+        }
     (webhook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
     assert webhook["namespaceSelector"] == {
         "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
     }
-    env = {
-        var["name"]: var["value"]
-        for var in find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]
-    }
+    env = literal_env(find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert env["CODEEXEC_NAMESPACES"] == "team-a,team-b"
     test_role = find(objects, "Role", "code-exec-test")
     assert test_role["metadata"]["namespace"] == "team-a"

@@ -111,6 +111,14 @@ matchExpressions:
   value: {{ ternary .Values.webhook.port 0 .Values.webhook.enabled | int64 | toString | quote }}
 - name: CODEEXEC_WEBHOOK_CERT_DIR
   value: /etc/codeexec/webhook
+- name: CODEEXEC_PEERING
+  value: {{ include "code-exec.peeringName" . | quote }}
+{{- end }}
+
+{{/* The release's ClusterKopfPeering: cluster-scoped, so named after the release and its namespace
+     like the ClusterRoles (two releases elect their active replicas independently). */}}
+{{- define "code-exec.peeringName" -}}
+{{- include "code-exec.fullname" . }}-{{ .Release.Namespace }}
 {{- end }}
 
 {{/* The webhook's CA, serving certificate and key (base64, as YAML): the existing Secret's when there
