@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 
 DEFAULT_CRD_DIR = Path("crds")
+# The API server stores JSON nested up to 10,000 levels deep (its decoder's limit). With Python's default
+# limit (1,000) Kopf's JSON parser fails on such an Execution (one `spec.input` of 2,000 nested lists, found
+# by tests/e2e/test_fuzz.py) and the failed watch stops the whole operator, again at every restart.
+# Parsing, copying and comparing take up to two frames a level; the C stack of 8 MiB holds that easily.
+RECURSION_LIMIT = 50_000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,6 +62,7 @@ def _run(liveness: str | None) -> None:
     from codeexec.k8s import Cluster
 
     config = OperatorConfig.from_env()
+    sys.setrecursionlimit(RECURSION_LIMIT)
     # kopf.run, unlike the `kopf run` CLI, sets up no logging: without this only warnings reach stderr.
     kopf.configure(debug=config.log_level == "debug", quiet=config.log_level == "warning", log_prefix=True)
     if config.log_level != "debug":

@@ -19,6 +19,8 @@ MAX_CODE_BYTES = 100 * 1024
 MAX_STDIN_BYTES = 256 * 1024
 MAX_INPUT_BYTES = 128 * 1024
 MAX_ENV_BYTES = 32 * 1024
+# Far below the API server's 10,000 and the runner's Python json (about 1,000); no real input comes near.
+MAX_INPUT_DEPTH = 100
 MAX_ARGS = 64
 MAX_ENV_VARS = 64
 MAX_ALLOWED_DOMAINS = 32
@@ -158,7 +160,7 @@ class ExecutionSpec(Model):
         default=None,
         description=(
             "Any JSON value handed to the code (Python and JavaScript: the global `input`), "
-            f"at most {MAX_INPUT_BYTES} bytes serialized."
+            f"at most {MAX_INPUT_BYTES} bytes serialized and nested at most {MAX_INPUT_DEPTH} levels deep."
         ),
         json_schema_extra=ANY_JSON,
     )
@@ -203,6 +205,14 @@ class ExecutionSpec(Model):
         description="Delete the Execution this many seconds after it finished. Absent: keep it.",
     )
 
+    @field_validator("input")
+    @classmethod
+    def _input_not_too_deep(cls, value: Any) -> Any:
+        depth = json_depth(value)
+        if depth > MAX_INPUT_DEPTH:
+            raise ValueError(f"nested {depth} levels deep; the maximum is {MAX_INPUT_DEPTH}")
+        return value
+
     @field_validator("env")
     @classmethod
     def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
@@ -218,6 +228,22 @@ class ExecutionSpec(Model):
 
     def env_json(self) -> str:
         return json.dumps({var.name: var.value for var in self.env})
+
+
+def json_depth(value: Any) -> int:
+    """Nesting depth of a JSON value (a scalar: 0), level by level without recursion: the value may be
+    nested deeper than Python's recursion limit allows to recurse."""
+    depth, level = 0, [value]
+    while any(isinstance(item, dict | list) for item in level):
+        depth += 1
+        level = [child for item in level for child in _json_children(item)]
+    return depth
+
+
+def _json_children(value: Any) -> list[Any]:
+    if isinstance(value, dict):
+        return list(value.values())
+    return value if isinstance(value, list) else []
 
 
 class LogEntry(Model):
