@@ -59,10 +59,12 @@ def _run(liveness: str | None) -> None:
     import codeexec.handlers  # registers the handlers with Kopf
     from codeexec import admission, metrics
     from codeexec.config import OperatorConfig
+    from codeexec.dispatch import Dispatcher
     from codeexec.k8s import Cluster
 
-    config = OperatorConfig.from_env()
     sys.setrecursionlimit(RECURSION_LIMIT)
+    config = OperatorConfig.from_env()
+    cluster = Cluster.connect()
     # kopf.run, unlike the `kopf run` CLI, sets up no logging: without this only warnings reach stderr.
     kopf.configure(debug=config.log_level == "debug", quiet=config.log_level == "warning", log_prefix=True)
     if config.log_level != "debug":
@@ -80,7 +82,7 @@ def _run(liveness: str | None) -> None:
         namespaces=config.namespaces,
         liveness_endpoint=liveness,
         settings=settings,
-        memo=kopf.Memo(config=config, cluster=Cluster.connect()),
+        memo=kopf.Memo(config=config, cluster=cluster, dispatcher=Dispatcher(cluster, config)),
     )
 
 

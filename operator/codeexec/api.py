@@ -61,7 +61,8 @@ class Sandboxes(Protocol):
 
 
 class ClusterFacts(Protocol):
-    """What the cluster offers and where its own networks are: read for planning and pinning."""
+    """What the cluster offers, what runs there, and where its own networks are: read for planning, the
+    queue's capacity and pinning."""
 
     def list_runtimes(self) -> list[Body]: ...
 
@@ -78,6 +79,11 @@ class ClusterFacts(Protocol):
 
     def service_cidrs(self) -> list[Body]:
         """The ServiceCIDR objects, the ranges Service IPs come from (none before Kubernetes 1.33)."""
+        ...
+
+    def pods(self) -> list[Body]:
+        """Every pod in the cluster that has not ended, with just what the queue's capacity needs (namespace,
+        labels, node, phase, resources); may be some seconds old."""
         ...
 
 

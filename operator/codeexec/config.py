@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from codeexec.models import CpuQuantity, MemoryQuantity
+from codeexec.models import MAX_QUEUE_TIMEOUT_SECONDS, CpuQuantity, MemoryQuantity
 
 ENV_PREFIX = "CODEEXEC_"
 # An IP network in CIDR notation (checked exactly by ipaddress below; the pattern is for the chart's schema).
@@ -43,8 +43,8 @@ class OperatorConfig(BaseModel):
         default=120,
         ge=10,
         description=(
-            "A pod not running this long after its creation fails the Execution "
-            "(ImageError, Unschedulable or StartTimeout)."
+            "A pod not running this long after its creation (or its scheduling, if later) fails the Execution "
+            "(ImageError, Unschedulable or StartTimeout); a pod waiting for CPU or memory waits in the queue instead."
         ),
     )
     max_timeout_seconds: int = Field(
@@ -72,6 +72,34 @@ class OperatorConfig(BaseModel):
     )
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = Field(
         default="IfNotPresent", description="Pull policy of sandbox images for Runtimes that set none."
+    )
+    max_running: int = Field(
+        default=0,
+        ge=0,
+        description=(
+            "Most sandboxes running at once in the whole cluster. 0: as many as the nodes' free allocatable "
+            "CPU and memory hold (always a bound: a sandbox starts only when its requests fit)."
+        ),
+    )
+    max_running_per_namespace: int = Field(
+        default=0,
+        ge=0,
+        description="Most sandboxes running at once in one namespace. 0: no limit beyond the cluster's.",
+    )
+    default_queue_timeout_seconds: int = Field(
+        default=600,
+        ge=1,
+        le=MAX_QUEUE_TIMEOUT_SECONDS,
+        description=(
+            "How long an Execution without spec.queueTimeoutSeconds may wait in the queue (from its creation) "
+            "before it fails with QueueTimeout."
+        ),
+    )
+    max_queue_timeout_seconds: int = Field(
+        default=3600,
+        ge=1,
+        le=MAX_QUEUE_TIMEOUT_SECONDS,
+        description="Largest spec.queueTimeoutSeconds an Execution may ask for (above: Rejected, QueueTimeoutTooLong).",
     )
     active_deadline_grace_seconds: int = Field(
         default=30,
@@ -125,7 +153,6 @@ class OperatorConfig(BaseModel):
         default="/etc/codeexec/webhook",
         description="Directory with the webhook's serving certificate tls.crt and key tls.key.",
     )
-
     peering: str = Field(
         default="",
         description=(

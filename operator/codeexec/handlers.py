@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from codeexec import admission, lifecycle, peering, status
+from codeexec import admission, lifecycle, peering, queueing, status
 from codeexec.api import ClusterApi
 from codeexec.config import OperatorConfig
+from codeexec.dispatch import Dispatcher, Snapshot
 from codeexec.models import GROUP, VERSION
 from codeexec.persistence import DigestDiffBaseStorage
 from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL
 
 EXECUTIONS = (GROUP, VERSION, "executions")
 WATCH_INTERVAL = 5
+QUEUE = "queue"
+QUEUE_INDEX = "execution_queue"  # the index's id: handlers get it as a keyword argument of this name
 
 
 @kopf.on.startup()
@@ -53,33 +57,54 @@ def _needs_watching(body: kopf.Body, **_: Any) -> bool:
     return _unfinished(body) or body.get("spec", {}).get("ttlSecondsAfterFinished") is not None
 
 
+@kopf.index(*EXECUTIONS, id=QUEUE_INDEX, when=_unfinished)
+def execution_queue(body: kopf.Body, memo: kopf.Memo, **_: Any) -> dict[str, queueing.Entry]:
+    """The queue, derived from the cluster: every unfinished Execution, rebuilt from the listing at start-up
+    (Kopf runs no handler before). One key for all: a handler's thread copies them in one step."""
+    return {QUEUE: queueing.entry(body, _config(memo))}
+
+
 # The filter keeps a restart from touching every finished Execution in the cluster.
 @kopf.on.resume(*EXECUTIONS, when=_unfinished)
 @kopf.on.create(*EXECUTIONS, when=_unfinished)
-def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    """A new (or, after a restart, unfinished) Execution: lifecycle.start."""
+def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A new (or, after a restart, unfinished) Execution: validated, then queued or started."""
     with lifecycle.retry_on_api_errors():
-        lifecycle.start(_cluster(memo), _config(memo), body, logger)
+        _dispatcher(memo).start(body, logger, _snapshot(kwargs))
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, EXECUTION_UID_LABEL: kopf.PRESENT})
-def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Pod changes → Execution status. The initial listing after a restart re-delivers every
-    sandbox pod, so runs that finished while the operator was down are harvested too."""
-    if event.get("type") == "DELETED":
-        return  # watch_execution notices a pod that vanished too early.
+def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Pod changes → Execution status; a run that ended frees its slot for the next in the queue at once.
+    The initial listing after a restart re-delivers every sandbox pod, so runs that finished while the
+    operator was down are harvested too."""
     execution = lifecycle.owner_of(body)
     if execution is None:
         return
+    pod: dict[str, Any] | None = dict(body)
+    if event.get("type") == "DELETED":
+        # watch_execution notices a recorded pod (status.podName) that vanished too early; this one too.
+        if not _dispatcher(memo).launched(execution.uid):
+            return
+        pod = None
     with lifecycle.retry_on_api_errors():
-        lifecycle.sync_with_pod(_cluster(memo), _config(memo), execution, dict(body))
+        if lifecycle.sync_with_pod(_cluster(memo), _config(memo), execution, pod):
+            _dispatcher(memo).finished(execution)
+            _dispatcher(memo).dispatch(logger, _snapshot(kwargs))
 
 
 @kopf.timer(*EXECUTIONS, interval=WATCH_INTERVAL, idle=WATCH_INTERVAL, when=_needs_watching)
-def watch_execution(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """Every few seconds while the operator is needed: lifecycle.watch."""
+def watch_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """Every few seconds while the operator is needed: lifecycle.watch, and the queue's safety net (a
+    decision at most once a second across all timers, then this Execution's position if it moved)."""
+    dispatcher = _dispatcher(memo)
+    execution = lifecycle.execution_ref(body)
     with lifecycle.retry_on_api_errors():
-        lifecycle.watch(_cluster(memo), _config(memo), body)
+        if lifecycle.watch(_cluster(memo), _config(memo), body, dispatcher.launched(execution.uid)):
+            dispatcher.finished(execution)
+        if _unfinished(body):
+            dispatcher.dispatch(logger, _snapshot(kwargs), timer=True)
+            dispatcher.refresh_position(body)
 
 
 def validate_execution(spec: kopf.Spec, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
@@ -96,6 +121,18 @@ def register_webhook(registry: kopf.OperatorRegistry) -> None:
 def _config(memo: kopf.Memo) -> OperatorConfig:
     config: OperatorConfig = memo["config"]
     return config
+
+
+def _dispatcher(memo: kopf.Memo) -> Dispatcher:
+    dispatcher: Dispatcher = memo["dispatcher"]
+    return dispatcher
+
+
+def _snapshot(kwargs: Mapping[str, Any]) -> Snapshot:
+    """The queue index, which Kopf passes to every handler by its name (untyped in Kopf's handler types)."""
+    index: kopf.Index[str, queueing.Entry] = kwargs[QUEUE_INDEX]
+    # list() of the store's values runs in C, holding the GIL: Kopf's event loop cannot change it meanwhile.
+    return lambda: list(index.get(QUEUE, ()))
 
 
 def _cluster(memo: kopf.Memo) -> ClusterApi:

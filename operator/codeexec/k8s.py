@@ -24,8 +24,12 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 LOG_CHUNK_BYTES = 64 * 1024
 # The API server's Service, which sandboxes must never reach (the isolation probe).
 API_SERVICE = ("default", "kubernetes")
-# Nodes and the API server's addresses change rarely; Executions can come by the hundred.
+# Nodes and the API server's addresses change rarely; Executions can come by the hundred. The pods
+# listing (capacity) may be this old too: a pod it misses makes the scheduler say Insufficient, and waiting.
 NETWORK_FACTS_TTL_SECONDS = 30.0
+
+# Pods whose requests the scheduler still counts.
+UNENDED_PODS = "status.phase!=Succeeded,status.phase!=Failed"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -108,6 +112,21 @@ class TtlCache:
         with self._lock:
             self._entries[key] = (now, value)
         return value
+
+
+def _capacity_view(pod: Body) -> Body:
+    """The parts of a pod the queue's capacity reads: a cached listing of a big cluster stays small."""
+    metadata, spec = pod["metadata"], pod.get("spec", {})
+    return {
+        "metadata": {"namespace": metadata.get("namespace"), "labels": metadata.get("labels") or {}},
+        "spec": {
+            "nodeName": spec.get("nodeName"),
+            "overhead": spec.get("overhead"),
+            "containers": [{"resources": c.get("resources") or {}} for c in spec.get("containers") or []],
+            "initContainers": [{"resources": c.get("resources") or {}} for c in spec.get("initContainers") or []],
+        },
+        "status": {"phase": pod.get("status", {}).get("phase")},
+    }
 
 
 class KubeExecutions:
@@ -218,7 +237,7 @@ class KubeSandboxes:
 
 
 class KubeClusterFacts:
-    """Runtimes, the RuntimeClass and the cluster's own networks; the network facts cached for a while."""
+    """Runtimes, the RuntimeClass, the cluster's pods and own networks; pods and network facts cached for a while."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api_client)
@@ -244,6 +263,14 @@ class KubeClusterFacts:
 
     def service_cidrs(self) -> list[Body]:
         return self._cache.get("service_cidrs", self._list_service_cidrs)
+
+    def pods(self) -> list[Body]:
+        return self._cache.get("pods", self._list_pods)
+
+    @_api_errors
+    def _list_pods(self) -> list[Body]:
+        pods = _items(self._core.list_pod_for_all_namespaces, field_selector=UNENDED_PODS)
+        return [_capacity_view(pod) for pod in pods]
 
     @_api_errors
     def _list_service_cidrs(self) -> list[Body]:

@@ -1,22 +1,23 @@
-"""The Execution lifecycle in named steps (start, sync with the pod, watch), against the ClusterApi Protocol."""
+"""The Execution lifecycle in named steps (admit, launch, expire, sync with the pod, watch) against the ClusterApi."""
 
 from __future__ import annotations
 
 import contextlib
+import enum
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 
-from codeexec import builders, egress, metrics, milestones, resolver, status
+from codeexec import builders, egress, metrics, milestones, queueing, resolver, status
 from codeexec.api import CONFLICT, ApiError, ClusterApi, ClusterFacts
 from codeexec.builders import ExecutionRef
 from codeexec.config import OperatorConfig
 from codeexec.egress import PinnedHost
 from codeexec.models import GROUP, VERSION
-from codeexec.validation import Plan, Rejection, parse_runtimes, plan_execution
-from codeexec.vocabulary import EXECUTION_UID_LABEL
+from codeexec.validation import Plan, Rejection, format_cpu, format_memory, parse_runtimes, plan_execution
+from codeexec.vocabulary import EXECUTION_UID_LABEL, QUEUED
 
 API_RETRY_DELAY = 5
 # Tries of a pod sync whose status patch conflicts with a concurrent change of the Execution.
@@ -27,47 +28,100 @@ PERMANENT_CREATE_ERRORS = (400, 403, 422)
 Admitted = tuple[Plan, tuple[PinnedHost, ...]]
 
 
-def start(api: ClusterApi, config: OperatorConfig, body: kopf.Body, logger: kopf.Logger) -> None:
-    """Validates a new Execution and creates its sandbox: ConfigMap, NetworkPolicy, then Pod."""
-    metrics.track(body["metadata"]["uid"], body.get("status", {}).get("phase"))
-    if body.get("status", {}).get("podName"):
-        return  # Its pod was created before: never start a second run.
-    if _already_started(api, execution_ref(body)):
-        return
+class Launch(enum.Enum):
+    """What launching a queued Execution came to."""
+
+    STARTED = "started"  # its sandbox exists (created now, or before): it holds capacity
+    REFUSED = "refused"  # the namespace's ResourceQuota or LimitRange refused the pod: it stays queued
+    ENDED = "ended"  # finished, rejected or gone: it holds nothing
+
+
+def admit_new(api: ClusterApi, config: OperatorConfig, body: kopf.Body, logger: kopf.Logger) -> Admitted | None:
+    """Validates a new Execution; None when it was rejected (status written) or a fresh read shows it
+    accepted, finished or gone already (the event's body can be seconds old: the listing after a restart)."""
+    latest = _fresh(api, execution_ref(body))
+    if latest is None or latest.get("status", {}).get("phase") is not None:
+        return None
     admitted = _admit(api.facts, config, body.get("spec", {}))
     if isinstance(admitted, Rejection):
         _reject(api, body, admitted, logger)
-        return
+        return None
+    return admitted
+
+
+def mark_pending(
+    api: ClusterApi, body: Mapping[str, Any], admitted: Admitted, waiting: queueing.Waiting | None
+) -> None:
+    """Pending goes first (once, before any pod exists), so it can never overwrite what pod events report
+    later; with the queue's position and message when the Execution does not start at once."""
     plan, pinned = admitted
-    _mark_pending(api, body, plan, pinned)
-    _create_sandbox(api, config, body, plan, pinned, logger)
+    resources = {"cpu": format_cpu(plan.cpu_millis), "memory": format_memory(plan.memory_bytes)}
+    patch = status.pending(body.get("status", {}), *_stamp(body), resources, egress.pinned_addresses(pinned))
+    if waiting is not None:
+        patch |= status.queued(waiting.position, waiting.message)
+    _write_status(api, body, patch, milestones.accepted(plan))
 
 
-def _already_started(api: ClusterApi, execution: ExecutionRef) -> bool:
-    """Whether the Execution has its sandbox or its outcome already; a sandbox created before a
-    restart but not yet recorded is recorded now (its pod events will tell the outcome)."""
-    sandbox = builders.child_name(execution)
+def write_position(api: ClusterApi, body: Mapping[str, Any], waiting: queueing.Waiting) -> None:
+    """A queued Execution's new position, on the version read only: a 409 means it changed meanwhile
+    (it may be running already), and the next refresh decides again."""
+    metadata = body["metadata"]
+    patch = status.queued(waiting.position, waiting.message)
+    try:
+        api.executions.patch_status(metadata["namespace"], metadata["name"], patch, metadata["resourceVersion"])
+    except ApiError as error:
+        if error.status != CONFLICT:
+            raise
+
+
+def launch(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, logger: kopf.Logger) -> tuple[Launch, str]:
+    """Creates the sandbox of an Execution the queue lets start, from fresh reads, and says what came of it
+    (with the API's message when a quota refused). A sandbox that exists already is recorded, never made twice."""
     # The pod first, then the Execution: a sandbox removed after the first read was removed after
     # its outcome was written, which the second read then shows. Never a second pod, never a rerun.
-    existing = api.sandboxes.read_pod(execution.namespace, sandbox)
-    if _started_or_finished(api, execution):
-        return True
-    if existing is None:
-        return False
-    _check_owned(existing, execution)
-    api.executions.patch_status(execution.namespace, execution.name, {"podName": sandbox})
-    return True
+    existing = api.sandboxes.read_pod(execution.namespace, builders.child_name(execution))
+    latest = _fresh(api, execution)
+    current = (latest or {}).get("status", {})
+    if latest is None or status.is_terminal(current.get("phase")):
+        return Launch.ENDED, ""
+    if current.get("podName"):
+        return Launch.STARTED, ""
+    if existing is not None:
+        # Created before a restart but not yet recorded: its pod events tell the outcome.
+        _check_owned(existing, execution)
+        api.executions.patch_status(execution.namespace, execution.name, {"podName": existing["metadata"]["name"]})
+        return Launch.STARTED, ""
+    admitted = _admit(api.facts, config, latest.get("spec", {}))
+    if isinstance(admitted, Rejection):
+        _reject(api, latest, admitted, logger)
+        return Launch.ENDED, ""
+    return _create_sandbox(api, config, latest, *admitted, logger)
 
 
-def _started_or_finished(api: ClusterApi, execution: ExecutionRef) -> bool:
-    """Whether a fresh read shows the Execution's pod recorded or its outcome written (or the Execution
-    gone). The event's body can be seconds old (the listing after a restart): a pod event may have
-    recorded the outcome meanwhile and removed the sandbox, which must not be created again."""
+def expire(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef) -> None:
+    """Fails an Execution whose queue deadline passed before it could start (QueueTimeout), on the version
+    read only, and removes what a refused start left (ConfigMap, NetworkPolicy)."""
+    existing = api.sandboxes.read_pod(execution.namespace, builders.child_name(execution))
+    latest = _fresh(api, execution)
+    current = (latest or {}).get("status", {})
+    if latest is None or existing is not None or current.get("podName") or status.is_terminal(current.get("phase")):
+        return  # gone, finished, or started after all: its pod decides
+    try:
+        _write_status(api, latest, status.queue_timeout(current, *_stamp(latest)), resource_version=_version(latest))
+    except ApiError as error:
+        if error.status != CONFLICT:
+            raise
+        return
+    if not config.keep_pods:
+        api.sandboxes.delete(execution.namespace, builders.child_name(execution))
+
+
+def _fresh(api: ClusterApi, execution: ExecutionRef) -> dict[str, Any] | None:
+    """The Execution as the API has it now; None when it is gone (or replaced by a namesake)."""
     latest = api.executions.read(execution.namespace, execution.name)
     if latest is None or latest["metadata"]["uid"] != execution.uid:
-        return True
-    current = latest.get("status", {})
-    return status.is_terminal(current.get("phase")) or bool(current.get("podName"))
+        return None
+    return latest
 
 
 def _admit(facts: ClusterFacts, config: OperatorConfig, spec: Mapping[str, Any]) -> Admitted | Rejection:
@@ -94,7 +148,7 @@ def pin_allowed_domains(facts: ClusterFacts, config: OperatorConfig, plan: Plan 
     return pinned if isinstance(pinned, Rejection) else (plan, pinned)
 
 
-def _reject(api: ClusterApi, body: kopf.Body, rejection: Rejection, logger: kopf.Logger) -> None:
+def _reject(api: ClusterApi, body: Mapping[str, Any], rejection: Rejection, logger: kopf.Logger) -> None:
     """The Execution will never run: Rejected (or Failed, for a missing RuntimeClass), with the reason."""
     # Info, not warning: the Warning Event comes from _write_status, with the reason.
     logger.info(f"{rejection.reason}: {rejection.message}")
@@ -102,26 +156,19 @@ def _reject(api: ClusterApi, body: kopf.Body, rejection: Rejection, logger: kopf
     _write_status(api, body, patch)
 
 
-def _mark_pending(api: ClusterApi, body: kopf.Body, plan: Plan, pinned: tuple[PinnedHost, ...]) -> None:
-    """Pending goes first (once), so it can never overwrite what pod events report later."""
-    current = body.get("status", {})
-    if current.get("phase") is None:
-        patch = status.pending(current, *_stamp(body), egress.pinned_addresses(pinned))
-        _write_status(api, body, patch, milestones.accepted(plan))
-
-
 def _create_sandbox(
     api: ClusterApi,
     config: OperatorConfig,
-    body: kopf.Body,
+    latest: Mapping[str, Any],
     plan: Plan,
     pinned: tuple[PinnedHost, ...],
     logger: kopf.Logger,
-) -> None:
-    """Creates the ConfigMap, the NetworkPolicy, then the pod, and records the pod's name. A creation
-    the API server refuses for good fails the Execution; other errors are retried."""
-    execution = execution_ref(body)
+) -> tuple[Launch, str]:
+    """Creates the ConfigMap, the NetworkPolicy, then the pod. A quota's refusal keeps the Execution
+    queued with the API's message; another refusal for good fails it; other errors are retried."""
+    execution = execution_ref(latest)
     sandbox = builders.child_name(execution)  # the pod's, ConfigMap's and NetworkPolicy's name
+    current = latest.get("status", {})
     probe = egress.isolation_probe(api.facts.api_service())
     children = [
         builders.configmap(execution, plan),
@@ -133,69 +180,88 @@ def _create_sandbox(
         for child in children:
             # Not kopf.adopt: it would copy the Execution's labels onto the pod, and a
             # user label could make other NetworkPolicies select (and open) the sandbox.
-            kopf.append_owner_reference(child, owner=body)
+            kopf.append_owner_reference(child, owner=kopf.Body(cast(kopf.RawBody, dict(latest))))
             _check_owned(api.sandboxes.create(child), execution)
     except ApiError as error:
+        if queueing.is_quota_refusal(error.status, str(error)):
+            patch = status.queued(current.get("queuePosition"), str(error))
+            if current.get("message") != patch["message"]:
+                api.executions.patch_status(execution.namespace, execution.name, patch)
+            return Launch.REFUSED, str(error)
         if error.status not in PERMANENT_CREATE_ERRORS:
             raise
         logger.info(f"sandbox not created: {error}")
-        _write_status(api, body, status.sandbox_not_created(body.get("status", {}), str(error), *_stamp(body)))
+        _write_status(api, latest, status.sandbox_not_created(current, str(error), *_stamp(latest)))
         if not config.keep_pods:
             api.sandboxes.delete(execution.namespace, sandbox)
-        return
-    created: dict[str, Any] = {"podName": sandbox}
+        return Launch.ENDED, ""
     resolved_addresses = egress.pinned_addresses(pinned)
-    if resolved_addresses:
-        created["resolvedAddresses"] = resolved_addresses  # as pinned now, also after a resume
-    api.executions.patch_status(execution.namespace, execution.name, created)
-    _announce(body, milestones.sandbox_created(sandbox))
+    if resolved_addresses and resolved_addresses != current.get("resolvedAddresses"):
+        # As pinned now: re-resolved since the acceptance (the queue) or before a restart.
+        api.executions.patch_status(execution.namespace, execution.name, {"resolvedAddresses": resolved_addresses})
+    waited = max(0.0, (_now() - status.parse_time(latest["metadata"]["creationTimestamp"])).total_seconds())
+    metrics.dequeued(waited)
+    if current.get("reason") == QUEUED:
+        _announce(latest, milestones.dequeued(waited))
+    _announce(latest, milestones.sandbox_created(sandbox))
+    return Launch.STARTED, ""
 
 
-def watch(api: ClusterApi, config: OperatorConfig, body: Mapping[str, Any]) -> None:
-    """Catches what pod events cannot: start deadlines, vanished pods, missed events, TTL."""
+def watch(api: ClusterApi, config: OperatorConfig, body: Mapping[str, Any], launched: bool) -> bool:
+    """Catches what pod events cannot: start deadlines, vanished pods, missed events, TTL. `launched`: this
+    process created its sandbox, not yet recorded in the status. True when it wrote a final phase."""
     current = body.get("status", {})
     execution = execution_ref(body)
     if status.is_terminal(current.get("phase")):
         ttl = body.get("spec", {}).get("ttlSecondsAfterFinished")
         if status.ttl_expired(current, ttl, _now()):
             api.executions.delete(execution.namespace, execution.name)
-        return
+        return False
     pod_name = current.get("podName")
     if pod_name:
-        sync_with_pod(api, config, execution, api.sandboxes.read_pod(execution.namespace, pod_name))
+        return sync_with_pod(api, config, execution, api.sandboxes.read_pod(execution.namespace, pod_name))
+    if launched:
+        # Not yet recorded: a missing pod may be one still being created, so only a pod found counts.
+        pod = api.sandboxes.read_pod(execution.namespace, builders.child_name(execution))
+        if pod is not None:
+            return sync_with_pod(api, config, execution, pod)
+    return False
 
 
 def sync_with_pod(
     api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, pod: Mapping[str, Any] | None
-) -> None:
+) -> bool:
     """_sync_once, again on a fresh read when the Execution changed between its read and its patch
-    (409): Kopf never retries an event handler, and the timer would only try seconds later."""
+    (409): Kopf never retries an event handler, and the timer would only try seconds later. True when
+    it wrote a final phase (a slot of the queue is free)."""
     for attempt in range(1, SYNC_ATTEMPTS + 1):
         try:
-            _sync_once(api, config, execution, pod)
-            return
+            return _sync_once(api, config, execution, pod)
         except ApiError as error:
             if error.status != CONFLICT or attempt == SYNC_ATTEMPTS:
                 raise
+    return False
 
 
-def _sync_once(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, pod: Mapping[str, Any] | None) -> None:
+def _sync_once(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, pod: Mapping[str, Any] | None) -> bool:
     """Writes what the pod (or its absence) says into the Execution, then removes a finished
-    sandbox. Reads the Execution afresh and patches only that version of it."""
+    sandbox. Reads the Execution afresh and patches only that version of it. True when it wrote a final phase."""
     latest = api.executions.read(execution.namespace, execution.name)
     if latest is None or latest["metadata"]["uid"] != execution.uid:
         metrics.forget(execution.uid)
-        return  # The owner is gone; garbage collection removes the pod.
+        return False  # The owner is gone; garbage collection removes the pod.
     finished = status.is_terminal(latest.get("status", {}).get("phase"))
+    ended_now = False
     if not finished:
         patch = _status_from_pod(api, config, latest, pod)
         if patch is None:
-            return
-        _write_status(api, latest, patch, resource_version=latest["metadata"]["resourceVersion"])
-        finished = status.is_terminal(patch["phase"])
+            return False
+        _write_status(api, latest, patch, resource_version=_version(latest))
+        finished = ended_now = status.is_terminal(patch.get("phase"))
     being_deleted = pod is not None and pod["metadata"].get("deletionTimestamp")
     if finished and pod is not None and not being_deleted and not config.keep_pods:
         api.sandboxes.delete(execution.namespace, pod["metadata"]["name"])
+    return ended_now
 
 
 def _status_from_pod(
@@ -208,7 +274,7 @@ def _status_from_pod(
     report = None
     if status.sandbox_terminated(pod):
         report = api.sandboxes.read_report(latest["metadata"]["namespace"], pod["metadata"]["name"])
-    return status.from_pod(current, pod, report, config, *_stamp(latest))
+    return status.from_pod(current, pod, report, config, *_stamp(latest), queueing.queue_deadline(latest, config))
 
 
 def _write_status(
@@ -263,6 +329,11 @@ def owner_of(pod: Mapping[str, Any]) -> ExecutionRef | None:
 def execution_ref(body: Mapping[str, Any]) -> ExecutionRef:
     metadata = body["metadata"]
     return ExecutionRef(metadata["namespace"], metadata["name"], metadata["uid"])
+
+
+def _version(body: Mapping[str, Any]) -> str:
+    version: str = body["metadata"]["resourceVersion"]
+    return version
 
 
 def _stamp(body: Mapping[str, Any]) -> tuple[datetime, int]:

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator: Executions by phase and language, run durations, Executions in flight."""
+"""Prometheus metrics of the operator: Executions by phase and language, run times, in flight, queued, queue wait."""
 
 from __future__ import annotations
 
@@ -28,6 +28,16 @@ DURATION = Histogram(
 IN_FLIGHT = Gauge(
     "codeexec_executions_in_flight",
     "Accepted Executions not yet finished (Pending or Running) that this operator process knows of.",
+)
+
+QUEUED = Gauge(
+    "codeexec_executions_queued",
+    "Accepted Executions waiting in the queue for capacity, as of this operator's last dispatch decision.",
+)
+QUEUE_WAIT = Histogram(
+    "codeexec_queue_wait_seconds",
+    "From an Execution's creation to the creation of its sandbox.",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
 )
 
 # uids, not a counter: adding and removing the same Execution twice (a retried handler, a resumed
@@ -74,3 +84,8 @@ def track(uid: str, phase: str | None) -> None:
 def forget(uid: str) -> None:
     """An Execution that is gone is no longer in flight."""
     _in_flight.discard(uid)
+
+
+def dequeued(waited_seconds: float) -> None:
+    """A sandbox was created this long after its Execution."""
+    QUEUE_WAIT.observe(waited_seconds)

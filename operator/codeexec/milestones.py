@@ -8,7 +8,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from codeexec.validation import Plan, format_cpu, format_memory
-from codeexec.vocabulary import EVENT_ACCEPTED, EVENT_NORMAL, EVENT_SANDBOX_CREATED, EVENT_STARTED, EVENT_WARNING, Phase
+from codeexec.vocabulary import (
+    EVENT_ACCEPTED,
+    EVENT_DEQUEUED,
+    EVENT_NORMAL,
+    EVENT_SANDBOX_CREATED,
+    EVENT_STARTED,
+    EVENT_WARNING,
+    Phase,
+)
 
 
 @dataclass(frozen=True)
@@ -27,6 +35,10 @@ def accepted(plan: Plan) -> Milestone:
         f"Runtime {plan.runtime_name}, timeout {plan.timeout_seconds}s, "
         f"cpu {format_cpu(plan.cpu_millis)}, memory {format_memory(plan.memory_bytes)}",
     )
+
+
+def dequeued(waited_seconds: float) -> Milestone:
+    return Milestone(EVENT_NORMAL, EVENT_DEQUEUED, f"Left the queue after waiting {waited_seconds:.0f} s")
 
 
 def sandbox_created(pod_name: str) -> Milestone:

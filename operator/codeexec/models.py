@@ -25,6 +25,8 @@ MAX_ARGS = 64
 MAX_ENV_VARS = 64
 MAX_ALLOWED_DOMAINS = 32
 MAX_TIMEOUT_SECONDS = 3600
+# A day: an upper bound for the schema; the operator's max_queue_timeout_seconds is the real limit.
+MAX_QUEUE_TIMEOUT_SECONDS = 86400
 
 RESERVED_ENV_PREFIX = "CODEEXEC_"
 # Go RE2 (the API server) and Rust regex (pydantic) both accept these: no lookaround.
@@ -204,6 +206,16 @@ class ExecutionSpec(Model):
         ge=0,
         description="Delete the Execution this many seconds after it finished. Absent: keep it.",
     )
+    queue_timeout_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_QUEUE_TIMEOUT_SECONDS,
+        description=(
+            "How long the Execution may wait in the queue for capacity, counted from its creation; still "
+            "waiting then: Failed with reason QueueTimeout. Absent: the operator's default (600 unless "
+            "configured); above the operator's maximum: Rejected (QueueTimeoutTooLong)."
+        ),
+    )
 
     @field_validator("input")
     @classmethod
@@ -303,6 +315,16 @@ class ExecutionStatus(Model):
     finished_at: Timestamp | None = Field(default=None, description="When the Execution reached its final phase.")
     duration_ms: int | None = Field(default=None, description="Run time of the program in ms.")
     pod_name: str | None = Field(default=None, description="Name of the sandbox pod.")
+    queue_position: int | None = Field(
+        default=None,
+        description=(
+            "Place in the cluster-wide queue (1: starts next) while the Execution waits for capacity "
+            "(reason Queued); refreshed every little while, removed once it runs."
+        ),
+    )
+    resources: Resources | None = Field(
+        default=None, description="CPU and memory the sandbox gets (requests equal limits), as accepted."
+    )
     resolved_addresses: list[str] | None = Field(
         default=None, description="Addresses the allowed domains resolved to, as pinned."
     )

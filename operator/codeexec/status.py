@@ -22,6 +22,8 @@ from codeexec.vocabulary import (
     OOM_KILLED,
     POD_DELETED,
     POD_FAILED,
+    QUEUE_TIMEOUT,
+    QUEUED,
     REPORT_MISSING,
     RUNTIME_CLASS_MISSING,
     SANDBOX_CONTAINER,
@@ -72,10 +74,18 @@ def rejected(status: Status, reason: str, message: str, now: datetime, generatio
     return patch
 
 
-def pending(status: Status, now: datetime, generation: int, resolved_addresses: Sequence[str] = ()) -> Patch:
+def pending(
+    status: Status,
+    now: datetime,
+    generation: int,
+    resources: Mapping[str, str],
+    resolved_addresses: Sequence[str] = (),
+) -> Patch:
+    """Accepted: the sandbox's resources are fixed; it is created now or when the queue lets it."""
     patch: Patch = {
         "phase": Phase.PENDING.value,
         "observedGeneration": generation,
+        "resources": dict(resources),
         "conditions": _with_condition(
             status.get("conditions", []),
             CONDITION_ACCEPTED,
@@ -89,6 +99,23 @@ def pending(status: Status, now: datetime, generation: int, resolved_addresses: 
     if resolved_addresses:
         patch["resolvedAddresses"] = list(resolved_addresses)
     return patch
+
+
+def queued(position: int | None, message: str) -> Patch:
+    """Waiting for capacity (Pending stays the phase, so `kubectl wait` works as before)."""
+    return {"reason": QUEUED, "message": _join(message, None), "queuePosition": position}
+
+
+def queue_timeout(status: Status, now: datetime, generation: int) -> Patch:
+    """The queue deadline (creation + spec.queueTimeoutSeconds) passed while it waited; says what for."""
+    return _finished(
+        status,
+        Phase.FAILED,
+        QUEUE_TIMEOUT,
+        _join("Still waiting at the queue deadline (spec.queueTimeoutSeconds from creation)", status.get("message")),
+        now,
+        generation,
+    )
 
 
 def pod_deleted(status: Status, now: datetime, generation: int) -> Patch:
@@ -120,8 +147,10 @@ def from_pod(
     config: OperatorConfig,
     now: datetime,
     generation: int,
+    queue_deadline: datetime | None = None,
 ) -> Patch | None:
-    """What the pod says about the Execution; None when it changes nothing."""
+    """What the pod says about the Execution; None when it changes nothing. A pod the scheduler cannot
+    place for lack of CPU or memory waits as Queued until `queue_deadline`."""
     if is_terminal(status.get("phase")):
         return None
     state = _container_status(pod).get("state", {})
@@ -172,10 +201,17 @@ def from_pod(
             "startedAt": running.get("startedAt") or rfc3339(now),
             "podName": _pod_name(pod),
             "observedGeneration": generation,
+            **_left_queue(status),
         }
 
-    created = pod.get("metadata", {}).get("creationTimestamp")
-    if created and (now - parse_time(created)).total_seconds() > config.start_deadline_seconds:
+    no_room = _lacking_capacity(pod.get("status", {}))
+    if no_room is not None:
+        if queue_deadline is not None and now >= queue_deadline:
+            return {**queue_timeout(status, now, generation), "podName": _pod_name(pod)}
+        patch = queued(None, f"waiting for capacity: {no_room}")
+        return None if status.get("message") == patch["message"] else patch
+    started = _start_clock(pod)
+    if started and (now - started).total_seconds() > config.start_deadline_seconds:
         reason, message = _start_failure(pod.get("status", {}), waiting, config)
         return _finished(status, Phase.FAILED, reason, message, now, generation, podName=_pod_name(pod))
     return None
@@ -323,6 +359,34 @@ def _cap_logs(report: Report) -> tuple[list[dict[str, str]], bool]:
     return kept, len(kept) < len(report.logs)
 
 
+def _left_queue(status: Status) -> Patch:
+    """Removes what the queue wrote (merge patch: null deletes)."""
+    if status.get("reason") == QUEUED or status.get("queuePosition") is not None:
+        return {"reason": None, "message": None, "queuePosition": None}
+    return {}
+
+
+def _lacking_capacity(pod_status: Mapping[str, Any]) -> str | None:
+    """The scheduler's message when it found no node with enough free CPU or memory for the pod."""
+    for condition in pod_status.get("conditions", []):
+        if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+            message = condition.get("message") or ""
+            return message if "Insufficient" in message else None
+    return None
+
+
+def _start_clock(pod: Mapping[str, Any]) -> datetime | None:
+    """When the start deadline began: the pod's creation, or its scheduling if later (it may have waited
+    for room as Queued before)."""
+    created = pod.get("metadata", {}).get("creationTimestamp")
+    moments = [parse_time(created)] if created else []
+    for condition in pod.get("status", {}).get("conditions", []):
+        scheduled = condition.get("type") == "PodScheduled" and condition.get("status") == "True"
+        if scheduled and condition.get("lastTransitionTime"):
+            moments.append(parse_time(condition["lastTransitionTime"]))
+    return max(moments, default=None)
+
+
 def _start_failure(
     pod_status: Mapping[str, Any], waiting: Mapping[str, Any], config: OperatorConfig
 ) -> tuple[str, str]:
@@ -345,6 +409,7 @@ def _finished(
     return {
         "finishedAt": rfc3339(now),
         **fields,
+        **({"queuePosition": None} if status.get("queuePosition") is not None else {}),
         "phase": phase.value,
         "reason": reason,
         "message": message,

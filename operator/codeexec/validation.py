@@ -26,6 +26,7 @@ from codeexec.models import (
 from codeexec.vocabulary import (
     CODE_TOO_LARGE,
     INVALID_SPEC,
+    QUEUE_TIMEOUT_TOO_LONG,
     RESOURCES_TOO_LARGE,
     RUNTIME_CLASS_MISSING,
     TIMEOUT_TOO_LONG,
@@ -103,6 +104,7 @@ class Plan:
     timeout_seconds: int
     cpu_millis: int
     memory_bytes: int
+    queue_timeout_seconds: int
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ExecutionSpec | Rejection:
@@ -161,6 +163,9 @@ def _plan_parsed(
     timeout = _resolve_timeout(spec, runtime_name, runtime, config)
     if isinstance(timeout, Rejection):
         return timeout
+    queue_timeout = resolve_queue_timeout(spec.queue_timeout_seconds, config)
+    if isinstance(queue_timeout, Rejection):
+        return queue_timeout
 
     cpu = _resolve_quantity("cpu", spec, runtime_name, runtime, config)
     if isinstance(cpu, Rejection):
@@ -174,7 +179,7 @@ def _plan_parsed(
             RUNTIME_CLASS_MISSING,
             f'RuntimeClass "{config.runtime_class}" does not exist; the operator runs no sandbox without it',
         )
-    return Plan(spec, runtime_name, runtime, timeout, cpu, memory)
+    return Plan(spec, runtime_name, runtime, timeout, cpu, memory, queue_timeout)
 
 
 def find_runtime(language: str, runtimes: Mapping[str, RuntimeSpec]) -> tuple[str, RuntimeSpec] | None:
@@ -218,6 +223,18 @@ def _resolve_timeout(
             f"spec.timeoutSeconds {spec.timeout_seconds} exceeds the maximum {maximum} for runtime {runtime_name}",
         )
     return spec.timeout_seconds
+
+
+def resolve_queue_timeout(requested: int | None, config: OperatorConfig) -> int | Rejection:
+    """spec.queueTimeoutSeconds, or the operator's default (shortened to its maximum, never rejected)."""
+    maximum = config.max_queue_timeout_seconds
+    if requested is None:
+        return min(config.default_queue_timeout_seconds, maximum)
+    if requested > maximum:
+        return Rejection(
+            QUEUE_TIMEOUT_TOO_LONG, f"spec.queueTimeoutSeconds {requested} exceeds the operator's maximum {maximum}"
+        )
+    return requested
 
 
 def _resolve_quantity(

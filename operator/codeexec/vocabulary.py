@@ -46,6 +46,9 @@ REPORT_MISSING = "ReportMissing"  # Failed: no trusted runner report; output and
 DOMAIN_NOT_ALLOWED = "DomainNotAllowed"  # Rejected: an allowed domain resolves to an address sandboxes never reach.
 DOMAIN_UNRESOLVABLE = "DomainUnresolvable"  # Rejected: an allowed domain does not resolve.
 NETWORK_NOT_ISOLATED = "NetworkNotIsolated"  # Failed: the NetworkPolicy was not enforced, so the code never ran.
+QUEUED = "Queued"  # Pending: accepted, waiting in the queue for capacity (status.queuePosition says where).
+QUEUE_TIMEOUT = "QueueTimeout"  # Failed: still queued when spec.queueTimeoutSeconds had passed since creation.
+QUEUE_TIMEOUT_TOO_LONG = "QueueTimeoutTooLong"  # Rejected: spec.queueTimeoutSeconds above the operator's maximum.
 
 # Condition types in status.conditions.
 CONDITION_ACCEPTED = "Accepted"  # True once the spec is valid; False with the rejection's reason.
@@ -55,6 +58,7 @@ CONDITION_FINISHED = "Finished"  # True once the phase is final, with the final 
 EVENT_NORMAL = "Normal"  # Event type of progress and of success.
 EVENT_WARNING = "Warning"  # Event type of every other final phase.
 EVENT_ACCEPTED = "Accepted"  # Reason of the Event that names the runtime and limits chosen.
+EVENT_DEQUEUED = "Dequeued"  # Reason of the Event when an Execution that waited leaves the queue.
 EVENT_SANDBOX_CREATED = "SandboxCreated"  # Reason of the Event once the pod, ConfigMap and NetworkPolicy exist.
 EVENT_STARTED = "Started"  # Reason of the Event once the program runs.
 # The Event of the final phase has the status's reason.

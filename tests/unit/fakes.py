@@ -1,6 +1,8 @@
-"""The one fake of the ClusterApi for unit tests: one Execution, its pod and the cluster's facts; records every call."""
+"""The one fake of the ClusterApi for unit tests: Executions, their pods and the cluster's facts; records every call."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from codeexec.api import CONFLICT, ApiError, Body, ClusterApi
 from codeexec.report import Report
@@ -10,24 +12,53 @@ NAMESPACE, NAME = "team", "hello"
 POD_NAME = f"{NAME}-{factories.UID[:8]}"
 PYTHON_RUNTIME = {"metadata": {"name": "python"}, "spec": factories.PYTHON.model_dump(by_alias=True, exclude_none=True)}
 API_SERVICE = {"spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 443}]}}
+CREATED = "2030-01-02T03:00:00Z"
+# One Ready node with room for four default sandboxes (500m, 256Mi each).
+NODE = {
+    "metadata": {"name": "node-1"},
+    "status": {"allocatable": {"cpu": "2", "memory": "4Gi"}, "conditions": [{"type": "Ready", "status": "True"}]},
+}
+
+
+def execution(name: str = NAME, uid: str = factories.UID, namespace: str = NAMESPACE, **status: Any) -> Body:
+    """An Execution as the API returns it."""
+    return {
+        "apiVersion": "codeexec.io/v1alpha1",
+        "kind": "Execution",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "uid": uid,
+            "resourceVersion": "1",
+            "generation": 1,
+            "creationTimestamp": CREATED,
+        },
+        "spec": factories.spec(),
+        "status": status,
+    }
 
 
 class FakeExecutions:
-    """Holds one Execution; status patches with a resourceVersion fail with 409 while `conflicts` lasts."""
+    """Holds Executions by namespace and name (`execution`: the first one); applies status patches, and
+    fails those with a resourceVersion with 409 while `conflicts` lasts."""
 
     def __init__(self, calls: list[str], execution_status: Body) -> None:
         self._calls = calls
-        self.execution: Body = {
-            "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": factories.UID, "resourceVersion": "1"},
-            "spec": factories.spec(),
-            "status": execution_status,
-        }
+        self.items: dict[tuple[str, str], Body] = {}
+        self.add(execution(**execution_status))
         self.patches: list[Body] = []
         self.conflicts = 0
 
+    @property
+    def execution(self) -> Body:
+        return self.items[NAMESPACE, NAME]
+
+    def add(self, item: Body) -> None:
+        self.items[item["metadata"]["namespace"], item["metadata"]["name"]] = item
+
     def read(self, namespace: str, name: str) -> Body | None:
         self._calls.append("read_execution")
-        return self.execution
+        return self.items.get((namespace, name))
 
     def patch_status(self, namespace: str, name: str, status: Body, resource_version: str | None = None) -> None:
         self._calls.append("patch_execution_status")
@@ -35,25 +66,43 @@ class FakeExecutions:
             self.conflicts -= 1
             raise ApiError("409 Conflict", CONFLICT)
         self.patches.append(status)
+        current = self.items[namespace, name].setdefault("status", {})
+        for key, value in status.items():  # a merge patch: null deletes
+            if value is None:
+                current.pop(key, None)
+            else:
+                current[key] = value
 
     def delete(self, namespace: str, name: str) -> None:
         self._calls.append("delete_execution")
 
 
 class FakeSandboxes:
-    """Holds the sandbox pod (None: there is none); creating returns what it was given."""
+    """Holds pods by namespace and name (`pod`: the first Execution's); creating a pod stores it, or raises
+    `refusal` while it is set."""
 
     def __init__(self, calls: list[str], pod: Body | None) -> None:
         self._calls = calls
-        self.pod = pod
+        self.pods: dict[tuple[str, str], Body] = {}
+        if pod is not None:
+            self.pods[NAMESPACE, POD_NAME] = pod
+        self.refusal: ApiError | None = None
+
+    @property
+    def pod(self) -> Body | None:
+        return self.pods.get((NAMESPACE, POD_NAME))
 
     def create(self, child: Body) -> Body:
         self._calls.append(f"create_{child['kind'].lower()}")
+        if child["kind"] == "Pod":
+            if self.refusal is not None:
+                raise self.refusal
+            self.pods[child["metadata"]["namespace"], child["metadata"]["name"]] = child
         return child
 
     def read_pod(self, namespace: str, name: str) -> Body | None:
         self._calls.append("read_pod")
-        return self.pod
+        return self.pods.get((namespace, name))
 
     def read_report(self, namespace: str, pod_name: str) -> Report | None:
         self._calls.append("read_report")
@@ -61,16 +110,18 @@ class FakeSandboxes:
 
     def delete(self, namespace: str, name: str) -> None:
         self._calls.append("delete_sandbox")
+        self.pods.pop((namespace, name), None)
 
 
 class FakeClusterFacts:
-    """The Python Runtime (or `runtimes_error` when listing), a RuntimeClass, and the cluster's networks;
-    counts the reads of network objects."""
+    """The Python Runtime (or `runtimes_error` when listing), a RuntimeClass, one node, other pods, and the
+    cluster's networks; counts the reads of network objects."""
 
     def __init__(self, runtimes: list[Body], runtimes_error: ApiError | None) -> None:
         self.runtimes = runtimes
         self.runtimes_error = runtimes_error
-        self.nodes: list[Body] = []
+        self.nodes: list[Body] = [NODE]
+        self.other_pods: list[Body] = []
         self.api_endpoint_slices: list[Body] = []
         self.service_cidr_objects: list[Body] = []
         self.network_reads = 0
@@ -93,9 +144,12 @@ class FakeClusterFacts:
     def service_cidrs(self) -> list[Body]:
         return self.service_cidr_objects
 
+    def pods(self) -> list[Body]:
+        return self.other_pods
+
 
 class FakeCluster:
-    """The ClusterApi of one Execution; `calls` lists the recorded calls of all parts in order."""
+    """The ClusterApi of a few Executions; `calls` lists the recorded calls of all parts in order."""
 
     def __init__(
         self,

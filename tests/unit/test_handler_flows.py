@@ -1,93 +1,310 @@
-"""The lifecycle's orchestration, as Kopf's handlers call it, against the fake ClusterApi: restarts and
-write conflicts."""
+"""The lifecycle and the queue's dispatch, as Kopf's handlers call them, against the fake ClusterApi:
+queueing and starting, slots freed, quota refusals, queue deadlines, restarts, a lagging index, write
+conflicts, and the status writes an Execution costs."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import kopf
 import pytest
 
-from codeexec import handlers, lifecycle
+from codeexec import dispatch, handlers, lifecycle, milestones, queueing, status
 from codeexec.api import ApiError
-from codeexec.builders import ExecutionRef
+from codeexec.builders import ExecutionRef, child_name
 from codeexec.config import OperatorConfig
+from codeexec.dispatch import Dispatcher
 from tests.unit import factories
-from tests.unit.fakes import NAME, NAMESPACE, POD_NAME, FakeCluster
+from tests.unit.fakes import NAME, NAMESPACE, POD_NAME, FakeCluster, execution
+
+LOGGER = logging.getLogger("test")
 
 
 @pytest.fixture(autouse=True)
-def no_events(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Kubernetes Events need a running operator; metrics stay as they are.
-    monkeypatch.setattr(lifecycle, "_announce", lambda *_: None)
+def events(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Kubernetes Events need a running operator: the reasons announced instead."""
+    announced: list[str] = []
+    monkeypatch.setattr(lifecycle, "_announce", lambda _, milestone: milestone and announced.append(milestone.reason))
+    return announced
 
 
-def start(cluster: FakeCluster, body_status: dict[str, Any] | None = None) -> None:
-    """start_execution as Kopf calls it, with an event body whose status may be older than the API's."""
-    body = kopf.Body(
-        {
-            "apiVersion": "codeexec.io/v1alpha1",
-            "kind": "Execution",
-            "metadata": {"name": NAME, "namespace": NAMESPACE, "uid": factories.UID, "generation": 1},
-            "spec": factories.spec(),
-            "status": body_status or {},
-        }
-    )
-    memo = kopf.Memo(config=OperatorConfig(), cluster=cluster)
-    handlers.start_execution(body=body, memo=memo, logger=logging.getLogger("test"))
+class LiveIndex(Mapping[str, list[queueing.Entry]]):
+    """Kopf's index over the fake's Executions, up to date (or frozen as of `freeze`: a lagging watch)."""
+
+    def __init__(self, cluster: FakeCluster, config: OperatorConfig) -> None:
+        self._cluster, self._config = cluster, config
+        self.frozen: list[queueing.Entry] | None = None
+
+    def entries(self) -> list[queueing.Entry]:
+        if self.frozen is not None:
+            return self.frozen
+        items = self._cluster.executions.items.values()
+        return [queueing.entry(i, self._config) for i in items if not status.is_terminal(i["status"].get("phase"))]
+
+    def freeze(self) -> None:
+        self.frozen = self.entries()
+
+    def __getitem__(self, key: str) -> list[queueing.Entry]:
+        assert key == handlers.QUEUE
+        return self.entries()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([handlers.QUEUE])
+
+    def __len__(self) -> int:
+        return 1
 
 
-def owned_pod(**fields: Any) -> dict[str, Any]:
+class Operator:
+    """The handlers with their memo, as Kopf runs them, over one FakeCluster."""
+
+    def __init__(self, cluster: FakeCluster | None = None, **settings: Any) -> None:
+        self.cluster = cluster or FakeCluster({})
+        self.config = OperatorConfig(**settings)
+        self.dispatcher = Dispatcher(self.cluster, self.config)
+        self.memo = kopf.Memo(config=self.config, cluster=self.cluster, dispatcher=self.dispatcher)
+        self.index = LiveIndex(self.cluster, self.config)
+
+    def add(self, name: str, uid: str, namespace: str = NAMESPACE, **body_status: Any) -> dict[str, Any]:
+        item = execution(name, uid, namespace, **body_status)
+        self.cluster.executions.add(item)
+        return item
+
+    def start(self, name: str = NAME, namespace: str = NAMESPACE, body_status: dict[str, Any] | None = None) -> None:
+        """start_execution with the event's body, whose status may be older than the API's."""
+        current = self.cluster.executions.items[namespace, name]
+        body = {**current, "status": body_status if body_status is not None else dict(current["status"])}
+        kwargs = {handlers.QUEUE_INDEX: self.index}
+        handlers.start_execution(body=kopf.Body(body), memo=self.memo, logger=LOGGER, **kwargs)
+
+    def finish(self, name: str = NAME, namespace: str = NAMESPACE) -> None:
+        """The sandbox's pod ended with exit code 0: its pod event."""
+        item = self.cluster.executions.items[namespace, name]
+        pod = owned_pod(item["metadata"]["uid"], phase="Succeeded", state=factories.terminated(0))
+        pod["metadata"]["name"] = child_name(lifecycle.execution_ref(item))
+        pod["metadata"]["ownerReferences"] = [
+            {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": name, "uid": item["metadata"]["uid"]}
+        ]
+        kwargs = {handlers.QUEUE_INDEX: self.index}
+        handlers.pod_event(event={"type": "MODIFIED"}, body=kopf.Body(pod), memo=self.memo, logger=LOGGER, **kwargs)
+
+    def tick(self, name: str = NAME, namespace: str = NAMESPACE) -> None:
+        """watch_execution's timer for one Execution."""
+        body = kopf.Body(dict(self.cluster.executions.items[namespace, name]))
+        kwargs = {handlers.QUEUE_INDEX: self.index}
+        handlers.watch_execution(body=body, memo=self.memo, logger=LOGGER, **kwargs)
+
+    def status(self, name: str = NAME) -> dict[str, Any]:
+        found: dict[str, Any] = self.cluster.executions.items[NAMESPACE, name]["status"]
+        return found
+
+    def pods(self) -> list[str]:
+        return sorted(name for _, name in self.cluster.sandboxes.pods)
+
+
+def owned_pod(uid: str = factories.UID, **fields: Any) -> dict[str, Any]:
     pod = factories.pod(**fields)
-    pod["metadata"]["labels"] = {"codeexec.io/execution-uid": factories.UID}
+    pod["metadata"]["labels"] = {"codeexec.io/execution-uid": uid}
     return pod
 
 
-def test_a_new_execution_gets_its_sandbox() -> None:
-    cluster = FakeCluster({})
-    start(cluster)
-    assert cluster.calls[:2] == ["read_pod", "read_execution"]
-    assert [call for call in cluster.calls if call.startswith("create_")] == [
-        "create_configmap",
-        "create_networkpolicy",
-        "create_pod",
+def creates(cluster: FakeCluster) -> list[str]:
+    return [call for call in cluster.calls if call.startswith("create_")]
+
+
+# --- A new Execution ------------------------------------------------------------------------------------
+
+
+def test_a_new_execution_with_room_gets_its_sandbox_at_once() -> None:
+    operator = Operator()
+    operator.start()
+    assert creates(operator.cluster) == ["create_configmap", "create_networkpolicy", "create_pod"]
+    assert operator.pods() == [POD_NAME]
+    [accepted] = operator.cluster.executions.patches
+    assert accepted["phase"] == "Pending" and accepted["resources"] == {"cpu": "500m", "memory": "256Mi"}
+    assert "reason" not in accepted and "queuePosition" not in accepted
+
+
+def test_a_new_execution_without_room_waits_visibly_with_its_position() -> None:
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-1", phase="Running", podName="first-pod", resources={"cpu": "500m"})
+    operator.start()
+    assert operator.pods() == [], "no sandbox while the limit is reached"
+    current = operator.status()
+    assert (current["phase"], current["reason"], current["queuePosition"]) == ("Pending", "Queued", 1)
+    assert current["message"] == "waiting for capacity: 1 of 1 sandboxes running in the cluster."
+
+
+def test_a_finished_run_starts_the_next_in_line_at_once(events: list[str]) -> None:
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-first", phase="Pending", resources={"cpu": "500m", "memory": "256Mi"})
+    operator.start("first")
+    operator.start()
+    assert operator.pods() == ["first-uid-firs"]
+    assert operator.status()["reason"] == "Queued"
+    operator.finish("first")
+    assert operator.status("first")["phase"] == "Succeeded"
+    assert operator.pods() == [POD_NAME], "the queued one starts when the slot frees, not at the next timer"
+    assert events[-2:] == ["Dequeued", "SandboxCreated"]
+
+
+def test_the_success_path_costs_three_status_writes() -> None:
+    operator = Operator()
+    operator.start()
+    pod = owned_pod(phase="Running", state={"running": {"startedAt": factories.timestamp(factories.NOW)}})
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": NAME, "uid": factories.UID}
     ]
-    assert cluster.executions.patches[-1] == {"podName": POD_NAME}
+    kwargs = {handlers.QUEUE_INDEX: operator.index}
+    handlers.pod_event(event={"type": "MODIFIED"}, body=kopf.Body(pod), memo=operator.memo, logger=LOGGER, **kwargs)
+    operator.finish()
+    phases = [patch.get("phase") for patch in operator.cluster.executions.patches]
+    assert phases == ["Pending", "Running", "Succeeded"]
+
+
+def test_a_queued_execution_costs_no_more_writes_until_its_position_moves() -> None:
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-first", phase="Running", podName="first-pod", resources={"cpu": "500m"})
+    operator.start()
+    operator.tick()
+    operator.tick()
+    assert len(operator.cluster.executions.patches) == 1
 
 
 def test_stale_body_of_a_finished_execution_creates_nothing() -> None:
-    # After a restart the listing's body says Pending; a pod event has since written the outcome
-    # and removed the sandbox.
+    # After a restart the listing's body says nothing yet; a pod event has since written the outcome.
     cluster = FakeCluster({"phase": "Succeeded", "podName": POD_NAME})
-    start(cluster, body_status={"phase": "Pending"})
-    assert cluster.calls == ["read_pod", "read_execution"]
-    assert cluster.executions.patches == []
+    Operator(cluster).start(body_status={})
+    assert creates(cluster) == [] and cluster.executions.patches == []
 
 
 def test_pod_created_before_a_restart_is_adopted_not_created_again() -> None:
-    # The operator died between creating the pod and recording its name.
+    # The operator died between creating the pod and its first pod event.
     cluster = FakeCluster({"phase": "Pending"}, pod=owned_pod(state=factories.terminated(0)))
-    start(cluster, body_status={"phase": "Pending"})
-    assert not [call for call in cluster.calls if call.startswith("create_")]
+    Operator(cluster).start()
+    assert creates(cluster) == []
     assert cluster.executions.patches == [{"podName": POD_NAME}]
 
 
 def test_pod_of_another_execution_under_the_name_is_not_adopted() -> None:
-    stranger = factories.pod()
-    stranger["metadata"]["labels"] = {"codeexec.io/execution-uid": "someone-else"}
-    cluster = FakeCluster({"phase": "Pending"}, pod=stranger)
-    with pytest.raises(kopf.TemporaryError):
-        start(cluster, body_status={"phase": "Pending"})
-    assert cluster.executions.patches == []
+    cluster = FakeCluster({"phase": "Pending"}, pod=owned_pod("someone-else"))
+    Operator(cluster).start()
+    assert cluster.executions.patches == [] and creates(cluster) == []
+
+
+def test_a_rejected_spec_never_enters_the_queue() -> None:
+    operator = Operator(max_queue_timeout_seconds=60)
+    operator.cluster.executions.execution["spec"]["queueTimeoutSeconds"] = 61
+    operator.start()
+    assert (operator.status()["phase"], operator.status()["reason"]) == ("Rejected", "QueueTimeoutTooLong")
+    assert operator.pods() == []
+
+
+# --- Fairness and restarts ------------------------------------------------------------------------------
+
+
+def test_after_a_restart_the_queue_is_rebuilt_in_the_same_order() -> None:
+    operator = Operator(max_running=1)
+    for index in range(3):
+        operator.add(f"q{index}", f"uid-{index}", phase="Pending", reason="Queued", queuePosition=index + 1)
+    # A fresh operator resumes them in another order; the oldest (then by name) starts.
+    restarted = Operator(operator.cluster, max_running=1)
+    for name in ("q2", "q0", "q1"):
+        restarted.start(name)
+    assert restarted.pods() == ["q0-uid-0"]
+
+
+def test_two_quick_decisions_do_not_overfill_while_the_index_lags() -> None:
+    operator = Operator(max_running=1)
+    operator.add("a", "uid-a", phase="Pending")
+    operator.add("b", "uid-b", phase="Pending")
+    operator.index.freeze()  # the watch has not delivered the first start yet
+    operator.start("a")
+    operator.start("b")
+    assert operator.pods() == ["a-uid-a"]
+
+
+def test_timer_decisions_are_rate_limited_across_timers(monkeypatch: pytest.MonkeyPatch) -> None:
+    operator = Operator()
+    decisions = []
+    original = Dispatcher._decide
+    monkeypatch.setattr(Dispatcher, "_decide", lambda self, *a: decisions.append(1) or original(self, *a))
+    operator.add("a", "uid-a", phase="Pending")
+    operator.add("b", "uid-b", phase="Pending")
+    operator.tick("a")
+    operator.tick("b")
+    assert len(decisions) == 1
+
+
+# --- Quotas and deadlines -------------------------------------------------------------------------------
+
+
+def test_a_quota_refusal_keeps_the_execution_queued_with_the_apis_message() -> None:
+    operator = Operator()
+    refusal = '403 Forbidden: pods "hello" is forbidden: exceeded quota: q, requested: limits.cpu=500m'
+    operator.cluster.sandboxes.refusal = ApiError(refusal, 403)
+    operator.start()
+    current = operator.status()
+    assert (current["phase"], current["reason"], current["message"]) == ("Pending", "Queued", f"{refusal}.")
+    # The namespace is skipped for a while: no second attempt at once.
+    operator.add("other", "uid-other", phase="Pending")
+    operator.start("other")
+    assert operator.cluster.calls.count("create_pod") == 1
+    # A sandbox of that namespace finishing lets it try again; the quota has room now.
+    operator.cluster.sandboxes.refusal = None
+    operator.add("done", "uid-done", phase="Running", podName="done-uid-done")
+    operator.finish("done")
+    assert operator.pods() == ["hello-0f1e2d3c", "other-uid-othe"]
+
+
+def test_another_permanent_create_error_still_fails() -> None:
+    operator = Operator()
+    operator.cluster.sandboxes.refusal = ApiError('403 Forbidden: violates PodSecurity "restricted"', 403)
+    operator.start()
+    assert (operator.status()["phase"], operator.status()["reason"]) == ("Failed", "PodFailed")
+
+
+def test_a_queued_execution_past_its_deadline_fails_with_queue_timeout() -> None:
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-first", phase="Running", podName="first-pod")
+    operator.start()
+    operator.cluster.executions.execution["metadata"]["creationTimestamp"] = "2000-01-01T00:00:00Z"
+    operator.tick()
+    current = operator.status()
+    assert (current["phase"], current["reason"]) == ("Failed", "QueueTimeout")
+    assert "queuePosition" not in current
+    assert operator.pods() == []
+
+
+def test_the_position_is_rewritten_when_it_moved_at_most_every_refresh_period(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-first", phase="Running", podName="first-pod")
+    operator.add("early", "uid-early", phase="Pending", reason="Queued", queuePosition=1)
+    operator.cluster.executions.items[NAMESPACE, "early"]["metadata"]["creationTimestamp"] = "2030-01-02T02:00:00Z"
+    operator.start()
+    assert operator.status()["queuePosition"] == 2
+    operator.cluster.executions.items[NAMESPACE, "early"]["status"] = {"phase": "Failed"}  # gone from the queue
+    monkeypatch.setattr(dispatch, "TIMER_ROUND_SECONDS", 0)
+    operator.tick()
+    assert operator.status()["queuePosition"] == 2, "not again within the refresh period"
+    monkeypatch.setattr(dispatch, "POSITION_REFRESH_SECONDS", 0)
+    operator.tick()
+    assert operator.status()["queuePosition"] == 1
+
+
+# --- Pod sync -------------------------------------------------------------------------------------------
 
 
 def test_sync_retries_a_conflicting_status_patch_on_a_fresh_read() -> None:
     cluster = FakeCluster({"phase": "Running", "podName": POD_NAME}, pod=None)
     cluster.executions.conflicts = 1
-    execution = ExecutionRef(NAMESPACE, NAME, factories.UID)
+    execution_ref = ExecutionRef(NAMESPACE, NAME, factories.UID)
     pod = owned_pod(phase="Succeeded", state=factories.terminated(0))
-    lifecycle.sync_with_pod(cluster, OperatorConfig(), execution, pod)
+    assert lifecycle.sync_with_pod(cluster, OperatorConfig(), execution_ref, pod)
     assert cluster.calls.count("read_execution") == 2
     assert [patch["phase"] for patch in cluster.executions.patches] == ["Succeeded"]
     assert cluster.calls[-1] == "delete_sandbox"
@@ -96,9 +313,13 @@ def test_sync_retries_a_conflicting_status_patch_on_a_fresh_read() -> None:
 def test_sync_gives_up_after_repeated_conflicts() -> None:
     cluster = FakeCluster({"phase": "Running", "podName": POD_NAME}, pod=None)
     cluster.executions.conflicts = lifecycle.SYNC_ATTEMPTS
-    execution = ExecutionRef(NAMESPACE, NAME, factories.UID)
+    execution_ref = ExecutionRef(NAMESPACE, NAME, factories.UID)
     pod = owned_pod(phase="Succeeded", state=factories.terminated(0))
     with pytest.raises(ApiError):
-        lifecycle.sync_with_pod(cluster, OperatorConfig(), execution, pod)
+        lifecycle.sync_with_pod(cluster, OperatorConfig(), execution_ref, pod)
     assert cluster.executions.patches == []
     assert "delete_sandbox" not in cluster.calls
+
+
+def test_dequeued_event_says_how_long_it_waited() -> None:
+    assert milestones.dequeued(12.4).message == "Left the queue after waiting 12 s"

@@ -28,6 +28,7 @@ PENDING: dict[str, Any] = {
         }
     ],
 }
+RESOURCES = {"cpu": "500m", "memory": "256Mi"}
 RUNNING = {**PENDING, "phase": "Running", "startedAt": timestamp(NOW - timedelta(seconds=3))}
 
 
@@ -297,13 +298,61 @@ def test_unschedulable() -> None:
                 "type": "PodScheduled",
                 "status": "False",
                 "reason": "Unschedulable",
-                "message": "0/1 nodes: Insufficient cpu",
+                "message": "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector",
             }
         ],
     )
     patch = observe(sandbox, current=PENDING)
     assert_finished(patch, "Failed", vocabulary.UNSCHEDULABLE)
-    assert patch["message"] == "The pod could not be scheduled: 0/1 nodes: Insufficient cpu."
+    assert patch["message"] == (
+        "The pod could not be scheduled: 0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
+    )
+
+
+NO_ROOM = {
+    "type": "PodScheduled",
+    "status": "False",
+    "reason": "Unschedulable",
+    "message": "0/1 nodes are available: 1 Insufficient cpu.",
+}
+
+
+def test_a_pod_without_room_waits_as_queued_past_the_start_deadline() -> None:
+    """A misjudged capacity (another pod took the room) is no failure: the pod waits for the scheduler."""
+    sandbox = pod(phase="Pending", created=NOW - timedelta(seconds=500), conditions=[NO_ROOM])
+    deadline = NOW + timedelta(seconds=1)
+    patch = status.from_pod(PENDING, sandbox, None, CONFIG, NOW, 1, deadline)
+    assert patch == {
+        "reason": "Queued",
+        "message": "waiting for capacity: 0/1 nodes are available: 1 Insufficient cpu.",
+        "queuePosition": None,
+    }
+    assert status.from_pod({**PENDING, **patch}, sandbox, None, CONFIG, NOW, 1, deadline) is None, "written once"
+
+
+def test_a_pod_without_room_at_the_queue_deadline_fails_with_queue_timeout() -> None:
+    sandbox = pod(phase="Pending", created=NOW - timedelta(seconds=30), conditions=[NO_ROOM])
+    current = {**PENDING, "reason": "Queued", "message": "waiting for capacity: no room.", "queuePosition": 3}
+    patch = status.from_pod(current, sandbox, None, CONFIG, NOW, 1, NOW)
+    assert patch is not None
+    assert_finished(patch, "Failed", vocabulary.QUEUE_TIMEOUT)
+    assert patch["message"].endswith("from creation): waiting for capacity: no room.")
+    assert patch["queuePosition"] is None
+
+
+def test_the_start_deadline_counts_from_scheduling_when_the_pod_waited_for_room() -> None:
+    scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": timestamp(NOW - timedelta(seconds=5))}
+    sandbox = pod(phase="Pending", created=NOW - timedelta(seconds=300), conditions=[scheduled], state={"waiting": {}})
+    assert status.from_pod(PENDING, sandbox, None, CONFIG, NOW, 1) is None
+    assert status.from_pod(PENDING, pod(phase="Pending", created=NOW - timedelta(seconds=300)), None, CONFIG, NOW, 1)
+
+
+def test_running_removes_what_the_queue_wrote() -> None:
+    current = {**PENDING, "reason": "Queued", "message": "waiting", "queuePosition": 1}
+    sandbox = pod(state={"running": {"startedAt": timestamp(NOW)}})
+    patch = observe(sandbox, current=current)
+    assert (patch["phase"], patch["reason"], patch["message"], patch["queuePosition"]) == ("Running", None, None, None)
+    assert "reason" not in observe(sandbox, current=PENDING)
 
 
 def test_outputs_are_capped_again_by_the_operator() -> None:
@@ -345,10 +394,17 @@ def test_missing_runtime_class_is_a_failure_not_a_rejection() -> None:
     assert (patch["phase"], patch["reason"]) == ("Failed", "RuntimeClassMissing")
 
 
-def test_pending() -> None:
-    patch = status.pending({}, NOW, 1)
+def test_queued_keeps_pending_and_validates() -> None:
+    patch = {**status.pending({}, NOW, 1, RESOURCES), **status.queued(4, "waiting for capacity: 2 of 2 running")}
     ExecutionStatus.model_validate(patch)
-    assert patch["phase"] == "Pending"
+    assert (patch["phase"], patch["reason"], patch["queuePosition"]) == ("Pending", "Queued", 4)
+    assert patch["message"] == "waiting for capacity: 2 of 2 running."
+
+
+def test_pending() -> None:
+    patch = status.pending({}, NOW, 1, RESOURCES)
+    ExecutionStatus.model_validate(patch)
+    assert (patch["phase"], patch["resources"]) == ("Pending", RESOURCES)
     accepted = condition(patch, "Accepted")
     assert (accepted["status"], accepted["reason"], accepted["lastTransitionTime"]) == (
         "True",
@@ -358,10 +414,10 @@ def test_pending() -> None:
 
 
 def test_pending_records_the_resolved_addresses() -> None:
-    patch = status.pending({}, NOW, 1, ["93.184.216.34", "2606:2800:220:1::1"])
+    patch = status.pending({}, NOW, 1, RESOURCES, ["93.184.216.34", "2606:2800:220:1::1"])
     ExecutionStatus.model_validate(patch)
     assert patch["resolvedAddresses"] == ["93.184.216.34", "2606:2800:220:1::1"]
-    assert "resolvedAddresses" not in status.pending({}, NOW, 1)
+    assert "resolvedAddresses" not in status.pending({}, NOW, 1, RESOURCES)
 
 
 @pytest.mark.parametrize("reason", [vocabulary.DOMAIN_NOT_ALLOWED, vocabulary.DOMAIN_UNRESOLVABLE])
@@ -372,7 +428,7 @@ def test_domain_problems_are_rejections(reason: str) -> None:
 
 
 def test_condition_transition_time_moves_only_when_its_status_changes() -> None:
-    again = status.pending(PENDING, NOW, 1)
+    again = status.pending(PENDING, NOW, 1, RESOURCES)
     assert condition(again, "Accepted")["lastTransitionTime"] == "2030-01-01T00:00:00Z"
     rejected = status.rejected(PENDING, vocabulary.INVALID_SPEC, "bad", NOW, 1)
     assert condition(rejected, "Accepted")["lastTransitionTime"] == timestamp(NOW)

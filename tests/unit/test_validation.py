@@ -127,6 +127,15 @@ def test_timeout_above_the_runtime_maximum() -> None:
     assert accepted(runtimes={"python": strict}, timeoutSeconds=60).timeout_seconds == 60
 
 
+def test_queue_timeout_above_the_operator_maximum_is_refused_with_its_own_reason() -> None:
+    result = rejection(queueTimeoutSeconds=3601)
+    assert result.reason == vocabulary.QUEUE_TIMEOUT_TOO_LONG
+    assert result.message == "spec.queueTimeoutSeconds 3601 exceeds the operator's maximum 3600"
+    assert accepted(queueTimeoutSeconds=3600).queue_timeout_seconds == 3600
+    assert accepted().queue_timeout_seconds == 600
+    assert rejection(queueTimeoutSeconds=0).reason == vocabulary.INVALID_SPEC
+
+
 def test_runtime_default_timeout_is_capped_by_the_operator_maximum() -> None:
     slow = python_runtime(defaultTimeoutSeconds=900)
     assert accepted(runtimes={"python": slow}).timeout_seconds == 600

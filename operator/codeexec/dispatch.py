@@ -1,0 +1,197 @@
+"""The queue in front of the sandboxes: decides under a lock which Executions start, then starts them."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+from kopf._cogs.structs.references import NamespaceName, match_namespace
+
+from codeexec import lifecycle, metrics, queueing
+from codeexec.api import ApiError, ClusterApi
+from codeexec.builders import ExecutionRef
+from codeexec.config import OperatorConfig
+from codeexec.queueing import Entry, Requests, State
+
+# The timers of all queued Executions together decide at most this often (a safety net: creations and
+# finished runs trigger a decision at once).
+TIMER_ROUND_SECONDS = 1.0
+# A namespace whose quota refused a sandbox is tried again after this, or when one of its sandboxes finishes.
+QUOTA_RETRY_SECONDS = 10.0
+# A queued Execution's position is rewritten at most this often: each write is an API call and a watch
+# event for every client, and a burst moves every position every second.
+POSITION_REFRESH_SECONDS = 30.0
+
+Snapshot = Callable[[], list[Entry]]
+
+
+class Dispatcher:
+    """The queue's decisions and what this process did since the index last showed it: Executions it
+    accepted, started or saw finish (the index lags the API by a watch event), namespaces refused by their
+    quota, and the positions of the last decision. Everything else comes from the index (cluster state)."""
+
+    def __init__(self, api: ClusterApi, config: OperatorConfig) -> None:
+        self._api = api
+        self._config = config
+        self._lock = threading.Lock()
+        self._local: dict[str, State] = {}
+        self._refused: dict[str, tuple[str, float]] = {}  # namespace → (the API's message, when)
+        self._waiting: dict[str, queueing.Waiting] = {}
+        self._written: dict[str, float] = {}  # uid → when its position was last written
+        self._last_timer_round = 0.0
+
+    def start(self, body: kopf.Body, logger: kopf.Logger, snapshot: Snapshot) -> None:
+        """A new Execution is validated and queued (or started at once); after a restart, an accepted one
+        just takes its place in the queue again."""
+        metrics.track(body["metadata"]["uid"], body.get("status", {}).get("phase"))
+        current = body.get("status", {})
+        if current.get("podName"):
+            return  # Its pod was created before: never start a second run.
+        if current.get("phase") is None:
+            self._accept(body, logger, snapshot)
+        else:
+            self.dispatch(logger, snapshot)
+
+    def _accept(self, body: kopf.Body, logger: kopf.Logger, snapshot: Snapshot) -> None:
+        admitted = lifecycle.admit_new(self._api, self._config, body, logger)
+        if admitted is None:
+            return
+        plan = admitted[0]
+        accepted = dataclasses.replace(
+            queueing.entry(body, self._config),
+            state=State.WAITING,
+            requests=Requests(plan.cpu_millis, plan.memory_bytes),
+        )
+        with self._lock:
+            decision = self._decide(snapshot, accepted)
+            waiting = decision.waiting.get(accepted.uid)
+            # Inside the lock: no other decision may start it before its Pending is written.
+            lifecycle.mark_pending(self._api, body, admitted, waiting)
+            self._mark(decision)
+            if waiting is not None:
+                self._local[accepted.uid] = State.WAITING
+                self._written[accepted.uid] = time.monotonic()
+        self._carry_out(decision, logger)
+
+    def dispatch(self, logger: kopf.Logger, snapshot: Snapshot, *, timer: bool = False) -> None:
+        """Starts what the queue lets start now. From timers (`timer`), at most once per TIMER_ROUND_SECONDS."""
+        with self._lock:
+            now = time.monotonic()
+            if timer:
+                if now - self._last_timer_round < TIMER_ROUND_SECONDS:
+                    return
+                self._last_timer_round = now
+            decision = self._decide(snapshot)
+            self._mark(decision)
+        self._carry_out(decision, logger)
+
+    def finished(self, execution: ExecutionRef) -> None:
+        """Its final phase is written: its slot is free (and its namespace's quota may have room again)."""
+        with self._lock:
+            self._local[execution.uid] = State.FINISHED
+            self._refused.pop(execution.namespace, None)
+
+    def launched(self, uid: str) -> bool:
+        """This process created its sandbox, and the index does not show that yet."""
+        return self._local.get(uid) == State.STARTED
+
+    def refresh_position(self, body: Mapping[str, Any]) -> None:
+        """Writes a queued Execution's position when the last decision moved it (at most every
+        POSITION_REFRESH_SECONDS)."""
+        uid = body["metadata"]["uid"]
+        waiting = self._waiting.get(uid)
+        if waiting is None or self._local.get(uid, State.NEW) > State.WAITING:
+            return
+        if waiting.position == body.get("status", {}).get("queuePosition"):
+            return
+        now = time.monotonic()
+        if now - self._written.get(uid, -POSITION_REFRESH_SECONDS) < POSITION_REFRESH_SECONDS:
+            return
+        self._written[uid] = now
+        lifecycle.write_position(self._api, body, waiting)
+
+    def _decide(self, snapshot: Snapshot, accepted: Entry | None = None) -> queueing.Round:
+        """One decision over the index (taken now, under the lock) and what this process knows beyond it."""
+        indexed = [item for item in snapshot() if accepted is None or item.uid != accepted.uid]
+        if accepted is not None:
+            indexed.append(accepted)
+        known = {item.uid for item in indexed}
+        # Forget what the index caught up with, and Executions it no longer has (finished or deleted).
+        for item in indexed:
+            if self._local.get(item.uid, State.NEW) <= item.state:
+                self._local.pop(item.uid, None)
+        self._local = {uid: state for uid, state in self._local.items() if uid in known}
+        self._written = {uid: when for uid, when in self._written.items() if uid in known}
+        entries = queueing.merge(indexed, self._local)
+        now = time.monotonic()
+        self._refused = {ns: refusal for ns, refusal in self._refused.items() if now - refusal[1] < QUOTA_RETRY_SECONDS}
+        decision = queueing.plan_round(
+            entries,
+            self._capacity(),
+            queueing.Limits.of(self._config),
+            datetime.now(UTC),
+            {namespace: message for namespace, (message, _) in self._refused.items()},
+        )
+        self._waiting = decision.waiting
+        metrics.QUEUED.set(len(decision.waiting))
+        return decision
+
+    def _mark(self, decision: queueing.Round) -> None:
+        """Until the index shows it: what starts holds capacity, what expired is gone."""
+        for item in decision.start:
+            self._local[item.uid] = State.STARTED
+        for item in decision.expired:
+            self._local[item.uid] = State.FINISHED
+
+    def _capacity(self) -> Requests:
+        """What the nodes have free for this operator's sandboxes, none of them counted."""
+        nodes, _ = self._api.facts.network_objects()
+        return queueing.free_capacity(nodes, self._api.facts.pods(), self._ours)
+
+    def _ours(self, pod: Mapping[str, Any]) -> bool:
+        # A sandbox in a namespace this operator serves is counted exactly from the queue; others' sandboxes
+        # (another release's operator) are counted like any pod. Kopf's own matching of the namespace patterns.
+        namespace: str = pod["metadata"].get("namespace") or ""
+        patterns = self._config.namespaces
+        return queueing.is_sandbox(pod) and (
+            not patterns or any(match_namespace(NamespaceName(namespace), p) for p in patterns)
+        )
+
+    def _carry_out(self, decision: queueing.Round, logger: kopf.Logger) -> None:
+        """Outside the lock (API calls): expires and launches what the decision said. A launch that fails
+        puts the Execution back in the queue; the next decision tries again."""
+        for item in decision.expired:
+            try:
+                lifecycle.expire(self._api, self._config, _ref(item))
+            except ApiError as error:
+                logger.warning(f"queue deadline of {item.namespace}/{item.name} not recorded yet: {error}")
+                self._forget(item.uid)
+        for item in decision.start:
+            if item.namespace in self._refused:
+                self._forget(item.uid)  # refused a moment ago in this same decision
+                continue
+            try:
+                outcome, message = lifecycle.launch(self._api, self._config, _ref(item), logger)
+            except (ApiError, kopf.TemporaryError) as error:
+                logger.warning(f"sandbox of {item.namespace}/{item.name} not created yet: {error}")
+                self._forget(item.uid)
+                continue
+            with self._lock:
+                if outcome is lifecycle.Launch.REFUSED:
+                    self._local.pop(item.uid, None)
+                    self._refused[item.namespace] = (message, time.monotonic())
+                elif outcome is lifecycle.Launch.ENDED:
+                    self._local[item.uid] = State.FINISHED
+
+    def _forget(self, uid: str) -> None:
+        with self._lock:
+            self._local.pop(uid, None)
+
+
+def _ref(item: Entry) -> ExecutionRef:
+    return ExecutionRef(item.namespace, item.name, item.uid)
