@@ -115,6 +115,7 @@ def execution_crd() -> dict[str, Any]:
         columns=[
             {"name": "Language", "type": "string", "jsonPath": ".spec.language"},
             {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Queue", "type": "integer", "jsonPath": ".status.queuePosition"},
             {"name": "Exit", "type": "integer", "jsonPath": ".status.exitCode"},
             {"name": "Duration(ms)", "type": "integer", "jsonPath": ".status.durationMs"},
             {
