@@ -128,6 +128,7 @@ def test_execution_crd_shape() -> None:
     assert columns == {
         "Language": ".spec.language",
         "Phase": ".status.phase",
+        "Queue": ".status.queuePosition",
         "Exit": ".status.exitCode",
         "Duration(ms)": ".status.durationMs",
         "Reason": ".status.reason",
