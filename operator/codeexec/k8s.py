@@ -24,9 +24,11 @@ REQUEST_TIMEOUT = (5.0, 30.0)
 LOG_CHUNK_BYTES = 64 * 1024
 # The API server's Service, which sandboxes must never reach (the isolation probe).
 API_SERVICE = ("default", "kubernetes")
-# Nodes and the API server's addresses change rarely; Executions can come by the hundred. The pods
-# listing (capacity) may be this old too: a pod it misses makes the scheduler say Insufficient, and waiting.
+# Nodes and the API server's addresses change rarely; Executions can come by the hundred.
 NETWORK_FACTS_TTL_SECONDS = 30.0
+# The pods listing of the queue's capacity: a pod it misses makes the scheduler say Insufficient (the sandbox
+# waits as Queued); one it still shows after it ended holds the queue back, so it is kept briefly.
+PODS_TTL_SECONDS = 5.0
 
 # Pods whose requests the scheduler still counts.
 UNENDED_PODS = "status.phase!=Succeeded,status.phase!=Failed"
@@ -246,6 +248,7 @@ class KubeClusterFacts:
         self._node = client.NodeV1Api(api_client)
         self._discovery = client.DiscoveryV1Api(api_client)
         self._cache = TtlCache(NETWORK_FACTS_TTL_SECONDS)
+        self._pods_cache = TtlCache(PODS_TTL_SECONDS)
 
     @_api_errors
     def list_runtimes(self) -> list[Body]:
@@ -265,7 +268,7 @@ class KubeClusterFacts:
         return self._cache.get("service_cidrs", self._list_service_cidrs)
 
     def pods(self) -> list[Body]:
-        return self._cache.get("pods", self._list_pods)
+        return self._pods_cache.get("pods", self._list_pods)
 
     @_api_errors
     def _list_pods(self) -> list[Body]:

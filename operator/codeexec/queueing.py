@@ -271,9 +271,11 @@ def _next_namespace(queues: Mapping[str, deque[Entry]], counts: Counter[str], sk
 def free_capacity(
     nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]], ours: Callable[[Mapping[str, Any]], bool]
 ) -> Requests:
-    """Allocatable CPU and memory of the Ready, schedulable nodes minus the requests of the pods there (or
-    not yet placed) that are not `ours`: what our sandboxes may use together. Summed over nodes, not per
-    node: on several nodes a sandbox may still not fit any one of them (the scheduler says so, and it waits)."""
+    """Allocatable CPU and memory of the Ready, schedulable nodes minus the requests of the pods placed there
+    that are not `ours`: what our sandboxes may use together. Pods not placed yet hold nothing: they compete
+    with our sandboxes for the room that frees (counting them, a backlog of other pods would starve the queue).
+    Summed over nodes, not per node: on several nodes a sandbox may still not fit any one of them (the
+    scheduler then says so, and it waits)."""
     usable = {node["metadata"]["name"]: node for node in nodes if _usable(node)}
     total = Requests()
     for node in usable.values():
@@ -281,7 +283,7 @@ def free_capacity(
         total += Requests(_cpu_millis(allocatable.get("cpu")), _bytes(allocatable.get("memory")))
     for pod in pods:
         placed = pod.get("spec", {}).get("nodeName")
-        if ours(pod) or pod.get("status", {}).get("phase") in _ENDED_POD_PHASES or (placed and placed not in usable):
+        if ours(pod) or pod.get("status", {}).get("phase") in _ENDED_POD_PHASES or placed not in usable:
             continue
         total -= pod_requests(pod)
     return total
