@@ -25,7 +25,10 @@ TIMER_ROUND_SECONDS = 1.0
 QUOTA_RETRY_SECONDS = 10.0
 # A queued Execution's position is rewritten at most this often: each write is an API call and a watch
 # event for every client, and a burst moves every position every second.
-POSITION_REFRESH_SECONDS = 30.0
+POSITION_REFRESH_SECONDS = 60.0
+# A finished Execution's pod holds its room until the kubelet has stopped it (its phase ends, or it is
+# deleted); without either event (missed, or kept pods) the room counts as free after this.
+RELEASE_SECONDS = 60.0
 
 Snapshot = Callable[[], list[Entry]]
 
@@ -43,6 +46,8 @@ class Dispatcher:
         self._refused: dict[str, tuple[str, float]] = {}  # namespace → (the API's message, when)
         self._waiting: dict[str, queueing.Waiting] = {}
         self._written: dict[str, float] = {}  # uid → when its position was last written
+        self._ending: dict[str, tuple[Entry, float]] = {}  # finished, pod not stopped yet → (entry, since when)
+        self._entries: dict[str, Entry] = {}  # as of the last decision
         self._last_timer_round = 0.0
 
     def start(self, body: kopf.Body, logger: kopf.Logger, snapshot: Snapshot) -> None:
@@ -90,10 +95,20 @@ class Dispatcher:
             self._mark(decision)
         self._carry_out(decision, logger)
 
-    def finished(self, execution: ExecutionRef) -> None:
-        """Its final phase is written: its slot is free (and its namespace's quota may have room again)."""
+    def finished(self, execution: ExecutionRef, *, pod_stopped: bool) -> None:
+        """Its final phase is written. Its sandbox holds its room on the node until the pod has stopped
+        (the scheduler counts it until then): `released` frees it."""
         with self._lock:
             self._local[execution.uid] = State.FINISHED
+            known = self._entries.get(execution.uid)
+            if known is not None and not pod_stopped:
+                self._ending[execution.uid] = (known, time.monotonic())
+            self._refused.pop(execution.namespace, None)
+
+    def released(self, execution: ExecutionRef) -> None:
+        """Its pod has stopped or is gone: the room is free for the next in the queue."""
+        with self._lock:
+            self._ending.pop(execution.uid, None)
             self._refused.pop(execution.namespace, None)
 
     def launched(self, uid: str) -> bool:
@@ -127,9 +142,14 @@ class Dispatcher:
                 self._local.pop(item.uid, None)
         self._local = {uid: state for uid, state in self._local.items() if uid in known}
         self._written = {uid: when for uid, when in self._written.items() if uid in known}
-        entries = queueing.merge(indexed, self._local)
         now = time.monotonic()
+        self._ending = {
+            uid: (item, since) for uid, (item, since) in self._ending.items() if now - since < RELEASE_SECONDS
+        }
+        stopping = [dataclasses.replace(item, state=State.STARTED) for item, _ in self._ending.values()]
+        entries = [item for item in queueing.merge(indexed, self._local) if item.uid not in self._ending] + stopping
         self._refused = {ns: refusal for ns, refusal in self._refused.items() if now - refusal[1] < QUOTA_RETRY_SECONDS}
+        self._entries = {item.uid: item for item in entries}
         decision = queueing.plan_round(
             entries,
             self._capacity(),

@@ -20,6 +20,8 @@ EXECUTIONS = (GROUP, VERSION, "executions")
 WATCH_INTERVAL = 5
 QUEUE = "queue"
 QUEUE_INDEX = "execution_queue"  # the index's id: handlers get it as a keyword argument of this name
+# Pod phases after which the kubelet has stopped the pod and the scheduler no longer counts its requests.
+POD_ENDED = ("Succeeded", "Failed")
 
 
 @kopf.on.startup()
@@ -75,22 +77,25 @@ def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, EXECUTION_UID_LABEL: kopf.PRESENT})
 def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
-    """Pod changes → Execution status; a run that ended frees its slot for the next in the queue at once.
-    The initial listing after a restart re-delivers every sandbox pod, so runs that finished while the
-    operator was down are harvested too."""
+    """Pod changes → Execution status. A pod that stopped (its phase ended, or it is gone) frees its room
+    for the next in the queue at once. The initial listing after a restart re-delivers every sandbox pod,
+    so runs that finished while the operator was down are harvested too."""
     execution = lifecycle.owner_of(body)
     if execution is None:
         return
-    pod: dict[str, Any] | None = dict(body)
-    if event.get("type") == "DELETED":
-        # watch_execution notices a recorded pod (status.podName) that vanished too early; this one too.
-        if not _dispatcher(memo).launched(execution.uid):
-            return
-        pod = None
+    dispatcher = _dispatcher(memo)
+    deleted = event.get("type") == "DELETED"
+    stopped = deleted or body.get("status", {}).get("phase") in POD_ENDED
     with lifecycle.retry_on_api_errors():
-        if lifecycle.sync_with_pod(_cluster(memo), _config(memo), execution, pod):
-            _dispatcher(memo).finished(execution)
-            _dispatcher(memo).dispatch(logger, _snapshot(kwargs))
+        # watch_execution notices a recorded pod (status.podName) that vanished too early; this one too.
+        if not deleted or dispatcher.launched(execution.uid):
+            pod = None if deleted else dict(body)
+            if lifecycle.sync_with_pod(_cluster(memo), _config(memo), execution, pod):
+                dispatcher.finished(execution, pod_stopped=stopped)
+                dispatcher.dispatch(logger, _snapshot(kwargs))
+        if stopped:
+            dispatcher.released(execution)
+            dispatcher.dispatch(logger, _snapshot(kwargs))
 
 
 @kopf.timer(*EXECUTIONS, interval=WATCH_INTERVAL, idle=WATCH_INTERVAL, when=_needs_watching)
@@ -101,7 +106,7 @@ def watch_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
     execution = lifecycle.execution_ref(body)
     with lifecycle.retry_on_api_errors():
         if lifecycle.watch(_cluster(memo), _config(memo), body, dispatcher.launched(execution.uid)):
-            dispatcher.finished(execution)
+            dispatcher.finished(execution, pod_stopped=False)
         if _unfinished(body):
             dispatcher.dispatch(logger, _snapshot(kwargs), timer=True)
             dispatcher.refresh_position(body)

@@ -79,16 +79,19 @@ class Operator:
         kwargs = {handlers.QUEUE_INDEX: self.index}
         handlers.start_execution(body=kopf.Body(body), memo=self.memo, logger=LOGGER, **kwargs)
 
-    def finish(self, name: str = NAME, namespace: str = NAMESPACE) -> None:
-        """The sandbox's pod ended with exit code 0: its pod event."""
+    def finish(
+        self, name: str = NAME, namespace: str = NAMESPACE, *, phase: str = "Succeeded", event: str = "MODIFIED"
+    ) -> None:
+        """The sandbox's program ended with exit code 0: a pod event (`phase` Running: the kubelet has not
+        stopped the pod yet)."""
         item = self.cluster.executions.items[namespace, name]
-        pod = owned_pod(item["metadata"]["uid"], phase="Succeeded", state=factories.terminated(0))
+        pod = owned_pod(item["metadata"]["uid"], phase=phase, state=factories.terminated(0))
         pod["metadata"]["name"] = child_name(lifecycle.execution_ref(item))
         pod["metadata"]["ownerReferences"] = [
             {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": name, "uid": item["metadata"]["uid"]}
         ]
         kwargs = {handlers.QUEUE_INDEX: self.index}
-        handlers.pod_event(event={"type": "MODIFIED"}, body=kopf.Body(pod), memo=self.memo, logger=LOGGER, **kwargs)
+        handlers.pod_event(event={"type": event}, body=kopf.Body(pod), memo=self.memo, logger=LOGGER, **kwargs)
 
     def tick(self, name: str = NAME, namespace: str = NAMESPACE) -> None:
         """watch_execution's timer for one Execution."""
@@ -148,6 +151,18 @@ def test_a_finished_run_starts_the_next_in_line_at_once(events: list[str]) -> No
     assert operator.status("first")["phase"] == "Succeeded"
     assert operator.pods() == [POD_NAME], "the queued one starts when the slot frees, not at the next timer"
     assert events[-2:] == ["Dequeued", "SandboxCreated"]
+
+
+def test_the_room_of_a_finished_run_is_free_once_its_pod_has_stopped() -> None:
+    # The kubelet reports the container's end before it stops the pod; the scheduler counts the pod till then.
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-first", phase="Running", podName="first-uid-firs", resources={"cpu": "500m"})
+    operator.start()
+    operator.finish("first", phase="Running")
+    assert operator.status("first")["phase"] == "Succeeded"
+    assert operator.pods() == [], "its pod still holds the room"
+    operator.finish("first", event="DELETED")
+    assert operator.pods() == [POD_NAME]
 
 
 def test_the_success_path_costs_three_status_writes() -> None:
