@@ -10,10 +10,12 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
@@ -110,6 +112,18 @@ class OperatorProcess:
             return False
 
 
+@dataclass(frozen=True)
+class OwnOperator:
+    """An operator a test started for itself (the own_operator fixture), and the only namespaces it watches."""
+
+    process: OperatorProcess
+    namespaces: list[str]
+
+
+# own_operator's starter: `start(namespace_count, **env)`, env the CODEEXEC_* variables to set.
+StartOperator = Callable[..., OwnOperator]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -138,6 +152,12 @@ def operators_watching(namespace: str) -> list[str]:
 def op_namespace_name() -> str:
     """A fresh name the session's operator watches."""
     return OPERATOR_NAMESPACES.replace("*", uuid.uuid4().hex[:8])
+
+
+def own_namespace_name() -> str:
+    """A fresh name for a test's own operator: e2e-op-q<session>-<random>, which no session's operator
+    (e2e-op-<hex session>-*) and no installed operator (told to leave e2e-op-*) handles."""
+    return f"e2e-op-q{SESSION}-{uuid.uuid4().hex[:8]}"
 
 
 def install_crds_and_runtimes() -> None:
@@ -295,33 +315,58 @@ def delete_executions(namespace: str) -> None:
 class Watch:
     """Records every event of a collection (e.g. a namespace's pods) from the moment it is created:
     a list, then a watch from the list's resourceVersion, so objects that came and went (the operator
-    deletes finished sandboxes) are seen too, and nothing falls between the two."""
+    deletes finished sandboxes) are seen too, and nothing falls between the two. A watch the API server
+    ends (a restart of it, a changed CRD) resumes from the last resourceVersion seen, so nothing falls
+    between those either; when that version is too old to resume from, the record ends (check_alive)."""
 
     def __init__(self, path: str) -> None:
         listing = json.loads(kubectl("get", "--raw", path))
         self._events: list[tuple[str, dict[str, Any]]] = [("LISTED", item) for item in listing["items"]]
         self._lock = threading.Lock()
-        version = listing["metadata"]["resourceVersion"]
-        self._process = subprocess.Popen(
-            ["kubectl", "get", "--raw", f"{path}?watch=1&resourceVersion={version}&timeoutSeconds=3600"],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=ENV,
-        )
+        self._path = path + ("&" if "?" in path else "?")  # the path may carry its own query, e.g. a label selector
+        self._version: str = listing["metadata"]["resourceVersion"]
+        self._stopping = False
+        self._ended = ""  # why the record ended before stop(): events after that would be missing
+        self._process = self._watch()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
+    def _watch(self) -> subprocess.Popen[bytes]:
+        # Bookmarks keep the version to resume from recent while nothing changes.
+        query = f"watch=1&allowWatchBookmarks=true&resourceVersion={self._version}&timeoutSeconds=3600"
+        return subprocess.Popen(
+            ["kubectl", "get", "--raw", self._path + query], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+        )
+
     def _read(self) -> None:
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            if line.strip():
+        while True:
+            process = self._process
+            assert process.stdout is not None
+            for line in process.stdout:
+                if not line.strip():
+                    continue
                 event = json.loads(line)
-                with self._lock:
-                    self._events.append((event["type"], event["object"]))
+                if event["type"] == "ERROR":  # e.g. 410 Gone: the events since self._version are lost
+                    with self._lock:
+                        self._ended = event["object"].get("message", "an error event")
+                    return
+                self._version = event["object"]["metadata"]["resourceVersion"]
+                if event["type"] != "BOOKMARK":
+                    with self._lock:
+                        self._events.append((event["type"], event["object"]))
+            process.wait()
+            time.sleep(1)  # the API server may be down for a while: retry, not spin
+            with self._lock:
+                if self._stopping:
+                    return
+                self._process = self._watch()
 
     def stop(self) -> None:
-        self._process.kill()
-        self._process.wait()
+        with self._lock:
+            self._stopping = True
+            process = self._process
+        process.kill()
+        process.wait()
         self._reader.join(10)
 
     def __enter__(self) -> Self:
@@ -331,10 +376,11 @@ class Watch:
         self.stop()
 
     def check_alive(self) -> None:
-        """Fails if the watch ended: events after that would be missing."""
-        if self._process.poll() is not None:
-            stderr = self._process.stderr.read().decode() if self._process.stderr else ""
-            raise AssertionError(f"the watch ended early: {stderr}")
+        """Fails if the record ended early: events after that would be missing."""
+        with self._lock:
+            ended = self._ended or ("" if self._reader.is_alive() else "its reader stopped")
+        if ended:
+            raise AssertionError(f"the watch ended early: {ended}")
 
     def events(self) -> list[tuple[str, dict[str, Any]]]:
         with self._lock:
