@@ -224,8 +224,8 @@ class EtcdPodCreations:
                         found = _STORED_UID_LABEL.search(base64.b64decode(kv.get("value", "")))
                         with self._lock:
                             self._created.append(found.group(1).decode() if found else "")
-        except (OSError, ValueError):
-            return  # stop() closed the stream (check_alive reports any other end)
+        except (OSError, ValueError, AttributeError):
+            return  # stop() closed the stream under the reader (check_alive reports any other end)
 
     def check_alive(self) -> None:
         """Fails if the watch ended: creations after that would be missing."""
