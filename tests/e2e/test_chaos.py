@@ -3,10 +3,11 @@ one fault while the burst runs, and asserts that every Execution ends Succeeded 
 exactly one sandbox pod was ever created for each, counted by a watch on pods running for the whole test (not
 a final listing: the operator deletes finished sandboxes).
 
-Burst sizes keep the whole file within about 10 minutes on the 2-core dev node (a trivial Execution takes
-~2 s; a few run at once): 100 for the operator kill (the issue's size), 30 for the API server kill, 20 for the
-kubelet restart, 12 behind the CPU-saturating neighbour. The 2-replica failover variant of the operator kill is
-in tests/e2e/test_replicas.py.
+Burst sizes: 100 for the operator kill (the issue's size), 30 for the API server kill, 20 for the kubelet
+restart, 12 behind the CPU-saturating neighbour (a trivial Execution takes ~2 s; a few run at once). Measured on
+2026-12-01 on the 2-core dev node while other e2e runs shared it: 14 min 17 s for the file (operator kill 236 s,
+API server 125 s, kubelet 36 s, CPU neighbour 410 s, most of it waiting for the others' sandboxes).
+The 2-replica failover variant of the operator kill is in tests/e2e/test_replicas.py.
 
 The API server and kubelet tests restart cluster components: every other e2e run on the cluster sees the
 outage. Each brings the cluster back with hack/cluster-up.sh (which starts the components that are not
@@ -96,7 +97,9 @@ def test_operator_killed_mid_burst_of_100(operator: OperatorProcess, op_namespac
     new operator process: every Execution ends Succeeded with its stdout, one pod each.
     Safeguards: the queue is rebuilt from the Executions and their pods at start-up (nothing queued is lost,
     the same order holds), and starting goes through the lifecycle's re-read of pod and Execution with
-    deterministic child names (409 → adopt), so nothing the dead operator started starts twice."""
+    deterministic child names (409 → adopt), so nothing the dead operator started starts twice.
+    Seen failing before the queue existed (2026-12-01): 15 of 100 Failed (14 Unschedulable, 1 StartTimeout),
+    each with one pod."""
     manifests = burst_manifests("kill", 100)
     with SandboxPods([op_namespace]) as pods, ExecutionWatch(op_namespace) as watch:
         create_at_once(op_namespace, manifests)
@@ -113,7 +116,8 @@ def test_api_server_killed_mid_burst(operator: OperatorProcess, op_namespace: st
     hack/cluster-up.sh brings it back: every Execution ends Succeeded with its stdout, one pod each, and the
     operator never exits. Pods are counted by a watch on etcd (an API watch ends with the server).
     Safeguards: the pod start deadline counts from the pod's creation and a pod waiting for capacity keeps
-    waiting (queue), and Kopf's watches resume after the outage."""
+    waiting (queue), and Kopf's watches resume after the outage. Not yet seen failing with a safeguard
+    removed."""
     manifests = burst_manifests("apiserver", 30)
     with EtcdPodCreations(op_namespace) as pods:
         create_at_once(op_namespace, manifests)
@@ -133,7 +137,7 @@ def test_kubelet_restarted_while_executions_run(
     """SIGKILL of the kubelet while Executions of a burst of 20 run, then hack/cluster-up.sh starts it again:
     every Execution ends Succeeded with its stdout, one pod each.
     Safeguards: the operator reads each outcome from the pod (which gVisor keeps running while the kubelet is
-    away) and never recreates a pod that still exists."""
+    away) and never recreates a pod that still exists. Not yet seen failing with a safeguard removed."""
     manifests = burst_manifests("kubelet", 20)
     with SandboxPods([op_namespace]) as pods, ExecutionWatch(op_namespace) as watch:
         create_at_once(op_namespace, manifests)
@@ -167,7 +171,8 @@ def test_cpu_saturated_by_a_neighbour(operator: OperatorProcess, op_namespace: s
     runs; a burst of 12 created meanwhile waits and then runs: the neighbour ends TimedOut, every Execution
     of the burst Succeeded with its stdout, one pod each (the neighbour too).
     Safeguard: the capacity-aware queue (an Execution starts only when its requests fit the node's free
-    capacity; a pod the scheduler cannot place keeps waiting, never Unschedulable/StartTimeout)."""
+    capacity; a pod the scheduler cannot place keeps waiting, never Unschedulable/StartTimeout).
+    Seen failing before the queue existed (2026-12-01): all 12 Failed Unschedulable."""
     neighbour = execution_manifest(
         "neighbour", "python", BUSY_LOOP, timeoutSeconds=NEIGHBOUR_SECONDS, resources={"cpu": "2"}
     )
