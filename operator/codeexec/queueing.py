@@ -17,10 +17,13 @@ from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABE
 
 # Whatever a pod ended as, the scheduler no longer counts its requests.
 _ENDED_POD_PHASES = frozenset({"Succeeded", "Failed"})
-# ResourceQuota and LimitRange refusals of a pod create (HTTP 403; 422 from some LimitRange checks): capacity
-# a namespace lacks for now, not a bad sandbox. Matched on the API server's messages (quota.go, limitranger.go).
+# Refusals of a pod create that say the namespace cannot take it now, not that the sandbox is bad (HTTP 403;
+# 422 from some LimitRange checks): its ResourceQuota or LimitRange (quota.go, limitranger.go), or its default
+# ServiceAccount not created yet (a new namespace, a busy controller-manager: serviceaccount admission).
 _QUOTA_STATUSES = (403, 422)
-_QUOTA_MESSAGES = re.compile(r"exceeded quota|failed quota|(usage|ratio) per (Container|Pod)")
+_QUOTA_MESSAGES = re.compile(
+    r"exceeded quota|failed quota|(usage|ratio) per (Container|Pod)|error looking up service account"
+)
 _SUFFIXES = {
     "n": Decimal("1e-9"),
     "u": Decimal("1e-6"),
@@ -309,7 +312,8 @@ def pod_requests(pod: Mapping[str, Any]) -> Requests:
 
 
 def is_quota_refusal(status: int | None, message: str) -> bool:
-    """A pod create refused by the namespace's ResourceQuota or LimitRange: wait, do not fail."""
+    """A pod create refused by the namespace's ResourceQuota or LimitRange (or before its default
+    ServiceAccount exists): wait, do not fail."""
     return status in _QUOTA_STATUSES and _QUOTA_MESSAGES.search(message) is not None
 
 

@@ -23,7 +23,7 @@ from typing import Any, Self
 from codeexec import builders, egress, status
 from codeexec.builders import ExecutionRef
 from codeexec.config import OperatorConfig
-from codeexec.validation import Plan, parse_runtimes, plan_execution
+from codeexec.validation import Plan, format_cpu, format_memory, parse_runtimes, plan_execution
 from tests.e2e.kube import ENV, REPO, kubectl, kubectl_json, kubectl_run, wait_until
 
 API_VERSION = "codeexec.io/v1alpha1"
@@ -261,7 +261,8 @@ def create_sandbox_as_operator(namespace: str, name: str) -> None:
     config = OperatorConfig()
     plan = plan_execution(execution["spec"], parse_runtimes(kubectl_json("get", "runtimes")["items"]), config, True)
     assert isinstance(plan, Plan), plan
-    pending = status.pending({}, datetime.now(UTC), execution["metadata"]["generation"])
+    resources = {"cpu": format_cpu(plan.cpu_millis), "memory": format_memory(plan.memory_bytes)}
+    pending = status.pending({}, datetime.now(UTC), execution["metadata"]["generation"], resources)
     patch = json.dumps({"status": pending})
     kubectl("patch", "execution", name, "-n", namespace, "--subresource=status", "--type=merge", "-p", patch)
     probe = egress.isolation_probe(kubectl_json("get", "service", "kubernetes", "-n", "default"))

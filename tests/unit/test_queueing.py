@@ -261,6 +261,11 @@ def test_sandboxes_are_recognised_by_both_labels() -> None:
         (403, 'pods "x" is forbidden: failed quota: compute: must specify limits.cpu', True),
         (403, 'pods "x" is forbidden: maximum cpu usage per Container is 250m, but limit is 500m', True),
         (403, 'pods "x" is forbidden: cpu max limit to request ratio per Pod is 1, but provided ratio is 2', True),
+        (
+            403,
+            'pods "x" is forbidden: error looking up service account ns/default: serviceaccount "default" not found',
+            True,
+        ),
         (403, 'pods "x" is forbidden: violates PodSecurity "restricted:latest"', False),
         (422, 'Pod "x" is invalid: spec.containers[0].image: Required value', False),
         (409, "exceeded quota", False),
