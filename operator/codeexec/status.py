@@ -41,6 +41,8 @@ Patch = dict[str, Any]
 # Waiting reasons that fail an Execution at once: sandbox images are imported or pulled once,
 # so a pull error rarely fixes itself, and waiting out the start deadline helps nobody.
 IMAGE_ERROR_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"})
+# The scheduler finding no room this long is shown (reason Queued, its message); shorter spells are not.
+NO_ROOM_NOTICE_SECONDS = 10
 _PHASE_ORDER = {None: 0, Phase.PENDING: 1, Phase.RUNNING: 2}
 
 
@@ -206,10 +208,13 @@ def from_pod(
 
     no_room = _lacking_capacity(pod.get("status", {}))
     if no_room is not None:
+        message, since = no_room
         if queue_deadline is not None and now >= queue_deadline:
             return {**queue_timeout(status, now, generation), "podName": _pod_name(pod)}
-        patch = queued(None, f"waiting for capacity: {no_room}")
-        return None if status.get("message") == patch["message"] else patch
+        patch = queued(None, f"waiting for capacity: {message}")
+        # A moment without room (the pod before it is still stopping) is not worth a write; the timer looks again.
+        brief = since is not None and (now - since).total_seconds() < NO_ROOM_NOTICE_SECONDS
+        return None if brief or status.get("message") == patch["message"] else patch
     started = _start_clock(pod)
     if started and (now - started).total_seconds() > config.start_deadline_seconds:
         reason, message = _start_failure(pod.get("status", {}), waiting, config)
@@ -366,12 +371,13 @@ def _left_queue(status: Status) -> Patch:
     return {}
 
 
-def _lacking_capacity(pod_status: Mapping[str, Any]) -> str | None:
-    """The scheduler's message when it found no node with enough free CPU or memory for the pod."""
+def _lacking_capacity(pod_status: Mapping[str, Any]) -> tuple[str, datetime | None] | None:
+    """The scheduler's message, and since when, when it found no node with enough free CPU or memory."""
     for condition in pod_status.get("conditions", []):
         if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
             message = condition.get("message") or ""
-            return message if "Insufficient" in message else None
+            since = condition.get("lastTransitionTime")
+            return (message, parse_time(since) if since else None) if "Insufficient" in message else None
     return None
 
 

@@ -328,6 +328,8 @@ def test_a_pod_without_room_waits_as_queued_past_the_start_deadline() -> None:
         "queuePosition": None,
     }
     assert status.from_pod({**PENDING, **patch}, sandbox, None, CONFIG, NOW, 1, deadline) is None, "written once"
+    moment = pod(phase="Pending", conditions=[{**NO_ROOM, "lastTransitionTime": timestamp(NOW - timedelta(seconds=3))}])
+    assert status.from_pod(PENDING, moment, None, CONFIG, NOW, 1, deadline) is None, "a moment is not worth a write"
 
 
 def test_a_pod_without_room_at_the_queue_deadline_fails_with_queue_timeout() -> None:
