@@ -112,7 +112,8 @@ def test_burst_beyond_capacity_waits_visibly_within_the_limit_and_all_succeed(
     own_operator: StartOperator,
 ) -> None:
     """Safeguard: the cluster-wide limit (CODEEXEC_MAX_RUNNING) and the queue in front of the sandboxes.
-    Seen failing against the operator before the queue: all 30 pods at once, none ever Queued."""
+    Seen failing against the operator before the queue (no position ever shown; there every sandbox
+    of a burst is created at once, see the other tests)."""
     count = 30
     # What a user sees meanwhile: positions in the QUEUE column.
     namespace, found, pods, watch = run_burst(
@@ -163,7 +164,8 @@ def test_executions_start_in_creation_order(own_operator: StartOperator) -> None
 
 def test_a_busy_namespace_does_not_starve_another(own_operator: StartOperator) -> None:
     """Safeguard: fairness across namespaces (the namespace with the fewest running sandboxes goes
-    next). Seen failing with plain creation order across namespaces: B's two started last."""
+    next). Seen failing with the fair rule replaced by plain creation order across namespaces: the other
+    namespace's two started 11th and 12th."""
     own = own_operator(2, CODEEXEC_MAX_RUNNING="2")
     busy, other = own.namespaces
     busy_burst = [trivial(index) for index in range(10)]
@@ -219,8 +221,8 @@ def test_queue_deadline_ends_a_long_wait_and_the_run_timeout_starts_with_the_cod
 ) -> None:
     """Safeguards: the queue deadline (spec.queueTimeoutSeconds → Failed/QueueTimeout, without a pod)
     and the run timeout counted from the code's start, not the creation. Seen failing with the
-    deadline ignored (the impatient one ran after the holder) and, separately, with the timeout
-    counted from the creation (the patient one TimedOut)."""
+    deadline ignored (the impatient one stayed Pending behind the holder) and, separately, with the timeout
+    counted from the creation (the holder, which had waited for node capacity, TimedOut)."""
     own = own_operator(CODEEXEC_MAX_RUNNING="1")
     namespace = own.namespaces[0]
     holder = execution_manifest("holder", "python", HOLDER, timeoutSeconds=60)
@@ -286,8 +288,8 @@ def test_resource_quota_keeps_executions_queued_not_failed(own_operator: StartOp
 
 def test_queue_survives_an_operator_killed_with_sigkill(own_operator: StartOperator) -> None:
     """Safeguard: the queue derived from the cluster's state (Executions and their pods), rebuilt at
-    start-up. Seen failing against the operator before the queue (more than the limit at once after
-    the restart)."""
+    start-up. Seen failing against the operator before the queue (after the restart the rest did not
+    start in creation order)."""
     own = own_operator(CODEEXEC_MAX_RUNNING="2")
     namespace = own.namespaces[0]
     manifests = [trivial(index) for index in range(20)]
