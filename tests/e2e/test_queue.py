@@ -251,8 +251,8 @@ def test_queue_deadline_ends_a_long_wait_and_the_run_timeout_starts_with_the_cod
 def test_resource_quota_keeps_executions_queued_not_failed(own_operator: StartOperator) -> None:
     """Safeguard: a pod create refused by a ResourceQuota leaves the Execution Pending/Queued with the
     API's message, and only its namespace waits. Seen failing against the operator before the queue
-    (Failed with the quota's 403) and with the refusal blocking the whole queue (the other namespace's
-    Execution started last)."""
+    (Failed with the quota's 403). (Not caught: a refusal holding up every namespace until the next
+    timer round; the other namespace's Execution then starts a round later, still before the last.)"""
     own = own_operator(2, CODEEXEC_MAX_RUNNING="4")
     limited, free = own.namespaces
     kubectl("create", "quota", "one-pod", "--hard=pods=1", "-n", limited)
