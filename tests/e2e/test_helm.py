@@ -47,7 +47,8 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         # The operator, the test pod and the sandboxes all meet the "restricted" Pod Security Standard.
         kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
     values = {
-        "operator": {"watchNamespaces": [release.watched]},
+        # One operator pod, whose log and metrics these tests read (two replicas: tests/e2e/test_replicas.py).
+        "operator": {"watchNamespaces": [release.watched], "replicaCount": 1},
         "runtimeClass": {"create": False},
         "runtimes": {name: {"enabled": False} for name in ("python", "javascript", "typescript")},
     }
