@@ -231,7 +231,7 @@ def test_after_a_restart_the_queue_is_rebuilt_in_the_same_order() -> None:
     assert restarted.pods() == ["q0-uid-0"]
 
 
-def test_two_quick_decisions_do_not_overfill_while_the_index_lags() -> None:
+def test_two_quick_decisions_neither_overfill_nor_launch_one_twice_while_the_index_lags() -> None:
     operator = Operator(max_running=1)
     operator.add("a", "uid-a", phase="Pending")
     operator.add("b", "uid-b", phase="Pending")
@@ -239,6 +239,8 @@ def test_two_quick_decisions_do_not_overfill_while_the_index_lags() -> None:
     operator.start("a")
     operator.start("b")
     assert operator.pods() == ["a-uid-a"]
+    assert operator.cluster.calls.count("read_pod") == 1, "a is not launched again (and its pod adopted)"
+    assert operator.cluster.executions.patches == []
 
 
 def test_timer_decisions_are_rate_limited_across_timers(monkeypatch: pytest.MonkeyPatch) -> None:
