@@ -21,7 +21,6 @@ more finished Executions are stored (cheap ones: rejected at once for a timeoutS
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import threading
@@ -38,21 +37,18 @@ from urllib3.exceptions import ProtocolError
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from codeexec import builders, egress  # noqa: E402
+from codeexec import builders  # noqa: E402
 from codeexec.builders import ExecutionRef  # noqa: E402
 from codeexec.config import OperatorConfig  # noqa: E402
 from codeexec.report import parse_report  # noqa: E402
 from codeexec.validation import Plan, parse_runtimes, plan_execution  # noqa: E402
 from codeexec.vocabulary import SANDBOX_CONTAINER  # noqa: E402
+from tests.bench.setup import bench  # noqa: E402
 from tests.e2e.bursts import burst_failures, burst_manifests, create_at_once, outcome  # noqa: E402
 from tests.e2e.executions import (  # noqa: E402
     EXECUTION_UID_LABEL,
     TERMINAL_PHASES,
-    OperatorProcess,
-    delete_executions,
     execution_manifest,
-    install_crds_and_runtimes,
-    operator_log_dir,
 )
 
 GROUP, VERSION = "codeexec.io", "v1alpha1"
@@ -271,43 +267,22 @@ def main() -> None:
 
     config.load_kube_config()
     core, custom, batch = client.CoreV1Api(), client.CustomObjectsApi(), client.BatchV1Api()
-    suffix = uuid.uuid4().hex[:6]
-    exec_ns = args.namespace or f"e2e-op-bench-{suffix}"
-    job_ns = f"bench-jobs-{suffix}"
-    created = [ns for ns in (exec_ns, job_ns) if args.namespace is None or ns == job_ns]
-    for ns in created:
-        core.create_namespace({"metadata": {"name": ns}})
-
-    operator = None
-    if not args.no_operator:
-        install_crds_and_runtimes()
-        log = operator_log_dir() / f"operator-bench-{suffix}.log"
-        operator = OperatorProcess(log, {"CODEEXEC_NAMESPACES": exec_ns})
-        operator.start()
-        print(f"operator log: {log}")
-    try:
+    with bench(core, args.namespace, not args.no_operator) as setup:
         runtimes = parse_runtimes(custom.list_cluster_custom_object(GROUP, VERSION, "runtimes")["items"])
         plans = {}
         for manifest in burst_manifests("burst", args.n):
             plan = plan_execution(manifest["spec"], runtimes, OperatorConfig(), True)
             assert isinstance(plan, Plan), plan
             plans[manifest["metadata"]["name"]] = plan
-        api_service = core.read_namespaced_service("kubernetes", "default", _preload_content=False)
-        probe = egress.isolation_probe(json.loads(api_service.data))
+        operator_pid = setup.operator.pid if setup.operator else None
 
-        ex = run_executions(core, custom, exec_ns, args.n)
-        rss_end = rss_mib(operator.pid if operator else None)
+        ex = run_executions(core, custom, setup.execution_namespace, args.n)
+        rss_end = rss_mib(operator_pid)
         rss_stored = "not measured (--stored 0)"
         if args.stored:
-            store_rejected(custom, exec_ns, args.stored)
-            rss_stored = f"{rss_mib(operator.pid if operator else None)} with {args.n + args.stored} stored"
-        jobs = run_jobs(core, batch, job_ns, plans, probe)
-    finally:
-        if operator is not None:
-            delete_executions(exec_ns)
-            operator.stop()
-        for ns in created:
-            core.delete_namespace(ns)
+            store_rejected(custom, setup.execution_namespace, args.stored)
+            rss_stored = f"{rss_mib(operator_pid)} with {args.n + args.stored} stored"
+        jobs = run_jobs(core, batch, setup.job_namespace, plans, setup.isolation_probe)
 
     plan = next(iter(plans.values()))
     print(

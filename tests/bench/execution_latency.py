@@ -12,7 +12,6 @@ run) is started, watching only the benchmark's own namespace; --no-operator uses
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -24,12 +23,13 @@ from kubernetes import client, config, watch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from codeexec import builders, egress  # noqa: E402
+from codeexec import builders  # noqa: E402
 from codeexec.builders import ExecutionRef  # noqa: E402
 from codeexec.config import OperatorConfig  # noqa: E402
 from codeexec.report import parse_report  # noqa: E402
 from codeexec.validation import Plan, parse_runtimes, plan_execution  # noqa: E402
 from codeexec.vocabulary import SANDBOX_CONTAINER  # noqa: E402
+from tests.bench.setup import bench  # noqa: E402
 
 GROUP, VERSION = "codeexec.io", "v1alpha1"
 SPEC = {"language": "python", "code": "print('hello')\n", "timeoutSeconds": 30}
@@ -129,28 +129,11 @@ def main() -> None:
     config.load_kube_config()
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
     networking, batch = client.NetworkingV1Api(), client.BatchV1Api()
-    suffix = uuid.uuid4().hex[:6]
-    exec_ns = args.namespace or f"e2e-op-bench-{suffix}"
-    job_ns = f"bench-jobs-{suffix}"
-    created = [ns for ns in (exec_ns, job_ns) if args.namespace is None or ns == job_ns]
-    for ns in created:
-        core.create_namespace({"metadata": {"name": ns}})
-
-    operator = None
-    if not args.no_operator:
-        from tests.e2e.executions import OperatorProcess, install_crds_and_runtimes, operator_log_dir
-
-        install_crds_and_runtimes()
-        log = operator_log_dir() / f"operator-bench-{suffix}.log"
-        operator = OperatorProcess(log, {"CODEEXEC_NAMESPACES": exec_ns})
-        operator.start()
-        print(f"operator log: {log}")
-    try:
+    with bench(core, args.namespace, not args.no_operator) as setup:
         runtimes = parse_runtimes(custom.list_cluster_custom_object(GROUP, VERSION, "runtimes")["items"])
         plan = plan_execution(SPEC, runtimes, OperatorConfig(), True)
         assert isinstance(plan, Plan), plan
-        api_service = core.read_namespaced_service("kubernetes", "default", _preload_content=False)
-        probe = egress.isolation_probe(json.loads(api_service.data))
+        exec_ns, job_ns, probe = setup.execution_namespace, setup.job_namespace, setup.isolation_probe
 
         for _ in range(args.warmup):
             run_execution(custom, exec_ns)
@@ -160,11 +143,6 @@ def main() -> None:
             results["execution"].append(run_execution(custom, exec_ns))
             results["job"].append(run_job(core, networking, batch, job_ns, plan, probe))
             print(f"run {index + 1:2d}: execution {results['execution'][-1]:.2f}s job {results['job'][-1]:.2f}s")
-    finally:
-        if operator is not None:
-            operator.stop()
-        for ns in created:
-            core.delete_namespace(ns)
 
     print(summary("Execution", results["execution"]))
     print(summary("Job", results["job"]))
