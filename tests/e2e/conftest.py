@@ -171,3 +171,9 @@ def pytest_runtest_makereport(
         for own in item.stash.get(_OWN_OPERATORS, []):
             report.sections.append((f"the test's own operator log ({own.log_path})", own.log_since(0)))
     return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The chaos tests run last: they kill the API server and the kubelet and fill the node, and what they leave
+    recovering (a busy neighbour's pod tearing down, a restarted kubelet) must not slow the tests after them."""
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
