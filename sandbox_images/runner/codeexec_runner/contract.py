@@ -6,6 +6,7 @@ import this module, so neither keeps a copy. sandbox_images/README.md describes 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Final, TypedDict
 
 # Where every sandbox image carries the runner (a zipapp of this package); the pod's command.
@@ -20,6 +21,26 @@ ENV_FILE_FLAG: Final = "--env-file"
 ISOLATION_PROBE_FLAG: Final = "--isolation-probe"
 ISOLATION_WAIT_SECONDS_FLAG: Final = "--isolation-wait-seconds"
 
+# Warm mode (a pool pod started before its Execution exists): the runner pre-starts the harness,
+# then waits for ONE request on its own stdin (the container's stdin, which the operator writes
+# through the API server's pods/attach) instead of reading /code files. Its command line is
+#   runner --warm --max-output-bytes B [--isolation-probe HOST:PORT --isolation-wait-seconds 20]
+#          -- <Runtime.command...>
+# (no --timeout-seconds: the request carries it; without --warm it stays required).
+WARM_FLAG: Final = "--warm"
+# Where the warm runner writes the request's code file, stdin and input.json (in the /tmp emptyDir).
+WARM_DIR: Final = "/tmp/.codeexec"
+# Created only once the isolation probe saw the NetworkPolicy in force and the pre-started harness
+# reported it has preloaded; the pool pod's startupProbe is `exec: ["test", "-e", WARM_READY_FILE]`,
+# so a pod is Ready (may be offered) only then.
+WARM_READY_FILE: Final = "/tmp/.codeexec/ready"
+# The runner writes this line to its stdout as soon as it has read one complete, valid request and
+# before the program receives it: the delivery acknowledgement the operator reads on the attach
+# stream. Nothing reaches stdout before it in warm mode, except a failed isolation probe's report.
+WARM_ACCEPTED: Final = b"codeexec-accepted/v1\n"
+# The request is ONE line of ASCII JSON (a WarmRequestDict) ending in "\n", at most this long.
+MAX_WARM_REQUEST_BYTES: Final = 4 * 1024 * 1024
+
 # How long the runner waits for the pod's NetworkPolicy to be enforced before it gives up without
 # running the code (enforcers program a new pod's rules moments after it starts). The runner's
 # default; the operator passes it and adds it to the pod's activeDeadlineSeconds.
@@ -32,6 +53,9 @@ MAX_LOG_ENTRIES: Final = 1000
 MAX_LOG_BYTES: Final = 64 * 1024
 
 # Exit codes for the runner's own outcomes, as `docker run` (and timeout(1) for 124) use them.
+# Warm mode: stdin closed, or the request was invalid or oversized, before a complete valid
+# request arrived: the program never saw a request (the report's `error` says why).
+EXIT_NO_REQUEST: Final = 123
 EXIT_NOT_ISOLATED: Final = 122  # the NetworkPolicy was not enforced in time: the program was not started
 EXIT_TIMEOUT: Final = 124
 EXIT_RUNNER_ERROR: Final = 125  # invalid arguments or env file
@@ -79,3 +103,27 @@ class ReportDict(TypedDict):
     logsTruncated: bool
     error: str | None
     networkIsolation: IsolationDict | None  # null without --isolation-probe
+
+
+class WarmRequestDict(TypedDict):
+    """The one request a warm runner reads from its stdin: what the cold path takes from /code and its flags."""
+
+    fileName: str  # the code file's name, e.g. "main.py": a plain name, no directory part
+    code: str
+    input: Any  # any JSON value; null when absent
+    stdin: str
+    env: dict[str, str]  # spec.env
+    args: list[str]  # spec.args
+    timeoutSeconds: float  # positive; the clock starts when the program gets the request
+
+
+# Environment variables the interpreters read when they start (PYTHONPATH, NODE_OPTIONS,
+# UV_THREADPOOL_SIZE, LD_PRELOAD, TS_NODE_*): a pre-started interpreter cannot honour them, so the
+# operator sends an Execution whose spec.env names one of them to the cold path, and a warm runner
+# refuses a request that carries one (exit EXIT_NO_REQUEST).
+WARM_STARTUP_ENV_PREFIXES: Final[tuple[str, ...]] = ("PYTHON", "NODE", "UV_", "LD_", "TS_NODE")
+
+
+def warm_compatible_env(env: Mapping[str, str]) -> bool:
+    """Whether a warm (pre-started) sandbox honours `env` exactly as a cold one would."""
+    return not any(name.startswith(WARM_STARTUP_ENV_PREFIXES) for name in env)
