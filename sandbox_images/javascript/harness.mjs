@@ -3,7 +3,9 @@
 //
 // Usage: node harness.mjs [--typescript] CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
 // With --typescript the code is first transpiled by the `typescript` package installed next to this file.
-import { readFileSync, writeSync, existsSync } from "node:fs";
+// Started by a warm runner (CODEEXEC_REQUEST_FD set) it preloads, says so on the channel, and takes
+// CODE_FILE, ARGS and the code's environment from its request.
+import { closeSync, readFileSync, writeSync, existsSync } from "node:fs";
 import Module, { createRequire } from "node:module";
 import { resolve } from "node:path";
 import { format, inspect } from "node:util";
@@ -204,7 +206,21 @@ function reportFailure(send, message) {
   return 1;
 }
 
+// Warm mode: preloads (TypeScript: the compiler imported and run once, so its code is compiled by V8
+// already), says ready, then takes argv and env from the runner's request, leaving the code what a cold
+// start gives it (no request fd, no extra variable).
+async function awaitRequest(requestFd) {
+  if (process.argv[2] === "--typescript") await transpile("export {};\n", "preload.ts");
+  channelWriter()(JSON.stringify({ type: "ready" }));
+  const request = JSON.parse(readFileSync(requestFd, "utf8")); // until the runner closes its end
+  closeSync(requestFd);
+  delete process.env.CODEEXEC_REQUEST_FD;
+  Object.assign(process.env, request.env); // process.env writes through, so child processes inherit it
+  process.argv.push(...request.argv);
+}
+
 // exitCode rather than exit(): pending timers and I/O the code started still finish, as in Node. An exit
 // code the code set itself stands unless the harness failed.
+if (process.env.CODEEXEC_REQUEST_FD) await awaitRequest(Number(process.env.CODEEXEC_REQUEST_FD));
 const harnessExitCode = await main();
 if (harnessExitCode !== 0 || process.exitCode === undefined) process.exitCode = harnessExitCode;

@@ -1,6 +1,8 @@
 """Python harness: runs /code/main.py as `__main__` with `input`, `console`, `api`, top-level return and await.
 
-Usage: python3 harness.py CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
+Usage: python3 harness.py CODE_FILE [ARGS...]; the contract is sandbox_images/README.md. Started by a warm
+runner (CODEEXEC_REQUEST_FD set) it preloads, says so on the channel, and takes CODE_FILE, ARGS and the
+code's environment from its request.
 """
 
 from __future__ import annotations
@@ -234,5 +236,18 @@ def main() -> int:
     return 0
 
 
+def await_request(request_fd: int) -> None:
+    """Warm mode: everything is imported; says ready, then takes argv and env from the runner's request, leaving
+    the code what a cold start gives it (no request fd, no extra variable)."""
+    Channel(channel_fd()).send({"type": "ready"})
+    with open(request_fd, "rb") as f:  # until the runner closes its end
+        request = json.loads(f.read())
+    del os.environ["CODEEXEC_REQUEST_FD"]
+    os.environ.update(request["env"])  # os.environ writes through, so child processes inherit it
+    sys.argv = [sys.argv[0], *request["argv"]]
+
+
 if __name__ == "__main__":
+    if "CODEEXEC_REQUEST_FD" in os.environ:
+        await_request(int(os.environ["CODEEXEC_REQUEST_FD"]))
     sys.exit(main())

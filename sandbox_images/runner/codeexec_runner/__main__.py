@@ -13,10 +13,12 @@ from codeexec_runner.output import write_all
 from codeexec_runner.process import harden
 from codeexec_runner.program import run
 from codeexec_runner.report import Outcome, write_report
+from codeexec_runner.warm import run_warm
 
 
 def execute(argv: list[str]) -> int:
-    """Hardens the runner, waits for isolation, runs the program and always writes the report;
+    """Hardens the runner, waits for isolation, runs the program (at once, or pre-started until its request
+    arrives with --warm) and always writes the report;
     returns the exit code the runner exits with."""
     isolation = None
     try:
@@ -30,7 +32,7 @@ def execute(argv: list[str]) -> int:
                     f"{isolation.waited_ms / 1000:.1f} s; the program was not started",
                     EXIT_NOT_ISOLATED,
                 )
-        outcome = run(config)
+        outcome = run_warm(config) if config.warm else run(config)
     except RunnerError as e:
         write_all(sys.stdout.fileno(), f"codeexec runner: {e}\n".encode())
         outcome = Outcome(exit_code=e.exit_code, error=str(e))

@@ -19,7 +19,7 @@ class _ArgumentParser(argparse.ArgumentParser):
 
 @dataclass
 class Config:
-    timeout_seconds: float
+    timeout_seconds: float | None  # None with --warm: the request carries it
     max_output_bytes: int
     stdin_path: str | None
     input_path: str | None
@@ -27,11 +27,13 @@ class Config:
     command: list[str]
     isolation_probe: tuple[str, int] | None
     isolation_wait_seconds: float
+    warm: bool = False
+    warm_dir: str = contract.WARM_DIR
 
 
 def parse_args(argv: list[str]) -> Config:
     parser = _ArgumentParser(prog="runner", description="Run a sandboxed program and report its outcome.")
-    parser.add_argument(contract.TIMEOUT_SECONDS_FLAG, dest="timeout_seconds", type=float, required=True)
+    parser.add_argument(contract.TIMEOUT_SECONDS_FLAG, dest="timeout_seconds", type=float)
     parser.add_argument(contract.MAX_OUTPUT_BYTES_FLAG, dest="max_output_bytes", type=int, required=True)
     parser.add_argument(contract.STDIN_FLAG, dest="stdin_path")
     parser.add_argument(contract.INPUT_FLAG, dest="input_path")
@@ -43,12 +45,15 @@ def parse_args(argv: list[str]) -> Config:
         type=float,
         default=contract.ISOLATION_WAIT_SECONDS,
     )
+    parser.add_argument(contract.WARM_FLAG, dest="warm", action="store_true")
+    parser.add_argument(contract.WARM_DIR_FLAG, dest="warm_dir", default=contract.WARM_DIR)
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise RunnerError("invalid runner arguments: no command after --")
-    if args.timeout_seconds <= 0:
+    check_mode(args)
+    if args.timeout_seconds is not None and args.timeout_seconds <= 0:
         raise RunnerError(f"invalid runner arguments: {contract.TIMEOUT_SECONDS_FLAG} must be positive")
     if args.max_output_bytes < 0:
         raise RunnerError(f"invalid runner arguments: {contract.MAX_OUTPUT_BYTES_FLAG} must not be negative")
@@ -64,7 +69,32 @@ def parse_args(argv: list[str]) -> Config:
         command,
         probe,
         args.isolation_wait_seconds,
+        args.warm,
+        args.warm_dir,
     )
+
+
+def check_mode(args: argparse.Namespace) -> None:
+    """Cold mode needs the timeout; warm mode takes the timeout and the files from its request, never from flags."""
+    if not args.warm:
+        if args.timeout_seconds is None:
+            # argparse's own wording, as when the flag was `required`.
+            raise RunnerError(
+                f"invalid runner arguments: the following arguments are required: {contract.TIMEOUT_SECONDS_FLAG}"
+            )
+        return
+    given = [
+        flag
+        for flag, value in (
+            (contract.TIMEOUT_SECONDS_FLAG, args.timeout_seconds),
+            (contract.STDIN_FLAG, args.stdin_path),
+            (contract.INPUT_FLAG, args.input_path),
+            (contract.ENV_FILE_FLAG, args.env_file),
+        )
+        if value is not None
+    ]
+    if given:
+        raise RunnerError(f"invalid runner arguments: {', '.join(given)} cannot be used with {contract.WARM_FLAG}")
 
 
 def parse_probe(text: str) -> tuple[str, int]:

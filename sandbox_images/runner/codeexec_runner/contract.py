@@ -28,9 +28,12 @@ ISOLATION_WAIT_SECONDS_FLAG: Final = "--isolation-wait-seconds"
 #          -- <Runtime.command...>
 # (no --timeout-seconds: the request carries it; without --warm it stays required).
 WARM_FLAG: Final = "--warm"
+# Where warm mode keeps its files instead of WARM_DIR: for running the runner outside a pod (the
+# tests, on a shared host's /tmp); the operator never passes it.
+WARM_DIR_FLAG: Final = "--warm-dir"
 # Where the warm runner writes the request's code file, stdin and input.json (in the /tmp emptyDir).
 WARM_DIR: Final = "/tmp/.codeexec"
-# Created only once the isolation probe saw the NetworkPolicy in force and the pre-started harness
+# Created (as WARM_DIR/ready) only once the isolation probe saw the NetworkPolicy in force and the pre-started harness
 # reported it has preloaded; the pool pod's startupProbe is `exec: ["test", "-e", WARM_READY_FILE]`,
 # so a pod is Ready (may be offered) only then.
 WARM_READY_FILE: Final = "/tmp/.codeexec/ready"

@@ -36,9 +36,16 @@ def read_env_file(path: str) -> dict[str, str]:
     if not isinstance(pairs, dict):
         raise RunnerError(f"env file {path} must hold a JSON object")
     for name, value in pairs.items():
-        if not isinstance(value, str) or not name or "=" in name or "\0" in name + value or not is_utf8(name + value):
+        if not is_variable(name, value):
             raise RunnerError(f"env file {path}: invalid variable {name!r}")
     return pairs
+
+
+def is_variable(name: object, value: object) -> bool:
+    """Whether NAME=value can be put in an environment."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        return False
+    return bool(name) and "=" not in name and "\0" not in name + value and is_utf8(name + value)
 
 
 def is_utf8(text: str) -> bool:

@@ -39,10 +39,11 @@ class Program:
     """The running program: its pid, when it started, and where each of its pipes goes."""
 
     pid: int
-    started: float
+    started: float  # when the program got its work: its spawn (cold) or its request (warm)
     stdout: Capture
     stderr: Capture
     channel: Channel
+    channel_fd: int  # the runner's end of the channel
     selector: selectors.BaseSelector
     sinks: dict[int, Callable[[bytes], None]]
     signals: Signals
@@ -59,10 +60,12 @@ class Ending:
 
 
 def run(config: Config) -> Outcome:
+    """The cold path: the program's files are named by the flags; it starts with them at once."""
+    assert config.timeout_seconds is not None  # parse_args requires it without --warm
     env = build_env(config.input_path, config.env_file)
     executable = resolve_command(config.command, env)
     signals = watch_signals()
-    program = spawn(config, executable, env, signals)
+    program = spawn(config, executable, env, signals, open_stdin(config.stdin_path))
     ending = supervise(program, config.timeout_seconds)
     return collect(program, ending)
 
@@ -91,8 +94,16 @@ def watch_signals() -> Signals:
     return signals
 
 
-def spawn(config: Config, executable: str, env: dict[str, str], signals: Signals) -> Program:
-    """Starts the program in its own session, stdout/stderr/channel on pipes the runner reads."""
+def spawn(
+    config: Config,
+    executable: str,
+    env: dict[str, str],
+    signals: Signals,
+    stdin_fd: int,
+    more_fds: tuple[tuple[int, int], ...] = (),
+) -> Program:
+    """Starts the program in its own session, stdin from `stdin_fd`, stdout/stderr/channel on pipes the
+    runner reads, and each (fd, target) of `more_fds` as its fd `target`; closes the runner's copies."""
     # Both streams are echoed to the runner's stdout: the container runtime copies stdout and
     # stderr into the log independently, so a stderr line written just before the report could
     # land after it; one stream keeps the report the log's final line. (`kubectl logs` merges the
@@ -103,7 +114,6 @@ def spawn(config: Config, executable: str, env: dict[str, str], signals: Signals
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     chan_r, chan_w = os.pipe()
-    stdin_fd = open_stdin(config.stdin_path)
     try:
         pid = os.posix_spawn(
             executable,
@@ -114,6 +124,7 @@ def spawn(config: Config, executable: str, env: dict[str, str], signals: Signals
                 (os.POSIX_SPAWN_DUP2, out_w, 1),
                 (os.POSIX_SPAWN_DUP2, err_w, 2),
                 (os.POSIX_SPAWN_DUP2, chan_w, CHANNEL_FD),
+                *((os.POSIX_SPAWN_DUP2, fd, target) for fd, target in more_fds),
             ],
             setsid=True,
             # Python ignores these; ignored dispositions survive exec, so restore the defaults.
@@ -122,7 +133,7 @@ def spawn(config: Config, executable: str, env: dict[str, str], signals: Signals
     except OSError as e:
         raise RunnerError(f"cannot execute {config.command[0]}: {e.strerror}", EXIT_CANNOT_EXECUTE) from e
     started = time.monotonic()
-    for fd in (out_w, err_w, chan_w, stdin_fd):
+    for fd in (out_w, err_w, chan_w, stdin_fd, *(fd for fd, _ in more_fds)):
         os.close(fd)
 
     sinks: dict[int, Callable[[bytes], None]] = {out_r: stdout.feed, err_r: stderr.feed, chan_r: channel.feed}
@@ -131,7 +142,7 @@ def spawn(config: Config, executable: str, env: dict[str, str], signals: Signals
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ)
     selector.register(signals.wake_fd, selectors.EVENT_READ)
-    return Program(pid, started, stdout, stderr, channel, selector, sinks, signals)
+    return Program(pid, started, stdout, stderr, channel, chan_r, selector, sinks, signals)
 
 
 def open_stdin(path: str | None) -> int:
