@@ -1,9 +1,10 @@
-"""Builds the sandbox's ConfigMap, NetworkPolicy and Pod as plain dicts, without I/O."""
+"""Builds the sandbox's ConfigMap, NetworkPolicy and Pod (cold, or warm for a pool) as plain dicts, without I/O."""
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
+import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 from codeexec.config import OperatorConfig
 from codeexec.egress import PinnedHost
-from codeexec.models import DEFAULT_DOMAIN_PORTS
+from codeexec.models import DEFAULT_DOMAIN_PORTS, GROUP, VERSION, RuntimeSpec
 from codeexec.validation import Plan, format_cpu, format_memory
 from codeexec.vocabulary import (
     EXECUTION_LABEL,
@@ -19,8 +20,11 @@ from codeexec.vocabulary import (
     MANAGED_BY,
     MANAGED_BY_LABEL,
     NAME_LABEL,
+    POOL_LABEL,
     SANDBOX_CONTAINER,
     SANDBOX_NAME,
+    TEMPLATE_HASH_LABEL,
+    WARM_NETWORKPOLICY,
 )
 from codeexec_runner import contract
 
@@ -32,11 +36,26 @@ TERMINATION_GRACE_SECONDS = 2
 # Nothing listens there inside the pod: name resolution fails, no DNS query leaves.
 UNUSABLE_NAMESERVER = "127.0.0.1"
 MAX_LABEL_VALUE = 63
+# The API server cuts a generateName to 58 characters (then adds 5 random ones): the stem before the dash.
+MAX_GENERATE_NAME = 57
+# Hex digits of a warm pod's template hash (TEMPLATE_HASH_LABEL).
+TEMPLATE_HASH_LENGTH = 16
+# What a warm pod's startupProbe allows beyond the isolation probe's wait: the harness's preload.
+WARM_START_SECONDS = 30
 
 
 @dataclass(frozen=True)
 class ExecutionRef:
     """Identity of the Execution that owns the sandbox."""
+
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class PoolRef:
+    """Identity of the WarmPool that owns an idle sandbox."""
 
     namespace: str
     name: str
@@ -102,16 +121,148 @@ def pod(
     """The single-use sandbox pod; meets the Pod Security Standard "restricted". `isolation_probe`
     (HOST:PORT) is an address the NetworkPolicy denies: the runner starts the code only once it is
     unreachable."""
+    args = runner_args(plan, config, isolation_probe=isolation_probe)
+    spec = _sandbox_spec(
+        plan.runtime, plan.cpu_millis, plan.memory_bytes, config, args, pinned, code_configmap=child_name(execution)
+    )
+    spec["activeDeadlineSeconds"] = (
+        plan.timeout_seconds + contract.ISOLATION_WAIT_SECONDS + config.active_deadline_grace_seconds
+    )
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": _metadata(execution),
+        "spec": spec,
+    }
+
+
+def warm_pod(
+    pool: PoolRef,
+    runtime: RuntimeSpec,
+    cpu_millis: int,
+    memory_bytes: int,
+    config: OperatorConfig,
+    isolation_probe: str,
+) -> dict[str, Any]:
+    """A pool's sandbox pod: the cold pod's contract, but started before its Execution exists. The runner
+    pre-starts the harness and waits for one request on the container's stdin (written through pods/attach
+    by the claim); no /code volume, and no activeDeadlineSeconds (the claim sets it: it may be set once,
+    then only lowered). Ready only once the runner wrote WARM_READY_FILE (the isolation probe saw the
+    deny-all NetworkPolicy in force): only a Ready pod may be offered."""
+    template_hash = warm_template_hash(runtime, cpu_millis, memory_bytes, config, isolation_probe)
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "generateName": f"{pool.name[:MAX_GENERATE_NAME]}-",
+            "namespace": pool.namespace,
+            "labels": {
+                MANAGED_BY_LABEL: MANAGED_BY,
+                NAME_LABEL: SANDBOX_NAME,
+                POOL_LABEL: _label_value(pool.name),
+                TEMPLATE_HASH_LABEL: template_hash,
+            },
+            "ownerReferences": [
+                {
+                    "apiVersion": f"{GROUP}/{VERSION}",
+                    "kind": "WarmPool",
+                    "name": pool.name,
+                    "uid": pool.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": _warm_pod_spec(runtime, cpu_millis, memory_bytes, config, isolation_probe),
+    }
+
+
+def warm_template_hash(
+    runtime: RuntimeSpec, cpu_millis: int, memory_bytes: int, config: OperatorConfig, isolation_probe: str
+) -> str:
+    """A short, stable hash of everything in a warm pod's spec (image, command, args, resources, runtime
+    class, security settings): a pool pod fits an Execution whose plan hashes alike, and a pool rolls the
+    idle pods whose hash is not its current one."""
+    spec = _warm_pod_spec(runtime, cpu_millis, memory_bytes, config, isolation_probe)
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:TEMPLATE_HASH_LENGTH]
+
+
+def pool_selector(pool_name: str) -> str:
+    """The label selector of every pod of a pool (idle or claimed)."""
+    return f"{POOL_LABEL}={_label_value(pool_name)}"
+
+
+def warm_networkpolicy(namespace: str) -> dict[str, Any]:
+    """The namespace's one deny-all NetworkPolicy of pool pods (no ingress, no egress, so no DNS either),
+    selecting every pod with POOL_LABEL. Owned by no pool: a claimed pod outlives its pool and stays fenced."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {
+            "name": WARM_NETWORKPOLICY,
+            "namespace": namespace,
+            "labels": {MANAGED_BY_LABEL: MANAGED_BY, NAME_LABEL: SANDBOX_NAME},
+        },
+        "spec": {
+            "podSelector": {"matchExpressions": [{"key": POOL_LABEL, "operator": "Exists"}]},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [],
+            "egress": [],
+        },
+    }
+
+
+def _warm_pod_spec(
+    runtime: RuntimeSpec, cpu_millis: int, memory_bytes: int, config: OperatorConfig, isolation_probe: str
+) -> dict[str, Any]:
+    spec = _sandbox_spec(
+        runtime, cpu_millis, memory_bytes, config, warm_runner_args(runtime, config, isolation_probe=isolation_probe)
+    )
+    spec["containers"][0] |= {
+        # The one request arrives on stdin; stdinOnce false: the stream is not closed for good when the
+        # first attach ends (the runner itself reads one request only). No TTY: bytes pass unaltered.
+        "stdin": True,
+        "stdinOnce": False,
+        "tty": False,
+        "startupProbe": {
+            "exec": {"command": ["test", "-e", contract.WARM_READY_FILE]},
+            "periodSeconds": 1,
+            # The isolation probe's wait and the harness's preload; then the kubelet kills it and the pool replaces it.
+            "failureThreshold": contract.ISOLATION_WAIT_SECONDS + WARM_START_SECONDS,
+        },
+    }
+    return spec
+
+
+def _sandbox_spec(
+    runtime: RuntimeSpec,
+    cpu_millis: int,
+    memory_bytes: int,
+    config: OperatorConfig,
+    args: list[str],
+    pinned: Sequence[PinnedHost] = (),
+    *,
+    code_configmap: str | None = None,
+) -> dict[str, Any]:
+    """The pod spec every sandbox shares, cold or warm: the one place of its security settings. With
+    `code_configmap`, its files are mounted read-only at /code."""
     quantities = {
-        "cpu": format_cpu(plan.cpu_millis),
-        "memory": format_memory(plan.memory_bytes),
+        "cpu": format_cpu(cpu_millis),
+        "memory": format_memory(memory_bytes),
         "ephemeral-storage": config.ephemeral_storage,
     }
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": TMP_DIR}]
+    volumes: list[dict[str, Any]] = [
+        # In memory: a full /tmp then fails writes with ENOSPC at sizeLimit (and counts toward the memory
+        # limit), where a disk-backed emptyDir would let the code write on until the kubelet evicts it.
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": config.tmp_size}},
+    ]
+    if code_configmap is not None:
+        mounts.insert(0, {"name": "code", "mountPath": CODE_DIR, "readOnly": True})
+        volumes.insert(0, {"name": "code", "configMap": {"name": code_configmap, "defaultMode": 0o444}})
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "activeDeadlineSeconds": (
-            plan.timeout_seconds + contract.ISOLATION_WAIT_SECONDS + config.active_deadline_grace_seconds
-        ),
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
@@ -132,10 +283,10 @@ def pod(
         "containers": [
             {
                 "name": SANDBOX_CONTAINER,
-                "image": plan.runtime.image,
-                "imagePullPolicy": plan.runtime.image_pull_policy or config.image_pull_policy,
+                "image": runtime.image,
+                "imagePullPolicy": runtime.image_pull_policy or config.image_pull_policy,
                 "command": [contract.RUNNER_PATH],
-                "args": runner_args(plan, config, isolation_probe=isolation_probe),
+                "args": args,
                 "workingDir": TMP_DIR,
                 "securityContext": {
                     "allowPrivilegeEscalation": False,
@@ -146,30 +297,14 @@ def pod(
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
                 "resources": {"requests": dict(quantities), "limits": dict(quantities)},
-                "volumeMounts": [
-                    {"name": "code", "mountPath": CODE_DIR, "readOnly": True},
-                    {"name": "tmp", "mountPath": TMP_DIR},
-                ],
+                "volumeMounts": mounts,
             }
         ],
-        "volumes": [
-            {
-                "name": "code",
-                "configMap": {"name": child_name(execution), "defaultMode": 0o444},
-            },
-            # In memory: a full /tmp then fails writes with ENOSPC at sizeLimit (and counts toward the memory
-            # limit), where a disk-backed emptyDir would let the code write on until the kubelet evicts it.
-            {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": config.tmp_size}},
-        ],
+        "volumes": volumes,
     }
     if config.runtime_class:
         spec["runtimeClassName"] = config.runtime_class
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": _metadata(execution),
-        "spec": spec,
-    }
+    return spec
 
 
 def host_aliases(pinned: Sequence[PinnedHost]) -> list[dict[str, Any]]:
@@ -188,12 +323,7 @@ def runner_args(plan: Plan, config: OperatorConfig, *, isolation_probe: str) -> 
     return [
         contract.TIMEOUT_SECONDS_FLAG,
         str(plan.timeout_seconds),
-        contract.MAX_OUTPUT_BYTES_FLAG,
-        str(config.max_output_bytes),
-        contract.ISOLATION_PROBE_FLAG,
-        isolation_probe,
-        contract.ISOLATION_WAIT_SECONDS_FLAG,
-        str(contract.ISOLATION_WAIT_SECONDS),
+        *_output_and_isolation_args(config, isolation_probe),
         contract.STDIN_FLAG,
         f"{CODE_DIR}/stdin",
         contract.INPUT_FLAG,
@@ -204,6 +334,22 @@ def runner_args(plan: Plan, config: OperatorConfig, *, isolation_probe: str) -> 
         *plan.runtime.command,
         f"{CODE_DIR}/{plan.runtime.file_name}",
         *plan.spec.args,
+    ]
+
+
+def warm_runner_args(runtime: RuntimeSpec, config: OperatorConfig, *, isolation_probe: str) -> list[str]:
+    """Arguments of the runner in warm mode: the request (code, input, timeout, ...) comes on stdin."""
+    return [contract.WARM_FLAG, *_output_and_isolation_args(config, isolation_probe), "--", *runtime.command]
+
+
+def _output_and_isolation_args(config: OperatorConfig, isolation_probe: str) -> list[str]:
+    return [
+        contract.MAX_OUTPUT_BYTES_FLAG,
+        str(config.max_output_bytes),
+        contract.ISOLATION_PROBE_FLAG,
+        isolation_probe,
+        contract.ISOLATION_WAIT_SECONDS_FLAG,
+        str(contract.ISOLATION_WAIT_SECONDS),
     ]
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
-from codeexec.models import MAX_QUEUE_TIMEOUT_SECONDS, CpuQuantity, MemoryQuantity
+from codeexec.models import MAX_QUEUE_TIMEOUT_SECONDS, MAX_WARM_POOL_REPLICAS, CpuQuantity, MemoryQuantity
 
 ENV_PREFIX = "CODEEXEC_"
 # An IP network in CIDR notation (checked exactly by ipaddress below; the pattern is for the chart's schema).
@@ -100,6 +100,15 @@ class OperatorConfig(BaseModel):
         ge=1,
         le=MAX_QUEUE_TIMEOUT_SECONDS,
         description="Largest spec.queueTimeoutSeconds an Execution may ask for (above: Rejected, QueueTimeoutTooLong).",
+    )
+    max_warm_pool_replicas: int = Field(
+        default=10,
+        ge=0,
+        le=MAX_WARM_POOL_REPLICAS,
+        description=(
+            "Most idle sandboxes one WarmPool keeps (its spec.replicas above this: it keeps this many, "
+            "condition ReplicasTooLarge)."
+        ),
     )
     active_deadline_grace_seconds: int = Field(
         default=30,

@@ -1,4 +1,4 @@
-"""Pydantic models of the Execution and Runtime resources: the single source of the CRD schemas."""
+"""Pydantic models of the Execution, Runtime and WarmPool resources: the single source of the CRD schemas."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ MAX_ALLOWED_DOMAINS = 32
 MAX_TIMEOUT_SECONDS = 3600
 # A day: an upper bound for the schema; the operator's max_queue_timeout_seconds is the real limit.
 MAX_QUEUE_TIMEOUT_SECONDS = 86400
+# An upper bound for the schema; the operator's max_warm_pool_replicas is the real limit.
+MAX_WARM_POOL_REPLICAS = 1000
 
 RESERVED_ENV_PREFIX = "CODEEXEC_"
 # Go RE2 (the API server) and Rust regex (pydantic) both accept these: no lookaround.
@@ -273,7 +275,7 @@ class LogEntry(Model):
 class Condition(Model):
     """A Kubernetes-style condition."""
 
-    type: str = Field(description="Accepted or Finished.")
+    type: str = Field(description="Accepted or Finished (an Execution); Ready (a WarmPool).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="Stable CamelCase reason.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -403,3 +405,52 @@ class RuntimeSpec(Model):
         if file_name in RESERVED_FILE_NAMES:
             raise ValueError(f"fileName must not be one of {', '.join(RESERVED_FILE_NAMES)}")
         return file_name
+
+
+class WarmPoolSpec(Model):
+    """How many started sandboxes of one Runtime and size a namespace keeps ready to be claimed."""
+
+    runtime: LanguageName = Field(
+        description="Name of an installed Runtime or one of its aliases (kubectl get runtimes).",
+    )
+    replicas: int = Field(
+        ge=0,
+        le=MAX_WARM_POOL_REPLICAS,
+        description=(
+            "Idle sandboxes to keep started and ready; each serves one Execution, then the pool starts another. "
+            "Above the operator's maxWarmPoolReplicas (10 unless configured) the pool keeps that many "
+            "(condition Ready False, reason ReplicasTooLarge). Pool pods count against the namespace's quota."
+        ),
+    )
+    resources: Resources | None = Field(
+        default=None,
+        description=(
+            "CPU and memory of each sandbox. Defaults as an Execution's do (the Runtime's defaultResources, "
+            "then the operator's defaults), so an Execution without resources fits a pool without them; "
+            "bounded by the same maxima. An Execution is served by a pool only when its resources are equal."
+        ),
+    )
+
+
+class WarmPoolStatus(Model):
+    """What the pool holds, written by the operator."""
+
+    replicas: int | None = Field(
+        default=None, description="Idle sandboxes of the current template (Runtime image and size), ready or not."
+    )
+    ready_replicas: int | None = Field(default=None, description="Idle sandboxes ready to be claimed.")
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description=(
+            "The Ready condition: True (reason Ready) once readyReplicas equals spec.replicas; False with "
+            "Filling, ReplicasTooLarge, CreateRefused, UnknownRuntime, ResourcesTooLarge, InvalidSpec or "
+            "RuntimeClassMissing."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the status was computed from."
+    )

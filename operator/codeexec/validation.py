@@ -167,12 +167,10 @@ def _plan_parsed(
     if isinstance(queue_timeout, Rejection):
         return queue_timeout
 
-    cpu = _resolve_quantity("cpu", spec, runtime_name, runtime, config)
-    if isinstance(cpu, Rejection):
-        return cpu
-    memory = _resolve_quantity("memory", spec, runtime_name, runtime, config)
-    if isinstance(memory, Rejection):
-        return memory
+    resources = resolve_resources(spec.resources, runtime_name, runtime, config)
+    if isinstance(resources, Rejection):
+        return resources
+    cpu, memory = resources
 
     if config.runtime_class and not runtime_class_exists:
         return Rejection(
@@ -237,9 +235,24 @@ def resolve_queue_timeout(requested: int | None, config: OperatorConfig) -> int 
     return requested
 
 
+def resolve_resources(
+    requested: Resources | None, runtime_name: str, runtime: RuntimeSpec, config: OperatorConfig
+) -> tuple[int, int] | Rejection:
+    """CPU millicores and memory bytes of a sandbox: `requested` (spec.resources of an Execution or of a
+    WarmPool), else the Runtime's defaults, then the operator's; bounded by both maxima. One function for
+    both, so a plain Execution gets exactly the size of a plain pool."""
+    cpu = _resolve_quantity("cpu", requested, runtime_name, runtime, config)
+    if isinstance(cpu, Rejection):
+        return cpu
+    memory = _resolve_quantity("memory", requested, runtime_name, runtime, config)
+    if isinstance(memory, Rejection):
+        return memory
+    return cpu, memory
+
+
 def _resolve_quantity(
     field: Literal["cpu", "memory"],
-    spec: ExecutionSpec,
+    requested_resources: Resources | None,
     runtime_name: str,
     runtime: RuntimeSpec,
     config: OperatorConfig,
@@ -252,7 +265,7 @@ def _resolve_quantity(
         maximum_text = runtime_max
     maximum = parse(maximum_text)
 
-    requested = _quantity(spec.resources, field)
+    requested = _quantity(requested_resources, field)
     if requested is None:
         default = _quantity(runtime.default_resources, field) or getattr(config, f"default_{field}")
         return min(parse(default), maximum)

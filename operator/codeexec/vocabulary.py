@@ -73,5 +73,25 @@ EXECUTION_LABEL = "codeexec.io/execution"  # The Execution's name (hashed when t
 # only the operator sets it, so no user label can select a sandbox.
 EXECUTION_UID_LABEL = "codeexec.io/execution-uid"
 
+# Warm pools (warmpools.py). Pool pods carry POOL_LABEL and TEMPLATE_HASH_LABEL; an idle one has no
+# EXECUTION_UID_LABEL: the claim of a pod by an Execution adds that label (and takes the pod out of the pool).
+POOL_LABEL = "codeexec.io/pool"  # The WarmPool's name: the namespace's deny-all NetworkPolicy selects pods by it.
+# builders.warm_template_hash of the pod's spec: a pod fits an Execution whose plan hashes alike, and a pool
+# deletes idle pods whose hash is not its own (a Runtime's image changed: the pool rolls).
+TEMPLATE_HASH_LABEL = "codeexec.io/template-hash"
+# The one NetworkPolicy per namespace that fences every pool pod (no ingress, no egress). Owned by nothing:
+# a claimed pod outlives its pool and must stay fenced; it stays when the pools go.
+WARM_NETWORKPOLICY = "codeexec-warm-sandboxes"
+
+# WarmPool status: one condition, Ready, with a stable reason. Users and alerts match on them.
+CONDITION_READY = "Ready"
+POOL_READY = "Ready"  # Ready=True: every wanted pod is started and ready to be claimed.
+POOL_FILLING = "Filling"  # Ready=False: pods are being created or starting.
+REPLICAS_TOO_LARGE = "ReplicasTooLarge"  # Ready=False: spec.replicas above the operator's maximum; it keeps that many.
+POOL_CREATE_REFUSED = "CreateRefused"  # Ready=False: the quota or LimitRange refused a pod; retried later.
+# Ready=False, the pool keeps no pods: its spec.runtime names no installed Runtime or alias. RESOURCES_TOO_LARGE,
+# INVALID_SPEC and RUNTIME_CLASS_MISSING (above) mean the same for a pool as for an Execution.
+UNKNOWN_RUNTIME = "UnknownRuntime"
+
 # The sandbox pod's one container: status reads its state, the report is read from its log.
 SANDBOX_CONTAINER = "sandbox"

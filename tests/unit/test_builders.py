@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from codeexec import builders
-from codeexec.builders import ExecutionRef, PinnedHost
+from codeexec.builders import ExecutionRef, PinnedHost, PoolRef
 from codeexec.config import OperatorConfig
-from tests.unit.factories import UID, plan
+from codeexec.models import RuntimeSpec
+from tests.unit.factories import PYTHON, UID, plan, python_runtime
 
 EXECUTION = ExecutionRef(namespace="team", name="hello", uid=UID)
+POOL = PoolRef(namespace="team", name="python-pool", uid="9a8b7c6d-0000-4000-8000-000000000001")
 PROBE = "10.0.0.1:443"
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -21,6 +24,18 @@ DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 def build_pod(config: OperatorConfig | None = None, **fields: Any) -> dict[str, Any]:
     config = config or OperatorConfig()
     return builders.pod(EXECUTION, plan(config, **fields), config, isolation_probe=PROBE)
+
+
+def build_warm_pod(config: OperatorConfig | None = None, **fields: Any) -> dict[str, Any]:
+    """A pool's pod of the size an Execution with `fields` would get."""
+    config = config or OperatorConfig()
+    the_plan = plan(config, **fields)
+    return builders.warm_pod(POOL, the_plan.runtime, the_plan.cpu_millis, the_plan.memory_bytes, config, PROBE)
+
+
+# Every sandbox pod, cold or warm, meets the same contract: the security tests run on both.
+SANDBOX_KINDS = {"cold": build_pod, "warm": build_warm_pod}
+each_kind = pytest.mark.parametrize("build", list(SANDBOX_KINDS.values()), ids=list(SANDBOX_KINDS))
 
 
 def sandbox(pod: dict[str, Any]) -> dict[str, Any]:
@@ -148,8 +163,9 @@ def test_pod_identity_and_lifecycle() -> None:
     assert spec["terminationGracePeriodSeconds"] == 2
 
 
-def test_pod_security_settings() -> None:
-    spec = build_pod()["spec"]
+@each_kind
+def test_pod_security_settings(build: Callable[..., dict[str, Any]]) -> None:
+    spec = build()["spec"]
     assert spec["runtimeClassName"] == "gvisor"
     assert spec["automountServiceAccountToken"] is False
     assert spec["enableServiceLinks"] is False
@@ -168,8 +184,9 @@ def test_pod_security_settings() -> None:
         assert absent not in spec, absent
 
 
-def test_pod_has_no_usable_dns() -> None:
-    spec = build_pod()["spec"]
+@each_kind
+def test_pod_has_no_usable_dns(build: Callable[..., dict[str, Any]]) -> None:
+    spec = build()["spec"]
     assert spec["dnsPolicy"] == "None"
     assert spec["dnsConfig"] == {"nameservers": ["127.0.0.1"]}
     assert spec["hostAliases"] == []
@@ -192,8 +209,9 @@ def test_pod_pins_allowed_hosts() -> None:
     assert pod["spec"]["dnsConfig"] == {"nameservers": ["127.0.0.1"]}
 
 
-def test_container_security_settings() -> None:
-    container = sandbox(build_pod())
+@each_kind
+def test_container_security_settings(build: Callable[..., dict[str, Any]]) -> None:
+    container = sandbox(build())
     assert container["securityContext"] == {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -202,7 +220,13 @@ def test_container_security_settings() -> None:
         "capabilities": {"drop": ["ALL"]},
         "seccompProfile": {"type": "RuntimeDefault"},
     }
-    for absent in ("env", "envFrom", "ports", "stdin", "tty", "lifecycle", "volumeDevices"):
+    for absent in ("env", "envFrom", "ports", "lifecycle", "volumeDevices", "livenessProbe", "readinessProbe"):
+        assert absent not in container, absent
+
+
+def test_cold_container_has_no_stdin_or_tty() -> None:
+    container = sandbox(build_pod())
+    for absent in ("stdin", "stdinOnce", "tty", "startupProbe"):
         assert absent not in container, absent
 
 
@@ -241,8 +265,9 @@ def test_runtime_pull_policy_wins_over_the_operator_default() -> None:
     assert sandbox(build_pod(config))["imagePullPolicy"] == "Never"
 
 
-def test_container_resources_are_guaranteed_and_bounded() -> None:
-    container = sandbox(build_pod(resources={"cpu": "0.25", "memory": "1G"}))
+@each_kind
+def test_container_resources_are_guaranteed_and_bounded(build: Callable[..., dict[str, Any]]) -> None:
+    container = sandbox(build(resources={"cpu": "0.25", "memory": "1G"}))
     expected = {"cpu": "250m", "memory": "1000000000", "ephemeral-storage": "128Mi"}
     assert container["resources"] == {"requests": expected, "limits": expected}
 
@@ -261,12 +286,152 @@ def test_volumes_are_read_only_code_and_bounded_tmp() -> None:
         assert "hostPath" not in volume
 
 
-def test_runtime_class_is_omitted_only_when_switched_off() -> None:
-    assert "runtimeClassName" not in build_pod(OperatorConfig(runtime_class=""))["spec"]
-    assert build_pod(OperatorConfig(runtime_class="kata"))["spec"]["runtimeClassName"] == "kata"
+@each_kind
+def test_runtime_class_is_omitted_only_when_switched_off(build: Callable[..., dict[str, Any]]) -> None:
+    assert "runtimeClassName" not in build(OperatorConfig(runtime_class=""))["spec"]
+    assert build(OperatorConfig(runtime_class="kata"))["spec"]["runtimeClassName"] == "kata"
 
 
 @pytest.mark.parametrize("field", ["image", "nodeName", "serviceAccountName", "runtimeClassName", "privileged"])
 def test_spec_cannot_reach_pod_fields(field: str) -> None:
     with pytest.raises(AssertionError, match="Extra inputs are not permitted"):
         build_pod(**{field: "x"})
+
+
+def test_warm_pod_identity_and_ownership() -> None:
+    """Fails with a fixed pod name (a pool's pods would collide) or without the owner (deleting the pool would
+    leave its idle pods)."""
+    pod = build_warm_pod()
+    assert pod["apiVersion"] == "v1"
+    assert pod["kind"] == "Pod"
+    metadata = pod["metadata"]
+    assert "name" not in metadata
+    assert metadata["generateName"] == "python-pool-"
+    assert metadata["namespace"] == "team"
+    assert metadata["labels"] == {
+        "app.kubernetes.io/managed-by": "code-exec",
+        "app.kubernetes.io/name": "code-exec-sandbox",
+        "codeexec.io/pool": "python-pool",
+        "codeexec.io/template-hash": builders.warm_template_hash(
+            plan().runtime, 500, 256 * 1024**2, OperatorConfig(), PROBE
+        ),
+    }
+    # Never the Execution's uid label: that marks a claimed pod, and only the claim sets it.
+    assert "codeexec.io/execution-uid" not in metadata["labels"]
+    assert metadata["ownerReferences"] == [
+        {
+            "apiVersion": "codeexec.io/v1alpha1",
+            "kind": "WarmPool",
+            "name": "python-pool",
+            "uid": POOL.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
+    long = builders.warm_pod(PoolRef("team", "p" * 100, POOL.uid), PYTHON, 500, 2**28, OperatorConfig(), PROBE)
+    assert long["metadata"]["generateName"] == "p" * 57 + "-"
+    assert len(long["metadata"]["labels"]["codeexec.io/pool"]) <= 63
+
+
+def test_warm_pod_lifecycle_leaves_the_deadline_to_the_claim() -> None:
+    spec = build_warm_pod()["spec"]
+    assert spec["restartPolicy"] == "Never"
+    assert spec["terminationGracePeriodSeconds"] == 2
+    # The claim sets it (once set, it can only be lowered): an idle pod waits as long as it must.
+    assert "activeDeadlineSeconds" not in spec
+
+
+def test_warm_container_waits_for_its_request_on_stdin() -> None:
+    container = sandbox(build_warm_pod())
+    assert (container["stdin"], container["stdinOnce"], container["tty"]) == (True, False, False)
+    assert container["image"] == "localhost/codeexec/python:0.1.0"
+    assert container["command"] == ["/opt/codeexec/runner"]
+    assert container["args"] == [
+        "--warm",
+        "--max-output-bytes",
+        "65536",
+        "--isolation-probe",
+        "10.0.0.1:443",
+        "--isolation-wait-seconds",
+        "20",
+        "--",
+        "python3",
+        "/opt/codeexec/harness.py",
+    ]
+    assert container["workingDir"] == "/tmp"
+    # Ready (offered to Executions) only once the runner saw the NetworkPolicy in force and preloaded.
+    assert container["startupProbe"] == {
+        "exec": {"command": ["test", "-e", "/tmp/.codeexec/ready"]},
+        "periodSeconds": 1,
+        "failureThreshold": 20 + 30,
+    }
+
+
+def test_warm_pod_has_no_code_volume() -> None:
+    pod = build_warm_pod(config=OperatorConfig(tmp_size="32Mi"))
+    assert pod["spec"]["volumes"] == [{"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "32Mi"}}]
+    assert sandbox(pod)["volumeMounts"] == [{"name": "tmp", "mountPath": "/tmp"}]
+
+
+def test_warm_and_cold_pods_share_every_security_setting() -> None:
+    """One code path: the pod specs differ only where warm and cold must; fails when a setting is added to one
+    kind of pod only."""
+    cold, warm = build_pod()["spec"], build_warm_pod()["spec"]
+    cold_container, warm_container = cold.pop("containers")[0], warm.pop("containers")[0]
+    assert {key for key in cold if cold[key] != warm.get(key)} == {"activeDeadlineSeconds", "volumes"}
+    assert set(warm) - set(cold) == set()
+    differing = {key for key in cold_container | warm_container if cold_container.get(key) != warm_container.get(key)}
+    assert differing == {"args", "volumeMounts", "stdin", "stdinOnce", "tty", "startupProbe"}
+
+
+def test_template_hash_changes_with_what_the_pod_runs_and_only_then() -> None:
+    """Fails when the hash leaves out what a pod runs (e.g. the image: a Runtime's new image would never roll
+    the pool, and an Execution would claim a pod of the old image)."""
+    config = OperatorConfig()
+
+    def digest(runtime: RuntimeSpec = PYTHON, cpu: int = 500, memory: int = 2**28, **settings: Any) -> str:
+        return builders.warm_template_hash(
+            runtime, cpu, memory, OperatorConfig(**settings) if settings else config, PROBE
+        )
+
+    base = digest()
+    assert re.fullmatch(r"[0-9a-f]{16}", base)
+    assert digest() == base  # stable
+    assert builders.warm_template_hash(PYTHON, 500, 2**28, config, PROBE) == base
+    changed = [
+        digest(python_runtime(image="localhost/codeexec/python:0.2.0")),
+        digest(python_runtime(command=["python3", "-X", "dev", "/opt/codeexec/harness.py"])),
+        digest(python_runtime(imagePullPolicy="Always")),
+        digest(cpu=250),
+        digest(memory=2**29),
+        digest(runtime_class="kata"),
+        digest(max_output_bytes=2048),
+        digest(tmp_size="32Mi"),
+        builders.warm_template_hash(PYTHON, 500, 2**28, config, "10.0.0.2:443"),
+    ]
+    assert base not in changed and len(set(changed)) == len(changed)
+    # What only Executions choose (their timeout) or only the pool's metadata holds does not change it.
+    assert digest(python_runtime(fileName="app.py", defaultTimeoutSeconds=5, aliases=[])) == base
+
+
+def test_pool_selector() -> None:
+    assert builders.pool_selector("python-pool") == "codeexec.io/pool=python-pool"
+
+
+def test_warm_networkpolicy_denies_everything_to_every_pool_pod() -> None:
+    policy = builders.warm_networkpolicy("team")
+    assert policy["apiVersion"] == "networking.k8s.io/v1"
+    assert policy["kind"] == "NetworkPolicy"
+    assert policy["metadata"] == {
+        "name": "codeexec-warm-sandboxes",
+        "namespace": "team",
+        "labels": {"app.kubernetes.io/managed-by": "code-exec", "app.kubernetes.io/name": "code-exec-sandbox"},
+    }
+    # No owner: a claimed pod outlives its pool and stays fenced.
+    assert "ownerReferences" not in policy["metadata"]
+    assert policy["spec"] == {
+        "podSelector": {"matchExpressions": [{"key": "codeexec.io/pool", "operator": "Exists"}]},
+        "policyTypes": ["Ingress", "Egress"],
+        "ingress": [],
+        "egress": [],
+    }

@@ -207,7 +207,12 @@ def test_package_holds_the_crd_files_and_no_examples(tmp_path: Path) -> None:
     for chart in (str(CHART), str(archive)):  # the directory (links followed) and the package
         rendered = yaml.safe_load_all(helm("template", "x", chart, "--kube-version", "1.34.0", "--include-crds").stdout)
         names = sorted(doc["metadata"]["name"] for doc in rendered if doc and doc["kind"] == "CustomResourceDefinition")
-        assert names == ["clusterkopfpeerings.kopf.dev", "executions.codeexec.io", "runtimes.codeexec.io"], chart
+        assert names == [
+            "clusterkopfpeerings.kopf.dev",
+            "executions.codeexec.io",
+            "runtimes.codeexec.io",
+            "warmpools.codeexec.io",
+        ], chart
 
 
 @needs_helm

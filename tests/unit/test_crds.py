@@ -35,7 +35,11 @@ def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[st
 
 def test_command_line_writes_the_crds(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["crds", "--out", str(tmp_path)])
-    assert capsys.readouterr().out.split() == [str(tmp_path / "execution.yaml"), str(tmp_path / "runtime.yaml")]
+    assert capsys.readouterr().out.split() == [
+        str(tmp_path / "execution.yaml"),
+        str(tmp_path / "runtime.yaml"),
+        str(tmp_path / "warmpool.yaml"),
+    ]
     assert (tmp_path / "execution.yaml").read_text() == (CRD_DIR / "execution.yaml").read_text()
 
 
@@ -43,10 +47,14 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     first = {path.name: path.read_text() for path in crdgen.write(tmp_path / "a")}
     second = {path.name: path.read_text() for path in crdgen.write(tmp_path / "b")}
     assert first == second
-    assert sorted(first) == ["execution.yaml", "runtime.yaml"]
+    assert sorted(first) == ["execution.yaml", "runtime.yaml", "warmpool.yaml"]
 
 
-@pytest.mark.parametrize("crd", [crdgen.execution_crd(), crdgen.runtime_crd()], ids=["execution", "runtime"])
+@pytest.mark.parametrize(
+    "crd",
+    [crdgen.execution_crd(), crdgen.runtime_crd(), crdgen.warmpool_crd()],
+    ids=["execution", "runtime", "warmpool"],
+)
 def test_schema_is_structural(crd: dict[str, Any]) -> None:
     for path, node in nodes(schema_of(crd)):
         preserves = node.get("x-kubernetes-preserve-unknown-fields") is True
@@ -68,9 +76,8 @@ def test_only_free_form_json_preserves_unknown_fields() -> None:
         if node.get("x-kubernetes-preserve-unknown-fields")
     ]
     assert preserving == [".spec.input", ".status.result"]
-    assert not [
-        path for path, node in nodes(schema_of(crdgen.runtime_crd())) if "x-kubernetes-preserve-unknown-fields" in node
-    ]
+    for crd in (crdgen.runtime_crd(), crdgen.warmpool_crd()):
+        assert not [path for path, node in nodes(schema_of(crd)) if "x-kubernetes-preserve-unknown-fields" in node]
 
 
 @pytest.mark.parametrize("field", FORBIDDEN_SPEC_FIELDS)
@@ -150,6 +157,32 @@ def test_runtime_crd_shape() -> None:
     spec = schema_of(crd)["properties"]["spec"]
     assert spec["required"] == ["image", "command", "fileName"]
     assert spec["properties"]["defaultTimeoutSeconds"]["default"] == 30
+
+
+def test_warmpool_crd_shape() -> None:
+    """What `kubectl get warmpools` (wp) shows, and the spec's bounds; seen failing while the pool had no CRD."""
+    crd = crdgen.warmpool_crd()
+    assert crd["metadata"]["name"] == "warmpools.codeexec.io"
+    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["names"]["kind"] == "WarmPool"
+    assert crd["spec"]["names"]["plural"] == "warmpools"
+    assert crd["spec"]["names"]["shortNames"] == ["wp"]
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = {column["name"]: column["jsonPath"] for column in version["additionalPrinterColumns"]}
+    assert columns == {
+        "Runtime": ".spec.runtime",
+        "Desired": ".spec.replicas",
+        "Ready": ".status.readyReplicas",
+        "Reason": '.status.conditions[?(@.type=="Ready")].reason',
+        "Age": ".metadata.creationTimestamp",
+    }
+    spec = schema_of(crd)["properties"]["spec"]
+    assert spec["required"] == ["runtime", "replicas"]
+    assert (spec["properties"]["replicas"]["minimum"], spec["properties"]["replicas"]["maximum"]) == (0, 1000)
+    assert sorted(spec["properties"]["resources"]["properties"]) == ["cpu", "memory"]
+    status = schema_of(crd)["properties"]["status"]["properties"]
+    assert sorted(status) == ["conditions", "observedGeneration", "readyReplicas", "replicas"]
 
 
 @pytest.mark.parametrize("path", sorted((CRD_DIR / "examples").glob("*.yaml")), ids=lambda path: path.name)
