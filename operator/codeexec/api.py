@@ -50,6 +50,25 @@ class Sandboxes(Protocol):
         """None when it does not exist."""
         ...
 
+    def find_pod(self, namespace: str, execution_uid: str) -> Body | None:
+        """The pod labelled as the Execution's sandbox (created for it, or a warm pod claimed for it); None
+        when there is none."""
+        ...
+
+    def warm_pods(self, namespace: str, template_hash: str) -> list[Body]:
+        """The unclaimed pool pods of that template in the namespace, as the API has them now."""
+        ...
+
+    def claim(self, namespace: str, name: str, patch: Body) -> Body:
+        """Merge-patches a pool pod; the patch carries the resourceVersion read, so a pod changed since
+        (claimed by another) fails with 409."""
+        ...
+
+    def deliver(self, namespace: str, name: str, request: bytes) -> bool:
+        """Writes the request to the sandbox container's stdin through pods/attach; True once the runner
+        acknowledged it (contract.WARM_ACCEPTED), False when it did not in time (it had one already, or died)."""
+        ...
+
     def read_report(self, namespace: str, pod_name: str) -> Report | None:
         """The runner's report at the end of the sandbox container's log; None when there is
         none, or no log any more."""
@@ -84,6 +103,35 @@ class ClusterFacts(Protocol):
     def pods(self) -> list[Body]:
         """Every pod in the cluster that has not ended, with just what the queue's capacity needs (namespace,
         labels, node, phase, resources); may be some seconds old."""
+        ...
+
+
+class WarmPools(Protocol):
+    """The WarmPool resources and what keeps them: their pods and the namespace's pool NetworkPolicy."""
+
+    def read(self, namespace: str, name: str) -> Body | None:
+        """None when it does not exist."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, status: Body) -> None:
+        """Merge-patches .status."""
+        ...
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Body]:
+        """The pods the selector matches, as the API has them now (no cache: a pool never counts a pod twice)."""
+        ...
+
+    def create_pod(self, pod: Body) -> Body:
+        """Creates a pod (named by the API server from its generateName)."""
+        ...
+
+    def delete_pod(self, namespace: str, name: str, resource_version: str) -> bool:
+        """Deletes the pod only if it is still that version (a precondition): False when it changed meanwhile
+        (e.g. an Execution claimed it) or is gone."""
+        ...
+
+    def ensure_networkpolicy(self, policy: Body) -> None:
+        """Creates the NetworkPolicy unless one of its name exists."""
         ...
 
 

@@ -124,6 +124,7 @@ def execution_crd() -> dict[str, Any]:
                 "jsonPath": ".status.reason",
                 "priority": 1,
             },
+            {"name": "Sandbox", "type": "string", "jsonPath": ".status.sandbox", "priority": 1},
         ],
     )
 

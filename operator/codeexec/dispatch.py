@@ -67,10 +67,12 @@ class Dispatcher:
         if admitted is None:
             return
         plan = admitted[0]
+        # A ready warm pod holds its room on the node already: the Execution that takes it needs none more.
+        warm = lifecycle.warm_ready(self._api, self._config, admitted, body["metadata"]["namespace"])
         accepted = dataclasses.replace(
             queueing.entry(body, self._config),
             state=State.WAITING,
-            requests=Requests(plan.cpu_millis, plan.memory_bytes),
+            requests=Requests(0, 0) if warm else Requests(plan.cpu_millis, plan.memory_bytes),
         )
         with self._lock:
             decision = self._decide(snapshot, accepted)

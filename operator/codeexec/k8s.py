@@ -13,15 +13,19 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.stream import stream
 
-from codeexec.api import BAD_REQUEST, CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi
+from codeexec.api import BAD_REQUEST, CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi, WarmPools
 from codeexec.models import GROUP, VERSION
 from codeexec.report import Report, ReportScanner
-from codeexec.vocabulary import SANDBOX_CONTAINER
+from codeexec.vocabulary import EXECUTION_UID_LABEL, POOL_LABEL, SANDBOX_CONTAINER, TEMPLATE_HASH_LABEL
+from codeexec_runner import contract
 
 # (connect, read) seconds: a request to an unresponsive API server must not hang a handler.
 REQUEST_TIMEOUT = (5.0, 30.0)
 LOG_CHUNK_BYTES = 64 * 1024
+# How long a warm sandbox's runner may take to acknowledge its request on the attach stream.
+DELIVERY_TIMEOUT_SECONDS = 10.0
 # The API server's Service, which sandboxes must never reach (the isolation probe).
 API_SERVICE = ("default", "kubernetes")
 # Nodes and the API server's addresses change rarely; Executions can come by the hundred.
@@ -180,6 +184,7 @@ class KubeSandboxes:
         core = client.CoreV1Api(api_client)
         networking = client.NetworkingV1Api(api_client)
         self._core = core
+        self._configuration = api_client.configuration
         # Deleted in this order: the pod first, so nothing runs without its NetworkPolicy.
         self._kinds = {
             "Pod": _KindCalls(core.create_namespaced_pod, core.read_namespaced_pod, core.delete_namespaced_pod),
@@ -208,6 +213,53 @@ class KubeSandboxes:
     @_api_errors
     def read_pod(self, namespace: str, name: str) -> Body | None:
         return _read_if_present(self._kinds["Pod"].read, name, namespace)
+
+    @_api_errors
+    def find_pod(self, namespace: str, execution_uid: str) -> Body | None:
+        pods = _items(
+            self._core.list_namespaced_pod, namespace, label_selector=f"{EXECUTION_UID_LABEL}={execution_uid}"
+        )
+        return pods[0] if pods else None
+
+    @_api_errors
+    def warm_pods(self, namespace: str, template_hash: str) -> list[Body]:
+        selector = f"{POOL_LABEL},!{EXECUTION_UID_LABEL},{TEMPLATE_HASH_LABEL}={template_hash}"
+        return _items(self._core.list_namespaced_pod, namespace, label_selector=selector)
+
+    @_api_errors
+    def claim(self, namespace: str, name: str, patch: Body) -> Body:
+        return _request(
+            self._core.patch_namespaced_pod, name, namespace, patch, _content_type="application/merge-patch+json"
+        )
+
+    @_api_errors
+    def deliver(self, namespace: str, name: str, request: bytes) -> bool:
+        # stream() swaps the ApiClient's transport while it runs: a client of its own keeps the
+        # handlers' other calls (other threads) on plain HTTP.
+        core = client.CoreV1Api(client.ApiClient(self._configuration))
+        attached: Any = stream(
+            core.connect_get_namespaced_pod_attach,
+            name,
+            namespace,
+            container=SANDBOX_CONTAINER,
+            stdin=True,
+            stdout=True,
+            stderr=False,
+            tty=False,
+            binary=True,
+            _preload_content=False,
+        )
+        try:
+            attached.write_stdin(request)
+            seen = b""
+            give_up = time.monotonic() + DELIVERY_TIMEOUT_SECONDS
+            while contract.WARM_ACCEPTED not in seen and attached.is_open() and time.monotonic() < give_up:
+                attached.update(timeout=max(0.0, give_up - time.monotonic()))
+                # Only the acknowledgement matters; the rest of the stream is the program's, read from the log.
+                seen = (seen + attached.read_stdout(timeout=0))[-len(contract.WARM_ACCEPTED) * 2 :]
+            return contract.WARM_ACCEPTED in seen
+        finally:
+            attached.close()
 
     @_api_errors
     def read_report(self, namespace: str, pod_name: str) -> Report | None:
@@ -301,6 +353,62 @@ class KubeClusterFacts:
         )
 
 
+class KubeWarmPools:
+    """The WarmPool resources, their pods and the namespace's pool NetworkPolicy."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+        self._networking = client.NetworkingV1Api(api_client)
+
+    @_api_errors
+    def read(self, namespace: str, name: str) -> Body | None:
+        return _read_if_present(self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "warmpools", name)
+
+    @_api_errors
+    def patch_status(self, namespace: str, name: str, status: Body) -> None:
+        self._custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            "warmpools",
+            name,
+            {"status": status},
+            _content_type="application/merge-patch+json",
+            _preload_content=False,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
+
+    @_api_errors
+    def list_pods(self, namespace: str, label_selector: str) -> list[Body]:
+        return _items(self._core.list_namespaced_pod, namespace, label_selector=label_selector)
+
+    @_api_errors
+    def create_pod(self, pod: Body) -> Body:
+        return _request(self._core.create_namespaced_pod, pod["metadata"]["namespace"], pod)
+
+    @_api_errors
+    def delete_pod(self, namespace: str, name: str, resource_version: str) -> bool:
+        options = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version))
+        try:
+            self._core.delete_namespaced_pod(
+                name, namespace, body=options, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
+            )
+        except ApiException as error:
+            if error.status in (CONFLICT, NOT_FOUND):
+                return False
+            raise
+        return True
+
+    @_api_errors
+    def ensure_networkpolicy(self, policy: Body) -> None:
+        try:
+            _request(self._networking.create_namespaced_network_policy, policy["metadata"]["namespace"], policy)
+        except ApiException as error:
+            if error.status != CONFLICT:
+                raise
+
+
 class Cluster:
     """The ClusterApi: its parts share one API client (and its connection pool)."""
 
@@ -308,6 +416,7 @@ class Cluster:
         self.executions = KubeExecutions(api_client)
         self.sandboxes = KubeSandboxes(api_client)
         self.facts = KubeClusterFacts(api_client)
+        self.pools = KubeWarmPools(api_client)
 
     @classmethod
     def connect(cls) -> Cluster:
@@ -319,5 +428,6 @@ class Cluster:
         return cls(client.ApiClient())
 
 
-# mypy checks here that Cluster offers everything the lifecycle uses.
+# mypy checks here that Cluster offers everything the lifecycle uses, and its pools what warm pools use.
 _IMPLEMENTS: type[ClusterApi] = Cluster
+_IMPLEMENTS_POOLS: type[WarmPools] = KubeWarmPools

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
 
 import kopf
 
-from codeexec import builders, egress, metrics, milestones, queueing, resolver, status
-from codeexec.api import CONFLICT, ApiError, ClusterApi, ClusterFacts
+from codeexec import builders, egress, metrics, milestones, queueing, resolver, status, warm
+from codeexec.api import CONFLICT, NOT_FOUND, ApiError, ClusterApi, ClusterFacts
 from codeexec.builders import ExecutionRef
 from codeexec.config import OperatorConfig
 from codeexec.egress import PinnedHost
 from codeexec.models import GROUP, VERSION
 from codeexec.validation import Plan, Rejection, format_cpu, format_memory, parse_runtimes, plan_execution
-from codeexec.vocabulary import EXECUTION_UID_LABEL, QUEUED
+from codeexec.vocabulary import EXECUTION_UID_LABEL, QUEUED, Sandbox
 
 API_RETRY_DELAY = 5
 # Tries of a pod sync whose status patch conflicts with a concurrent change of the Execution.
@@ -79,29 +80,89 @@ def launch(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, log
     (with the API's message when a quota refused). A sandbox that exists already is recorded, never made twice."""
     # The pod first, then the Execution: a sandbox removed after the first read was removed after
     # its outcome was written, which the second read then shows. Never a second pod, never a rerun.
-    existing = api.sandboxes.read_pod(execution.namespace, builders.child_name(execution))
+    existing = api.sandboxes.find_pod(execution.namespace, execution.uid)
     latest = _fresh(api, execution)
     current = (latest or {}).get("status", {})
     if latest is None or status.is_terminal(current.get("phase")):
         return Launch.ENDED, ""
     if current.get("podName"):
         return Launch.STARTED, ""
-    if existing is not None:
-        # Created before a restart but not yet recorded: its pod events tell the outcome.
-        _check_owned(existing, execution)
-        api.executions.patch_status(execution.namespace, execution.name, {"podName": existing["metadata"]["name"]})
-        return Launch.STARTED, ""
     admitted = _admit(api.facts, config, latest.get("spec", {}))
+    if existing is not None:
+        # Created or claimed before a restart but not yet recorded: its pod events tell the outcome.
+        _resume_sandbox(api, execution, existing, admitted)
+        return Launch.STARTED, ""
     if isinstance(admitted, Rejection):
         _reject(api, latest, admitted, logger)
         return Launch.ENDED, ""
+    if _claim_warm(api, config, latest, *admitted):
+        return Launch.STARTED, ""
     return _create_sandbox(api, config, latest, *admitted, logger)
+
+
+def warm_ready(api: ClusterApi, config: OperatorConfig, admitted: Admitted, namespace: str) -> bool:
+    """Whether a warm pod is ready for the Execution now: then it needs no room of its own on the node
+    (its pool's pod holds it already)."""
+    return bool(warm.ready_candidates(_warm_pods(api, config, *admitted, namespace)))
+
+
+def _warm_pods(
+    api: ClusterApi, config: OperatorConfig, plan: Plan, pinned: tuple[PinnedHost, ...], namespace: str
+) -> list[dict[str, Any]]:
+    """The unclaimed pool pods whose template the Execution's plan would give; none when it does not fit."""
+    if not warm.fits(plan, pinned):
+        return []
+    probe = egress.isolation_probe(api.facts.api_service())
+    template = builders.warm_template_hash(plan.runtime, plan.cpu_millis, plan.memory_bytes, config, probe)
+    return api.sandboxes.warm_pods(namespace, template)
+
+
+def _claim_warm(
+    api: ClusterApi, config: OperatorConfig, latest: Mapping[str, Any], plan: Plan, pinned: tuple[PinnedHost, ...]
+) -> bool:
+    """Claims a ready pool pod that fits and hands its runner the request; False when none could be had
+    (the cold path then creates one). A pod claimed by another meanwhile fails our claim with 409."""
+    execution = execution_ref(latest)
+    idle = _warm_pods(api, config, plan, pinned, execution.namespace)
+    owner = _owner_reference(latest)
+    for pod in warm.ready_candidates(idle):
+        name = pod["metadata"]["name"]
+        began = time.monotonic()
+        try:
+            api.sandboxes.claim(
+                execution.namespace, name, warm.claim_patch(pod, execution, owner, plan, config, _now())
+            )
+        except ApiError as error:
+            if error.status in (CONFLICT, NOT_FOUND):
+                continue  # claimed by another, or gone
+            raise
+        acknowledged = api.sandboxes.deliver(execution.namespace, name, warm.request(plan))
+        metrics.CLAIM_SECONDS.observe(time.monotonic() - began)
+        metrics.WARM_CLAIMS.inc()
+        _leave_queue(latest)
+        _announce(latest, milestones.sandbox_claimed(name, acknowledged))
+        return True
+    if idle:
+        metrics.WARM_MISSES.inc()
+    return False
+
+
+def _resume_sandbox(
+    api: ClusterApi, execution: ExecutionRef, pod: Mapping[str, Any], admitted: Admitted | Rejection
+) -> None:
+    """Records a sandbox found unrecorded after a restart. A claimed warm pod may have been claimed just
+    before the restart, its request never sent: it is sent (again); a runner that has one ignores it."""
+    name = pod["metadata"]["name"]
+    waiting_for_code = status.sandbox_kind(pod) is Sandbox.WARM and not status.sandbox_terminated(pod)
+    if waiting_for_code and not isinstance(admitted, Rejection):
+        api.sandboxes.deliver(execution.namespace, name, warm.request(admitted[0]))
+    api.executions.patch_status(execution.namespace, execution.name, {"podName": name})
 
 
 def expire(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef) -> None:
     """Fails an Execution whose queue deadline passed before it could start (QueueTimeout), on the version
     read only, and removes what a refused start left (ConfigMap, NetworkPolicy)."""
-    existing = api.sandboxes.read_pod(execution.namespace, builders.child_name(execution))
+    existing = api.sandboxes.find_pod(execution.namespace, execution.uid)
     latest = _fresh(api, execution)
     current = (latest or {}).get("status", {})
     if latest is None or existing is not None or current.get("podName") or status.is_terminal(current.get("phase")):
@@ -199,12 +260,17 @@ def _create_sandbox(
     if resolved_addresses and resolved_addresses != current.get("resolvedAddresses"):
         # As pinned now: re-resolved since the acceptance (the queue) or before a restart.
         api.executions.patch_status(execution.namespace, execution.name, {"resolvedAddresses": resolved_addresses})
-    waited = max(0.0, (_now() - status.parse_time(latest["metadata"]["creationTimestamp"])).total_seconds())
-    metrics.dequeued(waited)
-    if current.get("reason") == QUEUED:
-        _announce(latest, milestones.dequeued(waited))
+    _leave_queue(latest)
     _announce(latest, milestones.sandbox_created(sandbox))
     return Launch.STARTED, ""
+
+
+def _leave_queue(latest: Mapping[str, Any]) -> None:
+    """The Execution got its sandbox: how long it waited, and an Event when it waited in the queue."""
+    waited = max(0.0, (_now() - status.parse_time(latest["metadata"]["creationTimestamp"])).total_seconds())
+    metrics.dequeued(waited)
+    if latest.get("status", {}).get("reason") == QUEUED:
+        _announce(latest, milestones.dequeued(waited))
 
 
 def watch(api: ClusterApi, config: OperatorConfig, body: Mapping[str, Any], launched: bool) -> bool:
@@ -222,7 +288,7 @@ def watch(api: ClusterApi, config: OperatorConfig, body: Mapping[str, Any], laun
         return sync_with_pod(api, config, execution, api.sandboxes.read_pod(execution.namespace, pod_name))
     if launched:
         # Not yet recorded: a missing pod may be one still being created, so only a pod found counts.
-        pod = api.sandboxes.read_pod(execution.namespace, builders.child_name(execution))
+        pod = api.sandboxes.find_pod(execution.namespace, execution.uid)
         if pod is not None:
             return sync_with_pod(api, config, execution, pod)
     return False
@@ -324,6 +390,14 @@ def owner_of(pod: Mapping[str, Any]) -> ExecutionRef | None:
         if reference.get("apiVersion") == f"{GROUP}/{VERSION}" and reference.get("kind") == "Execution":
             return ExecutionRef(pod["metadata"]["namespace"], reference["name"], reference["uid"])
     return None
+
+
+def _owner_reference(execution: Mapping[str, Any]) -> dict[str, Any]:
+    """The owner reference to the Execution that its sandbox carries (Kopf's, as for created children)."""
+    child: dict[str, Any] = {"metadata": {}}
+    kopf.append_owner_reference(child, owner=kopf.Body(cast(kopf.RawBody, dict(execution))))
+    reference: dict[str, Any] = child["metadata"]["ownerReferences"][0]
+    return reference
 
 
 def execution_ref(body: Mapping[str, Any]) -> ExecutionRef:

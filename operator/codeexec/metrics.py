@@ -1,4 +1,4 @@
-"""Prometheus metrics of the operator: Executions by phase and language, run times, in flight, queued, queue wait."""
+"""Prometheus metrics of the operator: Executions by phase and language, run times, in flight, queue, warm claims."""
 
 from __future__ import annotations
 
@@ -38,6 +38,20 @@ QUEUE_WAIT = Histogram(
     "codeexec_queue_wait_seconds",
     "From an Execution's creation to the creation of its sandbox.",
     buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600),
+)
+
+WARM_CLAIMS = Counter(
+    "codeexec_warm_claims",
+    "Executions that got a pre-started pod of a WarmPool (status.sandbox warm).",
+)
+WARM_MISSES = Counter(
+    "codeexec_warm_misses",
+    "Executions that fitted a WarmPool's pods but found none ready (or lost every race for one) and went cold.",
+)
+CLAIM_SECONDS = Histogram(
+    "codeexec_warm_claim_seconds",
+    "From the claim of a warm pod to its runner's acknowledgement of the request.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 
 # uids, not a counter: adding and removing the same Execution twice (a retried handler, a resumed
@@ -89,3 +103,29 @@ def forget(uid: str) -> None:
 def dequeued(waited_seconds: float) -> None:
     """A sandbox was created this long after its Execution."""
     QUEUE_WAIT.observe(waited_seconds)
+
+
+POOL_DESIRED = Gauge(
+    "codeexec_warm_pool_desired",
+    "Idle sandboxes a WarmPool keeps (spec.replicas, capped at the operator's maximum; 0 while it cannot fill).",
+    ["namespace", "pool"],
+)
+POOL_READY = Gauge(
+    "codeexec_warm_pool_ready",
+    "Idle sandboxes of a WarmPool ready to be claimed, as of its last reconciliation.",
+    ["namespace", "pool"],
+)
+
+
+def pool_observed(namespace: str, pool: str, desired: int, ready: int) -> None:
+    POOL_DESIRED.labels(namespace, pool).set(desired)
+    POOL_READY.labels(namespace, pool).set(ready)
+
+
+def pool_removed(namespace: str, pool: str) -> None:
+    """A deleted pool's series go (a gauge left behind would report its last values for ever)."""
+    for gauge in (POOL_DESIRED, POOL_READY):
+        try:
+            gauge.remove(namespace, pool)
+        except KeyError:
+            continue

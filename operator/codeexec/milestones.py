@@ -12,6 +12,7 @@ from codeexec.vocabulary import (
     EVENT_ACCEPTED,
     EVENT_DEQUEUED,
     EVENT_NORMAL,
+    EVENT_SANDBOX_CLAIMED,
     EVENT_SANDBOX_CREATED,
     EVENT_STARTED,
     EVENT_WARNING,
@@ -44,6 +45,16 @@ def dequeued(waited_seconds: float) -> Milestone:
 def sandbox_created(pod_name: str) -> Milestone:
     return Milestone(
         EVENT_NORMAL, EVENT_SANDBOX_CREATED, f"Created pod {pod_name} with its ConfigMap and NetworkPolicy"
+    )
+
+
+def sandbox_claimed(pod_name: str, acknowledged: bool) -> Milestone:
+    if acknowledged:
+        return Milestone(EVENT_NORMAL, EVENT_SANDBOX_CLAIMED, f"Claimed warm pod {pod_name}; it has the code")
+    return Milestone(
+        EVENT_WARNING,
+        EVENT_SANDBOX_CLAIMED,
+        f"Claimed warm pod {pod_name}, but its runner did not acknowledge the code; the pod's outcome decides",
     )
 
 

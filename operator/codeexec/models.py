@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic.alias_generators import to_camel
 
-from codeexec.vocabulary import Phase
+from codeexec.vocabulary import Phase, Sandbox
 
 GROUP = "codeexec.io"
 VERSION = "v1alpha1"
@@ -317,6 +317,13 @@ class ExecutionStatus(Model):
     finished_at: Timestamp | None = Field(default=None, description="When the Execution reached its final phase.")
     duration_ms: int | None = Field(default=None, description="Run time of the program in ms.")
     pod_name: str | None = Field(default=None, description="Name of the sandbox pod.")
+    sandbox: Sandbox | None = Field(
+        default=None,
+        description=(
+            "Which path gave the Execution its pod: warm (a pre-started pod of a WarmPool, claimed for this "
+            "Execution alone) or cold (a pod created for it)."
+        ),
+    )
     queue_position: int | None = Field(
         default=None,
         description=(

@@ -11,6 +11,7 @@ from codeexec.config import OperatorConfig
 from codeexec.report import Report
 from codeexec.vocabulary import (
     ACCEPTED,
+    CLAIMED_AT_ANNOTATION,
     COMPLETED,
     CONDITION_ACCEPTED,
     CONDITION_FINISHED,
@@ -32,6 +33,7 @@ from codeexec.vocabulary import (
     TIMEOUT,
     UNSCHEDULABLE,
     Phase,
+    Sandbox,
 )
 from codeexec_runner import contract
 
@@ -152,7 +154,23 @@ def from_pod(
     queue_deadline: datetime | None = None,
 ) -> Patch | None:
     """What the pod says about the Execution; None when it changes nothing. A pod the scheduler cannot
-    place for lack of CPU or memory waits as Queued until `queue_deadline`."""
+    place for lack of CPU or memory waits as Queued until `queue_deadline`. Whenever the pod is named,
+    so is the path that gave it (status.sandbox)."""
+    patch = _from_pod(status, pod, report, config, now, generation, queue_deadline)
+    if patch is not None and patch.get("podName") and status.get("sandbox") is None:
+        patch["sandbox"] = sandbox_kind(pod).value
+    return patch
+
+
+def _from_pod(
+    status: Status,
+    pod: Mapping[str, Any],
+    report: Report | None,
+    config: OperatorConfig,
+    now: datetime,
+    generation: int,
+    queue_deadline: datetime | None,
+) -> Patch | None:
     if is_terminal(status.get("phase")):
         return None
     state = _container_status(pod).get("state", {})
@@ -200,7 +218,7 @@ def from_pod(
             return None
         return {
             "phase": Phase.RUNNING.value,
-            "startedAt": running.get("startedAt") or rfc3339(now),
+            "startedAt": _claimed_at(pod) or running.get("startedAt") or rfc3339(now),
             "podName": _pod_name(pod),
             "observedGeneration": generation,
             **_left_queue(status),
@@ -306,7 +324,7 @@ def _outcome_fields(
     }
     if "exitCode" in terminated:
         fields["exitCode"] = terminated["exitCode"]
-    started_at = status.get("startedAt") or terminated.get("startedAt")
+    started_at = status.get("startedAt") or _claimed_at(pod) or terminated.get("startedAt")
     if started_at:
         fields["startedAt"] = started_at
         elapsed = parse_time(fields["finishedAt"]) - parse_time(started_at)
@@ -468,6 +486,17 @@ def _memory_limit(pod: Mapping[str, Any]) -> str:
     sandbox: Mapping[str, Any] = next((c for c in containers if c.get("name") == SANDBOX_CONTAINER), {})
     limit: str = sandbox.get("resources", {}).get("limits", {}).get("memory", "unknown")
     return limit
+
+
+def _claimed_at(pod: Mapping[str, Any]) -> str | None:
+    """When a warm pod was claimed (the program started then, not when the pod did); None for a cold pod."""
+    annotation: str | None = (pod.get("metadata", {}).get("annotations") or {}).get(CLAIMED_AT_ANNOTATION)
+    return annotation
+
+
+def sandbox_kind(pod: Mapping[str, Any]) -> Sandbox:
+    """Which path made the pod the Execution's: a claimed warm pool pod, or one created for it."""
+    return Sandbox.WARM if _claimed_at(pod) else Sandbox.COLD
 
 
 def _pod_name(pod: Mapping[str, Any]) -> str:

@@ -60,6 +60,7 @@ EVENT_WARNING = "Warning"  # Event type of every other final phase.
 EVENT_ACCEPTED = "Accepted"  # Reason of the Event that names the runtime and limits chosen.
 EVENT_DEQUEUED = "Dequeued"  # Reason of the Event when an Execution that waited leaves the queue.
 EVENT_SANDBOX_CREATED = "SandboxCreated"  # Reason of the Event once the pod, ConfigMap and NetworkPolicy exist.
+EVENT_SANDBOX_CLAIMED = "SandboxClaimed"  # Reason of the Event once a warm pool pod was claimed and has the code.
 EVENT_STARTED = "Started"  # Reason of the Event once the program runs.
 # The Event of the final phase has the status's reason.
 
@@ -95,3 +96,14 @@ UNKNOWN_RUNTIME = "UnknownRuntime"
 
 # The sandbox pod's one container: status reads its state, the report is read from its log.
 SANDBOX_CONTAINER = "sandbox"
+
+
+class Sandbox(enum.StrEnum):
+    """status.sandbox: which path gave the Execution its pod."""
+
+    WARM = "warm"  # a pre-started pod of a WarmPool, claimed for this Execution alone
+    COLD = "cold"  # a pod created for this Execution
+
+
+# On a claimed warm pod: when the claim happened (RFC 3339), so the Execution's startedAt is not the pod's start.
+CLAIMED_AT_ANNOTATION = "codeexec.io/claimed-at"

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from codeexec.api import CONFLICT, ApiError, Body, ClusterApi
+from codeexec.api import CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi
 from codeexec.report import Report
+from codeexec.vocabulary import EXECUTION_UID_LABEL, POOL_LABEL, TEMPLATE_HASH_LABEL
 from tests.unit import factories
 
 NAMESPACE, NAME = "team", "hello"
@@ -87,6 +88,8 @@ class FakeSandboxes:
         if pod is not None:
             self.pods[NAMESPACE, POD_NAME] = pod
         self.refusal: ApiError | None = None
+        self.deliveries: list[tuple[str, bytes]] = []  # (pod name, request) handed to warm pods
+        self.acknowledge = True  # what deliver answers: the runner acknowledged the request
 
     @property
     def pod(self) -> Body | None:
@@ -97,12 +100,54 @@ class FakeSandboxes:
         if child["kind"] == "Pod":
             if self.refusal is not None:
                 raise self.refusal
-            self.pods[child["metadata"]["namespace"], child["metadata"]["name"]] = child
+            # As k8s.py's idempotent create: a pod of that name already there is returned instead.
+            return self.pods.setdefault((child["metadata"]["namespace"], child["metadata"]["name"]), child)
         return child
 
     def read_pod(self, namespace: str, name: str) -> Body | None:
         self._calls.append("read_pod")
         return self.pods.get((namespace, name))
+
+    def find_pod(self, namespace: str, execution_uid: str) -> Body | None:
+        self._calls.append("find_pod")
+        found = [
+            pod
+            for (pod_namespace, _), pod in self.pods.items()
+            if pod_namespace == namespace and _labels(pod).get(EXECUTION_UID_LABEL) == execution_uid
+        ]
+        return found[0] if found else None
+
+    def warm_pods(self, namespace: str, template_hash: str) -> list[Body]:
+        self._calls.append("list_warm_pods")
+        return [
+            pod
+            for (pod_namespace, _), pod in self.pods.items()
+            if pod_namespace == namespace
+            and POOL_LABEL in _labels(pod)
+            and EXECUTION_UID_LABEL not in _labels(pod)
+            and _labels(pod).get(TEMPLATE_HASH_LABEL) == template_hash
+        ]
+
+    def claim(self, namespace: str, name: str, patch: Body) -> Body:
+        """Applies the merge patch to metadata and spec, if the pod still has the patch's resourceVersion."""
+        self._calls.append("claim_pod")
+        pod = self.pods.get((namespace, name))
+        if pod is None:
+            raise ApiError("404 Not Found", NOT_FOUND)
+        metadata = pod["metadata"]
+        if patch["metadata"]["resourceVersion"] != metadata.get("resourceVersion"):
+            raise ApiError("409 Conflict", CONFLICT)
+        for key in ("labels", "annotations"):
+            metadata[key] = {**(metadata.get(key) or {}), **patch["metadata"][key]}
+        metadata["ownerReferences"] = patch["metadata"]["ownerReferences"]
+        metadata["resourceVersion"] = str(int(metadata["resourceVersion"]) + 1)
+        pod["spec"] = {**pod.get("spec", {}), **patch["spec"]}
+        return pod
+
+    def deliver(self, namespace: str, name: str, request: bytes) -> bool:
+        self._calls.append("deliver")
+        self.deliveries.append((name, request))
+        return self.acknowledge
 
     def read_report(self, namespace: str, pod_name: str) -> Report | None:
         self._calls.append("read_report")
@@ -167,3 +212,8 @@ class FakeCluster:
 
 # mypy checks here that the fake offers everything the lifecycle uses, as the real Cluster does.
 _IMPLEMENTS: type[ClusterApi] = FakeCluster
+
+
+def _labels(pod: Body) -> dict[str, str]:
+    labels: dict[str, str] = pod.get("metadata", {}).get("labels") or {}
+    return labels

@@ -139,6 +139,7 @@ def test_execution_crd_shape() -> None:
         "Exit": ".status.exitCode",
         "Duration(ms)": ".status.durationMs",
         "Reason": ".status.reason",
+        "Sandbox": ".status.sandbox",
         "Age": ".metadata.creationTimestamp",
     }
     phase = schema_of(crd)["properties"]["status"]["properties"]["phase"]

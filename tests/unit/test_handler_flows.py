@@ -4,6 +4,7 @@ conflicts, and the status writes an Execution costs."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -11,13 +12,13 @@ from typing import Any
 import kopf
 import pytest
 
-from codeexec import dispatch, handlers, lifecycle, milestones, queueing, status
+from codeexec import builders, dispatch, egress, handlers, lifecycle, milestones, queueing, resolver, status
 from codeexec.api import ApiError
-from codeexec.builders import ExecutionRef, child_name
+from codeexec.builders import ExecutionRef, PoolRef, child_name
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher
 from tests.unit import factories
-from tests.unit.fakes import NAME, NAMESPACE, POD_NAME, FakeCluster, execution
+from tests.unit.fakes import API_SERVICE, NAME, NAMESPACE, POD_NAME, FakeCluster, execution
 
 LOGGER = logging.getLogger("test")
 
@@ -206,7 +207,9 @@ def test_pod_created_before_a_restart_is_adopted_not_created_again() -> None:
 def test_pod_of_another_execution_under_the_name_is_not_adopted() -> None:
     cluster = FakeCluster({"phase": "Pending"}, pod=owned_pod("someone-else"))
     Operator(cluster).start()
-    assert cluster.executions.patches == [] and creates(cluster) == []
+    assert cluster.executions.patches == []
+    assert cluster.sandboxes.pod is not None
+    assert cluster.sandboxes.pod["metadata"]["labels"] == {"codeexec.io/execution-uid": "someone-else"}
 
 
 def test_a_rejected_spec_never_enters_the_queue() -> None:
@@ -239,7 +242,7 @@ def test_two_quick_decisions_neither_overfill_nor_launch_one_twice_while_the_ind
     operator.start("a")
     operator.start("b")
     assert operator.pods() == ["a-uid-a"]
-    assert operator.cluster.calls.count("read_pod") == 1, "a is not launched again (and its pod adopted)"
+    assert operator.cluster.calls.count("find_pod") == 1, "a is not launched again (and its pod adopted)"
     assert operator.cluster.executions.patches == []
 
 
@@ -340,3 +343,111 @@ def test_sync_gives_up_after_repeated_conflicts() -> None:
 
 def test_dequeued_event_says_how_long_it_waited() -> None:
     assert milestones.dequeued(12.4).message == "Left the queue after waiting 12 s"
+
+
+# --- Warm pools -------------------------------------------------------------------------------------------
+
+
+def pool_pod(name: str, *, ready: bool = True, resource_version: str = "7", **settings: Any) -> dict[str, Any]:
+    """An idle pod of a Python pool with the default sandbox size, as the API returns it once started."""
+    config = OperatorConfig(**settings)
+    probe = egress.isolation_probe(API_SERVICE)
+    pod = builders.warm_pod(PoolRef(NAMESPACE, "py", "pool-uid"), factories.PYTHON, 500, 256 * 2**20, config, probe)
+    pod["metadata"] |= {"name": name, "resourceVersion": resource_version, "creationTimestamp": "2030-01-02T02:00:00Z"}
+    pod["status"] = {
+        "phase": "Running",
+        "startTime": "2030-01-02T02:00:00Z",
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+    }
+    return pod
+
+
+def with_pool(operator: Operator, *pods: dict[str, Any]) -> Operator:
+    for pod in pods:
+        operator.cluster.sandboxes.pods[NAMESPACE, pod["metadata"]["name"]] = pod
+    return operator
+
+
+def test_a_fitting_execution_claims_a_ready_warm_pod_and_gets_no_pod_of_its_own() -> None:
+    """Seen failing with the claim missing (the cold path ran beside an idle pool)."""
+    operator = with_pool(Operator(), pool_pod("py-a"))
+    operator.start()
+    assert creates(operator.cluster) == []
+    assert operator.pods() == ["py-a"]
+    claimed = operator.cluster.sandboxes.pods[NAMESPACE, "py-a"]["metadata"]
+    assert claimed["labels"]["codeexec.io/execution-uid"] == factories.UID
+    assert claimed["labels"]["codeexec.io/pool"] == "py"  # still fenced by the pool's deny-all NetworkPolicy
+    assert [ref["kind"] for ref in claimed["ownerReferences"]] == ["Execution"]
+    [(pod_name, request)] = operator.cluster.sandboxes.deliveries
+    assert pod_name == "py-a"
+    sent = json.loads(request)
+    assert sent["code"] == operator.cluster.executions.execution["spec"]["code"]
+    assert sent["fileName"] == "main.py" and sent["timeoutSeconds"] == 30
+
+
+def test_a_pod_claimed_by_another_meanwhile_is_skipped_for_the_next() -> None:
+    """The listing saw version 7 of py-a; the API has 8 (claimed since): 409, so py-b is claimed."""
+    operator = with_pool(Operator(), pool_pod("py-a"), pool_pod("py-b"))
+    operator.cluster.sandboxes.pods[NAMESPACE, "py-a"]["metadata"]["resourceVersion"] = "8"
+    listed = operator.cluster.sandboxes.warm_pods
+    stale = [pool_pod("py-a"), pool_pod("py-b")]
+    operator.cluster.sandboxes.warm_pods = lambda namespace, template: stale  # type: ignore[method-assign]
+    operator.start()
+    assert [name for name, _ in operator.cluster.sandboxes.deliveries] == ["py-b"]
+    assert "codeexec.io/execution-uid" not in operator.cluster.sandboxes.pods[NAMESPACE, "py-a"]["metadata"]["labels"]
+    assert listed(NAMESPACE, stale[0]["metadata"]["labels"]["codeexec.io/template-hash"]) == [
+        operator.cluster.sandboxes.pods[NAMESPACE, "py-a"]
+    ]
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"resources": {"cpu": "250m"}},  # another size: another template
+        {"network": {"allowedDomains": ["example.com"]}},  # egress beyond the pool's deny-all
+        {"env": [{"name": "PYTHONPATH", "value": "/tmp"}]},  # read by the interpreter at its start
+    ],
+)
+def test_what_a_warm_pod_cannot_honour_goes_cold(change: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        resolver, "resolve_all", lambda hosts: {h: resolver.Resolution(("93.184.215.14",)) for h in hosts}
+    )
+    operator = with_pool(Operator(), pool_pod("py-a"))
+    operator.cluster.executions.execution["spec"] |= change
+    operator.start()
+    assert operator.cluster.sandboxes.deliveries == []
+    assert creates(operator.cluster) == ["create_configmap", "create_networkpolicy", "create_pod"]
+
+
+def test_a_pool_pod_not_ready_yet_is_never_offered() -> None:
+    operator = with_pool(Operator(), pool_pod("py-a", ready=False))
+    operator.start()
+    assert operator.cluster.sandboxes.deliveries == []
+    assert "create_pod" in creates(operator.cluster)
+
+
+def test_a_ready_warm_pod_starts_an_execution_even_when_the_node_has_no_room_left() -> None:
+    """The pool's pod holds its room already. Seen failing with the Execution Queued behind a full node."""
+    operator = with_pool(Operator(), pool_pod("py-a"))
+    operator.cluster.facts.other_pods = [factories.pod(memory_limit="4Gi")]  # fills the node's memory
+    operator.cluster.facts.other_pods[0]["spec"]["nodeName"] = "node-1"
+    operator.start()
+    assert [name for name, _ in operator.cluster.sandboxes.deliveries] == ["py-a"]
+
+
+def test_a_claimed_pod_found_unrecorded_after_a_restart_gets_the_request_again_and_no_second_pod() -> None:
+    """A restart between the claim and the delivery: the next launch finds the pod by the Execution's uid."""
+    operator = with_pool(Operator(), pool_pod("py-a"), pool_pod("py-b"))
+    claimed = operator.cluster.sandboxes.pods[NAMESPACE, "py-a"]
+    claimed["metadata"]["labels"]["codeexec.io/execution-uid"] = factories.UID
+    claimed["metadata"]["annotations"] = {"codeexec.io/claimed-at": "2030-01-02T03:00:00Z"}
+    operator.cluster.executions.execution["status"] = {"phase": "Pending"}
+    operator.start()
+    assert [name for name, _ in operator.cluster.sandboxes.deliveries] == ["py-a"]
+    assert creates(operator.cluster) == [] and "codeexec.io/execution-uid" not in pool_labels(operator, "py-b")
+    assert operator.status()["podName"] == "py-a"
+
+
+def pool_labels(operator: Operator, name: str) -> dict[str, str]:
+    labels: dict[str, str] = operator.cluster.sandboxes.pods[NAMESPACE, name]["metadata"]["labels"]
+    return labels

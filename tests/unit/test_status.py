@@ -255,9 +255,25 @@ def test_running_from_pending() -> None:
         "phase": "Running",
         "startedAt": "2030-01-02T03:04:00Z",
         "podName": "hello-0f1e2d3c",
+        "sandbox": "cold",
         "observedGeneration": 1,
     }
     assert status.from_pod(RUNNING, sandbox, None, CONFIG, NOW, 1) is None
+
+
+def test_a_claimed_warm_pod_runs_since_its_claim_not_since_the_pod_started() -> None:
+    """Seen failing with startedAt taken from the container (a pool pod waits minutes for its Execution)."""
+    claimed = timestamp(NOW - timedelta(seconds=1))
+    sandbox = pod(state={"running": {"startedAt": timestamp(NOW - timedelta(seconds=600))}})
+    sandbox["metadata"]["annotations"] = {"codeexec.io/claimed-at": claimed}
+    patch = observe(sandbox, current=PENDING)
+    assert patch is not None
+    assert (patch["startedAt"], patch["sandbox"]) == (claimed, "warm")
+    ended = pod(phase="Succeeded", state=terminated(0, seconds=600))
+    ended["metadata"]["annotations"] = {"codeexec.io/claimed-at": claimed}
+    final = status.from_pod(PENDING, ended, report(exitCode=0), CONFIG, NOW, 1)
+    assert final is not None
+    assert (final["phase"], final["startedAt"], final["sandbox"]) == ("Succeeded", claimed, "warm")
 
 
 @pytest.mark.parametrize("phase", ["Succeeded", "Failed", "TimedOut", "Rejected"])
