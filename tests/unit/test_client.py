@@ -1,0 +1,154 @@
+"""Unit tests of the SDK's pure parts: request → Execution, Execution → result, pages, errors, the CLI's exit code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from codeexec.cli import EXIT_NO_EXIT_CODE, EXIT_TIMED_OUT, exit_code
+from codeexec.client import errors
+from codeexec.client.shapes import (
+    ExecuteRequest,
+    InvalidFields,
+    decode_continue,
+    execution_result,
+    language,
+    page,
+    spec_path_to_request,
+)
+from codeexec.client.transports import _problem_error, raise_if_rejected
+
+
+def execution(name: str, created: str, **status: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
+        "spec": {"language": "python", "code": "pass"},
+        "status": status,
+    }
+
+
+def test_request_becomes_the_execution_spec_with_its_fields_renamed() -> None:
+    """Seen failing with env sent as a map (the spec wants a list) and allowedDomains outside spec.network."""
+    request = ExecuteRequest.model_validate(
+        {
+            "code": "print(1)",
+            "language": "py",
+            "input": {"a": [1]},
+            "env": {"A": "1"},
+            "timeoutSeconds": 5,
+            "allowedDomains": ["example.com"],
+            "labels": {"team": "x"},
+        }
+    )
+    manifest = request.manifest()
+    assert manifest["apiVersion"] == "codeexec.io/v1alpha1"
+    assert manifest["metadata"] == {"generateName": "ex-", "labels": {"team": "x"}}
+    assert manifest["spec"] == {
+        "language": "py",
+        "code": "print(1)",
+        "input": {"a": [1]},
+        "env": [{"name": "A", "value": "1"}],
+        "timeoutSeconds": 5,
+        "network": {"allowedDomains": ["example.com"]},
+    }
+    named = ExecuteRequest(code="x", language="py", name="mine").manifest()
+    assert named["metadata"] == {"name": "mine"}
+
+
+def test_invalid_fields_are_named_by_the_request_s_own_paths() -> None:
+    """The spec's rules (the CRD's source) apply; paths are the request's: env by name, allowedDomains at the top."""
+    request = ExecuteRequest.model_validate(
+        {
+            "code": "x",
+            "language": "py",
+            "timeoutSeconds": 0,
+            "env": {"OK": "1", "CODEEXEC_X": "1"},
+            "allowedDomains": ["not a domain"],
+        }
+    )
+    with pytest.raises(InvalidFields) as raised:
+        request.manifest()
+    fields = {error.field for error in raised.value.errors}
+    assert fields == {"timeoutSeconds", "env.CODEEXEC_X", "allowedDomains.0"}, raised.value.errors
+    assert spec_path_to_request("spec.network.allowedDomains[0]") == "allowedDomains[0]"
+    assert spec_path_to_request("spec.timeoutSeconds") == "timeoutSeconds"
+
+
+def test_execution_in_the_api_shape() -> None:
+    result = execution_result(execution("a", "2026-01-01T00:00:00Z", phase="Succeeded", exitCode=0, result=[1]))
+    assert (result.id, result.namespace, result.language, result.created_at) == (
+        "a",
+        "ns",
+        "python",
+        "2026-01-01T00:00:00Z",
+    )
+    assert result.succeeded and result.finished and result.result == [1]
+    dumped = result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert dumped["exitCode"] == 0 and dumped["createdAt"] == "2026-01-01T00:00:00Z"
+    # A newer server's status field does not break an older client.
+    assert execution_result(execution("b", "t", phase="Pending", somethingNew=1)).phase == "Pending"
+
+
+def test_pages_are_newest_first_and_continue_survives_new_executions() -> None:
+    """Seen failing when the continue token was an offset: an Execution created between two pages shifted
+    the second page, repeating an item."""
+    items = [execution(f"e{i}", f"2026-01-01T00:00:0{i}Z") for i in range(5)]
+    first, token = page(items, 2)
+    assert [e["metadata"]["name"] for e in first] == ["e4", "e3"]
+    assert token is not None
+    newer = [*items, execution("e9", "2026-01-01T00:00:09Z")]
+    second, token = page(newer, 2, continue_=token)
+    assert [e["metadata"]["name"] for e in second] == ["e2", "e1"]
+    last, token = page(newer, 2, continue_=token)
+    assert [e["metadata"]["name"] for e in last] == ["e0"] and token is None
+    by_offset, _ = page(items, 2, offset=3)
+    assert [e["metadata"]["name"] for e in by_offset] == ["e1", "e0"]
+    with pytest.raises(InvalidFields):
+        decode_continue("not-a-token")
+
+
+def test_language_from_a_runtime() -> None:
+    runtime = {
+        "metadata": {"name": "python"},
+        "spec": {"image": "i", "command": ["python3"], "fileName": "main.py", "aliases": ["py"], "version": "3.11"},
+    }
+    found = language(runtime)
+    assert (found.name, found.aliases, found.file_name, found.default_timeout_seconds) == (
+        "python",
+        ["py"],
+        "main.py",
+        30,
+    )
+    assert "image" not in found.model_dump()
+
+
+def test_problem_documents_become_the_matching_exceptions() -> None:
+    problem = {"detail": "still running", "reason": "WaitTimeout", "id": "ex-1"}
+    error = _problem_error(504, problem)
+    assert isinstance(error, errors.WaitTimeout) and error.execution_id == "ex-1"
+    invalid = _problem_error(422, {"detail": "bad", "errors": [{"field": "code", "message": "required"}]})
+    assert isinstance(invalid, errors.InvalidRequest) and invalid.errors[0].field == "code"
+    assert isinstance(_problem_error(403, {}), errors.Forbidden)
+    assert isinstance(_problem_error(401, "not json"), errors.Unauthorized)
+    assert isinstance(_problem_error(502, {}), errors.Unavailable)
+
+
+def test_a_rejected_execution_raises_with_its_stable_reason() -> None:
+    rejected = execution_result(execution("r", "t", phase="Rejected", reason="UnknownLanguage", message="no"))
+    with pytest.raises(errors.InvalidRequest) as raised:
+        raise_if_rejected(rejected)
+    assert (raised.value.reason, raised.value.execution_id) == ("UnknownLanguage", "r")
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"),
+    [
+        ({"phase": "Succeeded", "exitCode": 0}, 0),
+        ({"phase": "Failed", "exitCode": 3}, 3),
+        ({"phase": "TimedOut", "exitCode": 137}, EXIT_TIMED_OUT),
+        ({"phase": "Failed", "reason": "OOMKilled"}, EXIT_NO_EXIT_CODE),
+    ],
+)
+def test_cli_exits_with_the_program_s_exit_code(status: dict[str, Any], expected: int) -> None:
+    assert exit_code(execution_result(execution("x", "t", **status))) == expected

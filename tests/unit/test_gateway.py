@@ -1,0 +1,98 @@
+"""Unit tests of the gateway's own rules, with no API server behind it: identity, limits, problem documents.
+(Everything that reaches Kubernetes is tested end to end in tests/e2e/test_gateway.py.)"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from codeexec.client import errors
+from codeexec.client.kubeapi import Connection
+from codeexec.gateway.app import Settings, create_app, wait_seconds
+from codeexec.gateway.identity import bearer_token, service_account_namespace
+from codeexec.gateway.limits import WaitSlots
+
+# Nothing listens there: a test that reached the API server would fail with 502.
+NOWHERE = Connection("https://127.0.0.1:9", False)
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(create_app(NOWHERE, Settings(max_body_bytes=1000)))
+
+
+def test_no_token_is_401_with_a_problem_document(client: TestClient) -> None:
+    with client:
+        answer = client.get("/executions")
+    assert answer.status_code == 401
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.headers["www-authenticate"] == "Bearer"
+    problem = answer.json()
+    assert (problem["status"], problem["reason"], problem["instance"]) == (401, "Unauthorized", "/executions")
+    assert problem["type"].endswith("/Unauthorized")
+
+
+def test_body_over_the_limit_is_413_before_the_route_runs(client: TestClient) -> None:
+    """Without a token too: the body limit comes before anything else (seen failing with 401 when the
+    route's dependencies ran first)."""
+    with client:
+        answer = client.post("/execute", content=b"x" * 2000, headers={"content-type": "application/json"})
+    assert answer.status_code == 413, answer.text
+    assert answer.json()["reason"] == "RequestTooLarge"
+
+
+def test_invalid_body_is_422_with_field_paths(client: TestClient) -> None:
+    with client:
+        answer = client.post(
+            "/execute?namespace=x",
+            json={"language": "py", "timeoutSeconds": "x"},
+            headers={"authorization": "Bearer t"},
+        )
+    assert answer.status_code == 422
+    assert {e["field"] for e in answer.json()["errors"]} == {"code", "timeoutSeconds"}
+
+
+def test_unreachable_api_server_is_502(client: TestClient) -> None:
+    with client:
+        answer = client.get("/executions?namespace=x", headers={"authorization": "Bearer t"})
+    assert answer.status_code == 502
+    assert answer.json()["reason"] == "Unavailable"
+
+
+def test_unknown_path_is_a_404_problem(client: TestClient) -> None:
+    with client:
+        answer = client.get("/nothing")
+    assert answer.status_code == 404 and answer.json()["reason"] == "NotFound"
+
+
+def test_health_needs_no_token(client: TestClient) -> None:
+    with client:
+        assert client.get("/health").json() == {"status": "ok"}
+
+
+def test_bearer_token_and_service_account_namespace() -> None:
+    assert bearer_token("Bearer abc ") == "abc"
+    assert bearer_token("bearer abc") == "abc"
+    for header in (None, "", "Basic abc", "Bearer "):
+        with pytest.raises(errors.Unauthorized):
+            bearer_token(header)
+    assert service_account_namespace("system:serviceaccount:team-a:bot") == "team-a"
+    assert service_account_namespace("alice@example.com") is None
+
+
+def test_prefer_wait_only_shortens_the_wait() -> None:
+    assert wait_seconds(None, 300) == 300
+    assert wait_seconds("wait=5", 300) == 5
+    assert wait_seconds("respond-async, wait=10", 300) == 10
+    assert wait_seconds("wait=9999", 300) == 300
+
+
+def test_wait_slots_are_per_caller() -> None:
+    slots = WaitSlots(1)
+    with slots.hold("a"):
+        with pytest.raises(errors.TooManyRequests), slots.hold("a"):
+            pass
+        with slots.hold("b"):
+            pass
+    with slots.hold("a"):
+        pass
