@@ -61,6 +61,7 @@ def _run(liveness: str | None) -> None:
     from codeexec.config import OperatorConfig
     from codeexec.dispatch import Dispatcher
     from codeexec.k8s import Cluster
+    from codeexec.warmpools import PoolKeeper
 
     sys.setrecursionlimit(RECURSION_LIMIT)
     config = OperatorConfig.from_env()
@@ -82,7 +83,12 @@ def _run(liveness: str | None) -> None:
         namespaces=config.namespaces,
         liveness_endpoint=liveness,
         settings=settings,
-        memo=kopf.Memo(config=config, cluster=cluster, dispatcher=Dispatcher(cluster, config)),
+        memo=kopf.Memo(
+            config=config,
+            cluster=cluster,
+            dispatcher=Dispatcher(cluster, config),
+            pools=PoolKeeper(cluster.pools, cluster.facts, config),
+        ),
     )
 
 

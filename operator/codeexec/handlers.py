@@ -1,4 +1,4 @@
-"""Kopf wiring: which events reach the lifecycle and the webhook, with Kopf's settings and the memo's parts."""
+"""Kopf wiring: which events reach the lifecycle, the warm pools and the webhook; Kopf's settings; the memo's parts."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from typing import Any
 
 import kopf
 
-from codeexec import admission, lifecycle, peering, queueing, status
+from codeexec import admission, lifecycle, metrics, peering, queueing, status, warmpools
 from codeexec.api import ClusterApi
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher, Snapshot
 from codeexec.models import GROUP, VERSION
 from codeexec.persistence import DigestDiffBaseStorage
-from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL
+from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL
 
 EXECUTIONS = (GROUP, VERSION, "executions")
+WARMPOOLS = (GROUP, VERSION, "warmpools")
 WATCH_INTERVAL = 5
+# A pool's safety net (pod events and its own changes reconcile it at once): a refused pod tried again, a
+# missed event caught up.
+POOL_INTERVAL = 10
 QUEUE = "queue"
 QUEUE_INDEX = "execution_queue"  # the index's id: handlers get it as a keyword argument of this name
 # Pod phases after which the kubelet has stopped the pod and the scheduler no longer counts its requests.
@@ -112,6 +116,31 @@ def watch_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
             dispatcher.refresh_position(body)
 
 
+@kopf.on.resume(*WARMPOOLS)
+@kopf.on.create(*WARMPOOLS)
+@kopf.on.update(*WARMPOOLS)
+@kopf.timer(*WARMPOOLS, interval=POOL_INTERVAL)
+def keep_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A pool created, changed, resumed after a restart, or its timer: warmpools.PoolKeeper.reconcile."""
+    with lifecycle.retry_on_api_errors():
+        _pools(memo).reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.on.delete(*WARMPOOLS, optional=True)
+def pool_deleted(body: kopf.Body, **_: Any) -> None:
+    """Its idle pods go with it (garbage collection: they are owned by it); its metrics go now."""
+    metrics.pool_removed(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, POOL_LABEL: kopf.PRESENT})
+def pool_pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A pool pod changed (ready, ended, claimed, gone): its pool refills or counts it at once."""
+    pool = warmpools.pool_of(body)
+    if pool is not None:
+        with lifecycle.retry_on_api_errors():
+            _pools(memo).reconcile(*pool)
+
+
 def validate_execution(spec: kopf.Spec, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     """Admission webhook (registered by register_webhook only when enabled): admission.validate."""
     admission.validate(spec, _cluster(memo).facts, _config(memo), warnings)
@@ -131,6 +160,11 @@ def _config(memo: kopf.Memo) -> OperatorConfig:
 def _dispatcher(memo: kopf.Memo) -> Dispatcher:
     dispatcher: Dispatcher = memo["dispatcher"]
     return dispatcher
+
+
+def _pools(memo: kopf.Memo) -> warmpools.PoolKeeper:
+    pools: warmpools.PoolKeeper = memo["pools"]
+    return pools
 
 
 def _snapshot(kwargs: Mapping[str, Any]) -> Snapshot:

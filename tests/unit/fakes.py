@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from codeexec.api import CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi
+from codeexec.api import CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi, WarmPools
 from codeexec.report import Report
 from codeexec.vocabulary import EXECUTION_UID_LABEL, POOL_LABEL, TEMPLATE_HASH_LABEL
 from tests.unit import factories
@@ -217,3 +218,58 @@ _IMPLEMENTS: type[ClusterApi] = FakeCluster
 def _labels(pod: Body) -> dict[str, str]:
     labels: dict[str, str] = pod.get("metadata", {}).get("labels") or {}
     return labels
+
+
+class FakeWarmPools:
+    """One WarmPool (`pool`) and its pods by name; creating a pod names it (generateName) and stores it, or
+    raises `refusal` while it is set; a delete whose resourceVersion is not the pod's current one fails
+    (returns False) as the API's precondition does."""
+
+    def __init__(self, calls: list[str], pool: Body) -> None:
+        self._calls = calls
+        self.pool: Body | None = pool
+        self.pods: dict[str, Body] = {}
+        self.policies: list[Body] = []
+        self.refusal: ApiError | None = None
+        self.status_patches: list[Body] = []
+
+    def read(self, namespace: str, name: str) -> Body | None:
+        self._calls.append("read_pool")
+        return self.pool
+
+    def patch_status(self, namespace: str, name: str, status: Body) -> None:
+        self._calls.append("patch_pool_status")
+        assert self.pool is not None
+        self.status_patches.append(status)
+        self.pool["status"] = {**self.pool.get("status", {}), **status}
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[Body]:
+        self._calls.append("list_pool_pods")
+        key, value = label_selector.split("=")
+        return [pod for pod in self.pods.values() if _labels(pod).get(key) == value]
+
+    def create_pod(self, pod: Body) -> Body:
+        self._calls.append("create_pool_pod")
+        if self.refusal is not None:
+            raise self.refusal
+        name = f"{pod['metadata']['generateName']}{len(self.pods):05d}"
+        created = copy.deepcopy(pod)  # as the API server stores it: nothing shared with the caller's dict
+        created["metadata"] |= {"name": name, "resourceVersion": "1"}
+        self.pods[name] = created
+        return created
+
+    def delete_pod(self, namespace: str, name: str, resource_version: str) -> bool:
+        self._calls.append("delete_pool_pod")
+        pod = self.pods.get(name)
+        if pod is None or pod["metadata"]["resourceVersion"] != resource_version:
+            return False
+        del self.pods[name]
+        return True
+
+    def ensure_networkpolicy(self, policy: Body) -> None:
+        self._calls.append("ensure_networkpolicy")
+        if policy not in self.policies:
+            self.policies.append(policy)
+
+
+_IMPLEMENTS_POOLS: type[WarmPools] = FakeWarmPools

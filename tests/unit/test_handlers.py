@@ -24,17 +24,44 @@ def test_executions_are_started_and_watched_without_deletion_handlers() -> None:
     handlers = handlers_of("executions")
     assert set(handlers) == {"start_execution", "watch_execution"}
     # No on.delete: nothing to clean up that owner references do not, and no finalizer for it.
-    reasons = {handler.reason for handler in kopf.get_default_registry()._changing.get_all_handlers()}
+    reasons = {handler.reason for handler in _changing("executions")}
     assert reasons == {"create", None}  # None: on.resume
 
 
-def test_only_sandbox_pods_are_watched() -> None:
+def test_pools_are_kept_on_every_change_resume_and_timer() -> None:
+    handlers = handlers_of("warmpools")
+    assert set(handlers) == {"keep_pool", "pool_deleted"}
+    assert {handler.reason for handler in _changing("warmpools") if handler.id == "keep_pool"} == {
+        "create",
+        "update",
+        None,  # on.resume
+    }
+    timers = [h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.id == "keep_pool"]
+    assert [timer.interval for timer in timers] == [codeexec.handlers.POOL_INTERVAL]
+    # Only the metrics: the pool's idle pods go by garbage collection, so its deletion never waits on this.
+    (deleted,) = [h for h in _changing("warmpools") if h.id == "pool_deleted"]
+    assert deleted.requires_finalizer is False
+
+
+def test_only_sandbox_and_pool_pods_are_watched() -> None:
     handlers = handlers_of("pods")
-    assert set(handlers) == {"pod_event"}
+    assert set(handlers) == {"pod_event", "pool_pod_event"}
     assert handlers["pod_event"].labels == {
         "app.kubernetes.io/managed-by": "code-exec",
         "codeexec.io/execution-uid": kopf.PRESENT,
     }
+    assert handlers["pool_pod_event"].labels == {
+        "app.kubernetes.io/managed-by": "code-exec",
+        "codeexec.io/pool": kopf.PRESENT,
+    }
+
+
+def _changing(resource: str) -> list[Any]:
+    return [
+        handler
+        for handler in kopf.get_default_registry()._changing.get_all_handlers()
+        if handler.selector is not None and handler.selector.any_name == resource
+    ]
 
 
 def test_kopf_keeps_its_bookkeeping_out_of_status_and_sets_timeouts() -> None:

@@ -1,0 +1,292 @@
+"""Warm pools: what a WarmPool should hold and what to do about its idle pods (pure), and doing it (reconcile)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from codeexec import builders, metrics, status
+from codeexec.api import ApiError, Body, ClusterFacts, WarmPools
+from codeexec.builders import PoolRef
+from codeexec.config import OperatorConfig
+from codeexec.egress import isolation_probe
+from codeexec.models import GROUP, VERSION, RuntimeSpec, WarmPoolSpec
+from codeexec.validation import Rejection, find_runtime, format_cpu, format_memory, parse_runtimes, resolve_resources
+from codeexec.vocabulary import (
+    CONDITION_READY,
+    EXECUTION_UID_LABEL,
+    INVALID_SPEC,
+    POOL_CREATE_REFUSED,
+    POOL_FILLING,
+    POOL_LABEL,
+    POOL_READY,
+    REPLICAS_TOO_LARGE,
+    RUNTIME_CLASS_MISSING,
+    TEMPLATE_HASH_LABEL,
+    UNKNOWN_RUNTIME,
+)
+
+# Pod phases after which a pod never runs again: an idle pod there is replaced.
+ENDED_PHASES = ("Succeeded", "Failed")
+# API statuses of a pod create that trying again at once cannot fix (a quota or LimitRange, as in
+# queueing.is_quota_refusal; the namespace's Pod Security admission; a missing default ServiceAccount): the
+# pool says why in its condition and tries again at its next reconciliation (its timer).
+REFUSED_CREATE_STATUSES = (400, 403, 422)
+
+
+@dataclass(frozen=True)
+class Template:
+    """The pods a pool should hold: its Runtime and size, as validation resolves them, and their hash."""
+
+    runtime: RuntimeSpec
+    cpu_millis: int
+    memory_bytes: int
+    hash: str
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a pool should hold: `desired` pods of `template` (None: the pool cannot hold any); `problem`
+    (reason, message) says why it holds fewer than spec.replicas."""
+
+    desired: int
+    template: Template | None
+    problem: tuple[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class IdlePod:
+    """An idle pod of the pool, as listed: its name, resourceVersion (the delete's precondition) and state."""
+
+    name: str
+    resource_version: str
+    template_hash: str | None
+    ended: bool
+    ready: bool
+    created: str
+
+
+@dataclass(frozen=True)
+class PoolPlan:
+    """One reconciliation's steps: pods to create, idle pods to delete (name, resourceVersion), and what the
+    pool then holds (idle pods of its template that stay, and how many of them are ready)."""
+
+    create: int
+    delete: tuple[tuple[str, str], ...]
+    kept: int
+    ready: int
+
+
+def target(
+    raw_spec: Mapping[str, Any],
+    runtimes: Mapping[str, RuntimeSpec],
+    config: OperatorConfig,
+    runtime_class_exists: bool,
+    probe: str,
+) -> Target:
+    """The pool's spec checked as an Execution's would be: the Runtime it names, its resources defaulted and
+    bounded alike (so a plain Execution fits a plain pool), the RuntimeClass; replicas capped by the operator."""
+    try:
+        spec = WarmPoolSpec.model_validate(dict(raw_spec))
+    except ValidationError as error:
+        return Target(0, None, (INVALID_SPEC, f"spec: {error.errors()[0]['msg']}"))
+    found = find_runtime(spec.runtime, runtimes)
+    if found is None:
+        installed = ", ".join(sorted(runtimes)) or "none"
+        message = f'spec.runtime "{spec.runtime}" is not an installed Runtime or alias (installed: {installed})'
+        return Target(0, None, (UNKNOWN_RUNTIME, message))
+    runtime_name, runtime = found
+    resources = resolve_resources(spec.resources, runtime_name, runtime, config)
+    if isinstance(resources, Rejection):
+        return Target(0, None, (resources.reason, resources.message))
+    if config.runtime_class and not runtime_class_exists:
+        message = f'RuntimeClass "{config.runtime_class}" does not exist; the operator runs no sandbox without it'
+        return Target(0, None, (RUNTIME_CLASS_MISSING, message))
+    cpu, memory = resources
+    template = Template(runtime, cpu, memory, builders.warm_template_hash(runtime, cpu, memory, config, probe))
+    if spec.replicas > config.max_warm_pool_replicas:
+        maximum = config.max_warm_pool_replicas
+        message = f"spec.replicas {spec.replicas} exceeds the operator's maximum {maximum}; the pool keeps {maximum}"
+        return Target(maximum, template, (REPLICAS_TOO_LARGE, message))
+    return Target(spec.replicas, template, None)
+
+
+def idle_pods(pods: Iterable[Mapping[str, Any]], pool_uid: str) -> list[IdlePod]:
+    """The pool's idle pods: owned by this pool (not a former namesake), not claimed (no Execution's uid
+    label: the claim adds it), not being deleted."""
+    idle = []
+    for pod in pods:
+        metadata = pod["metadata"]
+        labels = metadata.get("labels") or {}
+        owners = metadata.get("ownerReferences") or []
+        owned = any(owner.get("kind") == "WarmPool" and owner.get("uid") == pool_uid for owner in owners)
+        if not owned or EXECUTION_UID_LABEL in labels or metadata.get("deletionTimestamp"):
+            continue
+        pod_status = pod.get("status", {})
+        idle.append(
+            IdlePod(
+                name=metadata["name"],
+                resource_version=metadata["resourceVersion"],
+                template_hash=labels.get(TEMPLATE_HASH_LABEL),
+                ended=pod_status.get("phase") in ENDED_PHASES,
+                ready=_ready(pod_status),
+                created=metadata.get("creationTimestamp", ""),
+            )
+        )
+    return idle
+
+
+def plan(desired: int, template_hash: str | None, idle: Sequence[IdlePod]) -> PoolPlan:
+    """Deletes idle pods that ended or are of another template (a Runtime's new image: the pool rolls; no
+    template: the pool holds nothing), then the surplus (not ready first, then the newest); creates the rest."""
+    current = [pod for pod in idle if not pod.ended and pod.template_hash == template_hash]
+    # Ready before not ready, older before newer: the pods kept are those closest to (or longest) serving.
+    current.sort(key=lambda pod: (not pod.ready, pod.created, pod.name))
+    kept, surplus = current[:desired], current[desired:]
+    delete = [pod for pod in idle if pod not in current] + surplus
+    return PoolPlan(
+        create=desired - len(kept),
+        delete=tuple((pod.name, pod.resource_version) for pod in delete),
+        kept=len(kept),
+        ready=sum(pod.ready for pod in kept),
+    )
+
+
+def status_patch(
+    current: Mapping[str, Any],
+    goal: Target,
+    replicas: int,
+    ready: int,
+    refused: str | None,
+    generation: int,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """The pool's new status; None when nothing in it would change (no write, no watch event for anyone)."""
+    condition_status, reason, message = _ready_condition(goal, ready, refused)
+    conditions: list[Mapping[str, Any]] = current.get("conditions") or []
+    previous = next((c for c in conditions if c.get("type") == CONDITION_READY), {})
+    transition = status.rfc3339(now)
+    if previous.get("status") == condition_status:
+        transition = previous.get("lastTransitionTime", transition)  # moves only when the status does
+    condition = {
+        "type": CONDITION_READY,
+        "status": condition_status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": transition,
+        "observedGeneration": generation,
+    }
+    patch = {"replicas": replicas, "readyReplicas": ready, "conditions": [condition], "observedGeneration": generation}
+    unchanged = all(current.get(key) == value for key, value in patch.items() if key != "conditions")
+    return None if unchanged and previous == condition else patch
+
+
+def _ready_condition(goal: Target, ready: int, refused: str | None) -> tuple[str, str, str]:
+    if goal.template is None and goal.problem is not None:
+        return "False", *goal.problem
+    if refused is not None:
+        return "False", POOL_CREATE_REFUSED, refused
+    if goal.problem is not None:
+        return "False", *goal.problem
+    counted = f"{ready} of {goal.desired} ready"
+    return ("True", POOL_READY, counted) if ready >= goal.desired else ("False", POOL_FILLING, counted)
+
+
+def _ready(pod_status: Mapping[str, Any]) -> bool:
+    conditions = pod_status.get("conditions") or []
+    running = pod_status.get("phase") == "Running"
+    return running and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def pool_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(namespace, name) of the pool a pod came from: its owner while idle, else its pool label."""
+    metadata = pod.get("metadata", {})
+    for owner in metadata.get("ownerReferences") or []:
+        if owner.get("apiVersion") == f"{GROUP}/{VERSION}" and owner.get("kind") == "WarmPool":
+            return metadata["namespace"], owner["name"]
+    name = (metadata.get("labels") or {}).get(POOL_LABEL)
+    return (metadata["namespace"], name) if name else None
+
+
+class PoolKeeper:
+    """Reconciles pools, one at a time per pool: pod events, the pool's own changes and its timer may come at
+    once, and two reconciliations of one pool side by side would both create the missing pods."""
+
+    def __init__(self, pools: WarmPools, facts: ClusterFacts, config: OperatorConfig) -> None:
+        self._pools = pools
+        self._facts = facts
+        self._config = config
+        self._guard = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        """Reads the pool and its pods afresh, deletes what must go (only the version listed: a pod claimed
+        meanwhile is never deleted), creates what is missing (after the namespace's pool NetworkPolicy), and
+        writes the status if it changed."""
+        with self._lock(namespace, name):
+            pool = self._pools.read(namespace, name)
+            if pool is None or pool["metadata"].get("deletionTimestamp"):
+                metrics.pool_removed(namespace, name)
+                return  # Garbage collection deletes its idle pods (they are owned by it); claimed ones stay.
+            goal = self._target(pool)
+            pods = self._pools.list_pods(namespace, builders.pool_selector(name))
+            steps = plan(goal.desired, goal.template.hash if goal.template else None, idle_pods(pods, _uid(pool)))
+            for pod_name, version in steps.delete:
+                self._pools.delete_pod(namespace, pod_name, version)
+            created, refused = self._create(pool, goal, steps.create)
+            generation: int = pool["metadata"].get("generation", 1)
+            current = pool.get("status") or {}
+            patch = status_patch(current, goal, steps.kept + created, steps.ready, refused, generation, _now())
+            if patch is not None:
+                self._pools.patch_status(namespace, name, patch)
+            metrics.pool_observed(namespace, name, goal.desired, steps.ready)
+
+    def _target(self, pool: Mapping[str, Any]) -> Target:
+        runtimes = parse_runtimes(self._facts.list_runtimes())
+        runtime_class = self._config.runtime_class
+        class_exists = not runtime_class or self._facts.runtime_class_exists(runtime_class)
+        probe = isolation_probe(self._facts.api_service())
+        return target(pool.get("spec", {}), runtimes, self._config, class_exists, probe)
+
+    def _create(self, pool: Mapping[str, Any], goal: Target, count: int) -> tuple[int, str | None]:
+        """Creates `count` pods; stops at a refusal (a quota: the next would be refused too) and says why."""
+        if count <= 0 or goal.template is None:
+            return 0, None
+        metadata = pool["metadata"]
+        ref = PoolRef(metadata["namespace"], metadata["name"], metadata["uid"])
+        template = goal.template
+        # Before any pod: a pool pod never runs unfenced.
+        self._pools.ensure_networkpolicy(builders.warm_networkpolicy(ref.namespace))
+        probe = isolation_probe(self._facts.api_service())
+        pod = builders.warm_pod(ref, template.runtime, template.cpu_millis, template.memory_bytes, self._config, probe)
+        for created in range(count):
+            try:
+                self._pools.create_pod(pod)
+            except ApiError as error:
+                if error.status in REFUSED_CREATE_STATUSES:
+                    return created, _refusal(str(error), template)
+                raise
+        return count, None
+
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault((namespace, name), threading.Lock())
+
+
+def _refusal(error: str, template: Template) -> str:
+    size = f"{format_cpu(template.cpu_millis)} CPU, {format_memory(template.memory_bytes)} memory"
+    return f"a pool pod ({size}) was refused; retrying: {error}"
+
+
+def _uid(body: Body) -> str:
+    uid: str = body["metadata"]["uid"]
+    return uid
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
