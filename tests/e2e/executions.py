@@ -162,14 +162,9 @@ def own_namespace_name() -> str:
 
 def install_crds_and_runtimes() -> None:
     """The generated CRDs and the bundled Runtimes, as the chart would install them."""
-    kubectl("apply", "-f", str(REPO / "crds/execution.yaml"), "-f", str(REPO / "crds/runtime.yaml"))
-    kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/executions.codeexec.io",
-        "crd/runtimes.codeexec.io",
-        "--timeout=60s",
-    )
+    crds = ("execution", "runtime", "warmpool")
+    kubectl("apply", *(arg for crd in crds for arg in ("-f", str(REPO / f"crds/{crd}.yaml"))))
+    kubectl("wait", "--for=condition=Established", *(f"crd/{crd}s.codeexec.io" for crd in crds), "--timeout=60s")
     kubectl("apply", "-f", str(REPO / "crds/runtimes"))
 
 
