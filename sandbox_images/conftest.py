@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from codeexec_runner.contract import REPORT_PREFIX, RUNNER_PATH, ReportDict
+from codeexec_runner.contract import REPORT_PREFIX, RUNNER_PATH, WARM_ACCEPTED, ReportDict, WarmRequestDict
 
 SANDBOX_IMAGES = Path(__file__).resolve().parent
 RUNNER_PACKAGE = SANDBOX_IMAGES / "runner" / "codeexec_runner"
@@ -45,6 +45,11 @@ class RunResult:
     stderr: bytes
     report: dict[str, Any]
     elapsed: float
+
+    def after_acknowledgement(self) -> bytes:
+        """Warm mode: stdout after the acknowledgement, which must be its very first bytes."""
+        assert self.stdout.startswith(WARM_ACCEPTED), f"no acknowledgement first: {self.stdout[:200]!r}"
+        return self.stdout[len(WARM_ACCEPTED) :]
 
 
 def parse_report(stdout: bytes) -> dict[str, Any]:
@@ -122,6 +127,101 @@ def run_runner(tmp_path: Path, runner: Path) -> RunFn:
         return RunResult(proc.returncode, proc.stdout, proc.stderr, parse_report(proc.stdout), elapsed)
 
     return run
+
+
+def _warm_request(
+    code: str,
+    *,
+    file_name: str = "main.py",
+    input: Any = None,
+    stdin: str = "",
+    env: dict[str, str] | None = None,
+    args: list[str] | None = None,
+    timeout: float = 10,
+) -> bytes:
+    """One request line as the operator writes it to a warm pod's stdin."""
+    request: WarmRequestDict = {
+        "fileName": file_name,
+        "code": code,
+        "input": input,
+        "stdin": stdin,
+        "env": env or {},
+        "args": args or [],
+        "timeoutSeconds": timeout,
+    }
+    return json.dumps(request).encode("ascii") + b"\n"
+
+
+class WarmRun:
+    """A runner started with --warm: wait until its ready file exists, write its stdin, collect its outcome."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], warm_dir: Path) -> None:
+        self.proc = proc
+        self.warm_dir = warm_dir
+        self.ready_file = warm_dir / "ready"
+
+    def wait_ready(self, deadline: float = 20) -> None:
+        give_up = time.monotonic() + deadline
+        while not self.ready_file.exists():
+            assert self.proc.poll() is None, f"the runner exited before it was ready: {self.proc.communicate()}"
+            assert time.monotonic() < give_up, f"no ready file after {deadline} s"
+            time.sleep(0.01)
+
+    def harness_pid(self) -> int:
+        """The pre-started harness: the runner's only child while it waits."""
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        return int(children[0])
+
+    def finish(self, stdin: bytes = b"", timeout: float = 30) -> RunResult:
+        """Writes `stdin` (then EOF) and waits for the runner's exit; `elapsed` counts from the write."""
+        started = time.monotonic()
+        stdout, stderr = self.proc.communicate(stdin, timeout=timeout)
+        elapsed = time.monotonic() - started
+        return RunResult(self.proc.returncode, stdout, stderr, parse_report(stdout), elapsed)
+
+
+StartWarmFn = Callable[..., WarmRun]
+
+
+@pytest.fixture
+def start_warm(tmp_path: Path, runner: Path) -> Iterator[StartWarmFn]:
+    """Starts the runner like a warm pool pod: --warm, the harness command after `--`, stdin a pipe."""
+    started: list[WarmRun] = []
+
+    def start(
+        command: list[str],
+        *,
+        max_output: int = 65536,
+        extra_args: list[str] | None = None,
+        prefix: list[str] | None = None,
+        runner_env: dict[str, str] | None = None,
+        warm_dir: Path | None = None,
+    ) -> WarmRun:
+        warm_dir = warm_dir or tmp_path / f"warm{len(started)}"  # one each: a pod's /tmp is its own
+        args = ["--warm", "--warm-dir", str(warm_dir), "--max-output-bytes", str(max_output), *(extra_args or [])]
+        proc = subprocess.Popen(
+            [*(prefix or []), str(runner), *args, "--", *command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=runner_env if runner_env is not None else {"PATH": os.environ["PATH"]},
+            cwd=tmp_path,
+        )
+        started.append(WarmRun(proc, warm_dir))
+        return started[-1]
+
+    yield start
+    for run in started:  # a failed test must not leave a runner waiting forever
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.communicate()
+
+
+@pytest.fixture
+def warm_request() -> Callable[..., bytes]:
+    """Builds one request line (code, then keyword overrides of the WarmRequestDict's fields)."""
+    return _warm_request
 
 
 @pytest.fixture

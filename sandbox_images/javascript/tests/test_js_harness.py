@@ -174,3 +174,36 @@ def test_api_connection_refused_fails_fast_and_says_why(run_runner):
 def test_code_may_declare_its_own_api(run_runner):
     r = run_code(run_runner, "const api = 'mine';\nreturn api;\n")
     assert r.report["exitCode"] == 0 and r.report["result"] == "mine"
+
+
+def test_warm_hello(start_warm, warm_request):
+    """Warm mode: node pre-started with the harness loaded; the same parameters and result as cold."""
+    warm = start_warm(["node", HARNESS])
+    warm.wait_ready()
+    code = "console.info('hi', input.name);\nreturn { argv: process.argv.slice(2), file: __filename };\n"
+    r = warm.finish(warm_request(code, file_name="main.js", input={"name": "warm"}, args=["x"]))
+    assert r.returncode == 0 and r.report["error"] is None, r.report["stderr"]["text"]
+    assert r.after_acknowledgement().startswith(b"hi warm\n")
+    assert r.report["result"] == {"argv": ["x"], "file": str(warm.warm_dir / "main.js")}
+
+
+# Open descriptors by kind (pipe, eventfd, a path...): node opens its own, so numbers vary, kinds must not.
+FD_KINDS = (
+    "const fs = require('fs');\n"
+    "const kinds = fs.readdirSync('/proc/self/fd').map((fd) => {\n"
+    "  try { return fs.readlinkSync(`/proc/self/fd/${fd}`).replace(/:\\[\\d+\\]$/, ''); } catch { return 'gone'; }\n"
+    "});\n"
+    "return { kinds: kinds.sort(), env: Object.keys(process.env).sort(), stdin: fs.readFileSync(0, 'utf8') };\n"
+)
+
+
+def test_warm_leaves_no_descriptor_or_variable_of_the_waiting_phase(start_warm, run_runner, warm_request):
+    """Seen failing (one more pipe, CODEEXEC_REQUEST_FD in env) when the harness kept its request fd and variable."""
+    cold = run_code(run_runner, FD_KINDS, stdin=b"in", input=None)  # as the operator: always an input file
+    warm = start_warm(["node", HARNESS])
+    warm.wait_ready()
+    r = warm.finish(warm_request(FD_KINDS, file_name="main.js", stdin="in"))
+    expected = cold.report["result"]
+    # fd 0 is the stdin file in both; only its directory differs.
+    expected["kinds"] = sorted(str(warm.warm_dir / "stdin") if k.endswith("/stdin") else k for k in expected["kinds"])
+    assert r.report["result"] == expected

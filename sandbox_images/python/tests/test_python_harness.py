@@ -178,3 +178,26 @@ def test_api_connection_refused_fails_fast(run_runner):
 def test_code_may_define_its_own_api(run_runner):
     r = run_code(run_runner, "api = 'mine'\nreturn api\n")
     assert r.report["result"] == "mine"
+
+
+def test_warm_hello(start_warm, warm_request):
+    """Warm mode: pre-started, ready before the request, then the same globals and result as cold."""
+    warm = start_warm(["python3", HARNESS])
+    warm.wait_ready()
+    code = "import sys\nconsole.info('hi', input['name'])\nreturn {'argv': sys.argv[1:], 'name': __name__}\n"
+    r = warm.finish(warm_request(code, input={"name": "warm"}, args=["x"]))
+    assert r.returncode == 0 and r.report["error"] is None, r.report["stderr"]["text"]
+    assert r.after_acknowledgement().startswith(b"hi warm\n")
+    assert r.report["result"] == {"argv": ["x"], "name": "__main__"}
+    assert [(e["level"], e["message"]) for e in r.report["logs"]] == [("info", "hi warm")]
+
+
+def test_warm_traceback_shows_only_the_user_code(start_warm, warm_request):
+    """The waiting phase adds no frames of its own to a traceback."""
+    warm = start_warm(["python3", HARNESS])
+    warm.wait_ready()
+    r = warm.finish(warm_request("def f():\n    raise ValueError('bad')\nf()\n"))
+    assert r.returncode == 1
+    stderr = r.report["stderr"]["text"]
+    assert stderr.startswith("Traceback (most recent call last):\n") and "harness.py" not in stderr
+    assert stderr.endswith("ValueError: bad\n") and stderr.count('main.py", line') == 2

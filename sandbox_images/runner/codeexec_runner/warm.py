@@ -105,11 +105,14 @@ def run_warm(config: Config) -> Outcome:
 
 def prepare(directory: str) -> WarmFiles:
     files = WarmFiles(directory)
-    os.makedirs(directory, exist_ok=True)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(files.path(READY_NAME))  # a leftover must not make the pod Ready before this run is
-    with open(files.path(STDIN_NAME), "wb"):
-        pass
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(files.path(READY_NAME))  # a leftover must not make the pod Ready before this run is
+        with open(files.path(STDIN_NAME), "wb"):
+            pass
+    except OSError as e:
+        raise RunnerError(f"cannot prepare the warm directory {directory}: {e.strerror}") from e
     return files
 
 

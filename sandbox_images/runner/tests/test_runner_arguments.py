@@ -37,10 +37,23 @@ def test_optional_flags_default_to_none_and_the_contract_wait() -> None:
     assert parse_args([*REQUIRED, "true"]).command == ["true"]  # "--" is optional
 
 
+def test_warm_mode_takes_no_timeout_and_defaults_to_the_contract_directory() -> None:
+    config = parse_args(["--warm", "--max-output-bytes", "100", "--", "node", "/opt/codeexec/harness.mjs"])
+    assert config.warm is True and config.timeout_seconds is None and config.warm_dir == contract.WARM_DIR
+    assert config.command == ["node", "/opt/codeexec/harness.mjs"]
+    assert parse_args([*REQUIRED, "--", "true"]).warm is False
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["--max-output-bytes", "1", "--", "true"], "required: --timeout-seconds"),
+        (["--warm", *REQUIRED, "--", "true"], "--timeout-seconds cannot be used with --warm"),
+        (
+            ["--warm", "--max-output-bytes", "1", "--stdin", "/s", "--input", "/i", "--", "true"],
+            "--stdin, --input cannot",
+        ),
+        (["--warm", "--max-output-bytes", "1", "--env-file", "/e", "--", "true"], "--env-file cannot be used"),
         (["--timeout-seconds", "soon", "--max-output-bytes", "1", "--", "true"], "invalid float value"),
         ([*REQUIRED, "--"], "no command after --"),
         (["--timeout-seconds", "0", "--max-output-bytes", "1", "--", "true"], "--timeout-seconds must be positive"),
