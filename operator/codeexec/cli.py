@@ -22,6 +22,7 @@ from codeexec.vocabulary import Phase
 EXIT_REQUEST_FAILED = 2
 EXIT_TIMED_OUT = 124
 EXIT_NO_EXIT_CODE = 1
+SERVICE_ACCOUNT_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -96,8 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     gateway = commands.add_parser("gateway", help="serve the HTTP gateway (in a pod: the chart runs it)")
     gateway.add_argument("--host", default="0.0.0.0")
     gateway.add_argument("--port", type=int, default=8080)
-    gateway.add_argument("--server", help="API server URL (default: in-cluster)")
-    gateway.add_argument("--certificate-authority", help="CA bundle of --server")
+    gateway.add_argument("--server", help="API server URL (default: in-cluster, from KUBERNETES_SERVICE_HOST)")
+    gateway.add_argument("--certificate-authority", default=SERVICE_ACCOUNT_CA, help="CA bundle of the API server")
     gateway.add_argument("--max-body-bytes", type=int, default=1024 * 1024)
     gateway.add_argument("--max-header-bytes", type=int, default=16 * 1024)
     gateway.add_argument("--max-wait-seconds", type=int, default=300)
@@ -256,10 +257,9 @@ def _serve(args: argparse.Namespace) -> None:
     from codeexec.gateway.app import Settings, create_app
 
     if args.server:
-        trust: ssl.SSLContext | bool = ssl.create_default_context(cafile=args.certificate_authority)
-        server = Connection(args.server, trust)
+        server = Connection(args.server, ssl.create_default_context(cafile=args.certificate_authority))
     else:
-        server = Connection.in_cluster()
+        server = Connection.in_cluster(args.certificate_authority)
     settings = Settings(args.max_body_bytes, args.max_wait_seconds, args.max_waits_per_caller)
     uvicorn.run(
         create_app(server, settings),

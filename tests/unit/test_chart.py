@@ -242,9 +242,14 @@ def test_default_install_objects() -> None:
         ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
+        ("ClusterRole", "code-exec-code-exec-runtime-reader", None),
+        ("ClusterRole", "code-exec-code-exec-user", None),
+        ("ClusterRole", "code-exec-code-exec-viewer", None),
         ("ClusterRoleBinding", "code-exec-code-exec", None),
         ("ClusterRoleBinding", "code-exec-code-exec-cluster", None),
+        ("ClusterRoleBinding", "code-exec-code-exec-runtime-reader", None),
         ("Deployment", "code-exec", "code-exec"),
+        ("Deployment", "code-exec-gateway", "code-exec"),
         ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
         ("PodDisruptionBudget", "code-exec", "code-exec"),
         ("Role", "code-exec-code-exec-apiserver", "default"),
@@ -257,7 +262,9 @@ def test_default_install_objects() -> None:
         ("RuntimeClass", "gvisor", None),
         ("Secret", "code-exec-webhook-tls", "code-exec"),
         ("Service", "code-exec", "code-exec"),
+        ("Service", "code-exec-gateway", "code-exec"),
         ("ServiceAccount", "code-exec", "code-exec"),
+        ("ServiceAccount", "code-exec-gateway", "code-exec"),
         ("ServiceAccount", "code-exec-test", "code-exec"),
         ("ValidatingWebhookConfiguration", "code-exec-code-exec", None),
     ]
@@ -267,7 +274,7 @@ def test_default_install_objects() -> None:
 
 @needs_helm
 def test_operator_deployment_security() -> None:
-    deployment = find(render(), "Deployment")
+    deployment = find(render(), "Deployment", "code-exec")
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"] == {
         "type": "RollingUpdate",
@@ -315,7 +322,7 @@ def test_operator_deployment_security() -> None:
 
 @needs_helm
 def test_operator_environment_is_every_setting() -> None:
-    (container,) = find(render(), "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = find(render(), "Deployment", "code-exec")["spec"]["template"]["spec"]["containers"]
     env = literal_env(container)
     assert set(env) == {f"CODEEXEC_{name.upper()}" for name in OperatorConfig.model_fields}
     config = OperatorConfig.from_env(env)  # what the operator would make of it
@@ -333,7 +340,7 @@ def test_replicas_share_the_release_peering_object() -> None:
     """Two replicas by default, one active by Kopf peering: each pod names itself (POD_ID, Kopf's identity) in
     the release's ClusterKopfPeering, which the operator is told, may patch, and which the chart creates."""
     objects = render(namespace="ops")
-    deployment = find(objects, "Deployment")
+    deployment = find(objects, "Deployment", "code-exec")
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {var["name"]: var for var in container["env"]}
@@ -364,13 +371,13 @@ def test_disruption_budget_keeps_one_replica() -> None:
     budget = find(objects, "PodDisruptionBudget")
     assert budget["spec"]["minAvailable"] == 1
     selector = budget["spec"]["selector"]["matchLabels"]
-    assert selector == find(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert selector == find(objects, "Deployment", "code-exec")["spec"]["selector"]["matchLabels"]
     # One replica: a budget of 1 would block every node drain, so there is none (and nothing to spread).
     single = render("operator.replicaCount=1")
-    assert find(single, "Deployment")["spec"]["replicas"] == 1
-    assert "topologySpreadConstraints" not in find(single, "Deployment")["spec"]["template"]["spec"]
+    assert find(single, "Deployment", "code-exec")["spec"]["replicas"] == 1
+    assert "topologySpreadConstraints" not in find(single, "Deployment", "code-exec")["spec"]["template"]["spec"]
     assert not [obj for obj in single if obj["kind"] == "PodDisruptionBudget"]
-    assert find(render("operator.replicaCount=3"), "Deployment")["spec"]["replicas"] == 3
+    assert find(render("operator.replicaCount=3"), "Deployment", "code-exec")["spec"]["replicas"] == 3
 
 
 @needs_helm
@@ -383,7 +390,7 @@ def test_values_reach_the_operator() -> None:
     sets += ["operator.logLevel=debug", "webhook.enabled=false", "metrics.enabled=false", "runtimeClass.create=false"]
     sets += ["runtimeClass.name="]
     objects = render(*sets)
-    (container,) = find(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = find(objects, "Deployment", "code-exec")["spec"]["template"]["spec"]["containers"]
     env = literal_env(container)
     assert env["CODEEXEC_START_DEADLINE_SECONDS"] == "1000000"  # not 1e+06
     assert env["CODEEXEC_KEEP_PODS"] == "true"
@@ -391,7 +398,7 @@ def test_values_reach_the_operator() -> None:
     assert env["CODEEXEC_LOG_LEVEL"] == "debug"
     assert (env["CODEEXEC_WEBHOOK_PORT"], env["CODEEXEC_METRICS_PORT"], env["CODEEXEC_RUNTIME_CLASS"]) == ("0", "0", "")
     assert "startupProbe" in container and "tcpSocket" not in container["startupProbe"]
-    present = {obj["kind"] for obj in objects}
+    present = {obj["kind"] for obj in objects if not obj["metadata"]["name"].endswith("-gateway")}
     assert not present & {"ValidatingWebhookConfiguration", "Secret", "Service", "RuntimeClass"}
 
 
@@ -444,7 +451,7 @@ def test_webhook_configuration() -> None:
     assert webhook["sideEffects"] == "None"
     assert webhook["timeoutSeconds"] == 10
     assert webhook["namespaceSelector"] == {}
-    svc = find(objects, "Service")
+    svc = find(objects, "Service", "code-exec")
     assert {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]} == {
         "webhook": (443, "webhook"),
         "metrics": (9090, "metrics"),
@@ -465,7 +472,7 @@ def test_webhook_certificate_serves_the_service_name(tmp_path: Path) -> None:
     assert secret["type"] == "kubernetes.io/tls"
     assert webhook["clientConfig"]["caBundle"] == secret["data"]["ca.crt"]
     # The same render's checksum: a regenerated certificate rolls the operator pod.
-    annotations = find(objects, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    annotations = find(objects, "Deployment", "code-exec")["spec"]["template"]["metadata"]["annotations"]
     assert len(annotations["checksum/webhook-tls"]) == 64
     for name, content in data.items():
         (tmp_path / name).write_bytes(content)
@@ -517,7 +524,7 @@ def test_watching_named_namespaces_grants_roles_only_there() -> None:
     assert webhook["namespaceSelector"] == {
         "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
     }
-    env = literal_env(find(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    env = literal_env(find(objects, "Deployment", "code-exec")["spec"]["template"]["spec"]["containers"][0])
     assert env["CODEEXEC_NAMESPACES"] == "team-a,team-b"
     test_role = find(objects, "Role", "code-exec-test")
     assert test_role["metadata"]["namespace"] == "team-a"
@@ -570,7 +577,7 @@ def test_operator_rules_are_least_privilege() -> None:
 
 
 def test_every_rbac_rule_has_a_comment() -> None:
-    for template in ("rbac.yaml", "tests/test-execution.yaml"):
+    for template in ("rbac.yaml", "user-roles.yaml", "tests/test-execution.yaml"):
         lines = (CHART / "templates" / template).read_text().splitlines()
         for number, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -598,3 +605,51 @@ def test_helm_test_pod() -> None:
         "TEST_LANGUAGE": "python",
         "TEST_TIMEOUT_SECONDS": "180",
     }
+
+
+@needs_helm
+def test_gateway_has_no_rights_and_no_credentials() -> None:
+    """The gateway acts as its callers only: no binding names its ServiceAccount and no token is mounted
+    (seen failing when the pod mounted the account's token by default)."""
+    objects = render()
+    deployment = find(objects, "Deployment", "code-exec-gateway")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "code-exec-gateway"
+    assert pod["automountServiceAccountToken"] is False
+    assert find(objects, "ServiceAccount", "code-exec-gateway")["automountServiceAccountToken"] is False
+    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        assert all(subject["name"] != "code-exec-gateway" for subject in binding["subjects"]), binding
+    (container,) = pod["containers"]
+    assert container["command"] == ["codeexec"]
+    assert container["args"][0] == "gateway"
+    assert "--max-body-bytes=1048576" in container["args"]
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    service = find(objects, "Service", "code-exec-gateway")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    off = render("gateway.enabled=false", "userRoles.create=false")
+    assert not [o for o in off if "gateway" in o["metadata"]["name"] or o["metadata"]["name"].endswith("-user")]
+
+
+@needs_helm
+def test_user_roles_aggregate_into_edit_and_view() -> None:
+    objects = render()
+    user = find(objects, "ClusterRole", "code-exec-code-exec-user")
+    assert user["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert {tuple(rule["resources"]): set(rule["verbs"]) for rule in user["rules"]} == {
+        ("executions",): {"create", "get", "list", "watch", "delete"},
+        ("runtimes",): {"get", "list", "watch"},
+    }
+    viewer = find(objects, "ClusterRole", "code-exec-code-exec-viewer")
+    assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    assert {verb for rule in viewer["rules"] for verb in rule["verbs"]} == {"get", "list", "watch"}
+    # Runtimes are cluster-scoped: every authenticated user reads them through a ClusterRoleBinding.
+    binding = find(objects, "ClusterRoleBinding", "code-exec-code-exec-runtime-reader")
+    assert binding["subjects"] == [
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}
+    ]
+    reader = find(objects, "ClusterRole", binding["roleRef"]["name"])
+    assert reader["rules"] == [
+        {"apiGroups": ["codeexec.io"], "resources": ["runtimes"], "verbs": ["get", "list", "watch"]}
+    ]

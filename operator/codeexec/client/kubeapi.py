@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -55,11 +56,12 @@ class Connection:
         return cls.from_configuration(configuration, namespace)
 
     @classmethod
-    def in_cluster(cls) -> Connection:
-        """The API server as seen from a pod, without its token (the gateway adds each caller's)."""
-        configuration = kube_client.Configuration()
-        kube_config.load_incluster_config(client_configuration=configuration)
-        return cls(configuration.host, _ssl_context(configuration))
+    def in_cluster(cls, ca_file: str) -> Connection:
+        """The API server as seen from a pod (the variables the kubelet sets in every container), trusted with
+        `ca_file`, without any credentials: the gateway needs no token of its own, it adds each caller's."""
+        host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+        host = f"[{host}]" if ":" in host else host
+        return cls(f"https://{host}:{port}", ssl.create_default_context(cafile=ca_file))
 
     @classmethod
     def from_configuration(cls, configuration: kube_client.Configuration, namespace: str) -> Connection:

@@ -22,6 +22,7 @@ from codeexec.vocabulary import Phase
 
 # The largest valid spec (code 100 KiB, stdin 256 KiB, input 128 KiB, env and args) fits with room for JSON escapes.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+READY_TIMEOUT = aiohttp.ClientTimeout(total=3)
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
@@ -61,6 +62,7 @@ def create_app(server: Connection, settings: Settings = Settings()) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with aiohttp.ClientSession() as session:
+            app.state.session = session
             app.state.callers = Callers(session, server)
             yield
 
@@ -135,6 +137,18 @@ def create_app(server: Connection, settings: Settings = Settings()) -> FastAPI:
     async def health() -> JSONResponse:
         """Liveness: the process serves requests."""
         return JSONResponse({"status": "ok"})
+
+    @app.get("/health/ready")
+    async def ready(request: Request) -> JSONResponse:
+        """Readiness: the API server answers. The gateway has no credentials, so any answer of /readyz but a
+        server error counts (401 where anonymous requests are off): it is the server's liveness that matters."""
+        session: aiohttp.ClientSession = request.app.state.session
+        try:
+            async with session.get(server.server + "/readyz", ssl=server.ssl, timeout=READY_TIMEOUT) as answer:
+                reachable = answer.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            reachable = False
+        return JSONResponse({"status": "ok" if reachable else "unavailable"}, 200 if reachable else 503)
 
     return app
 
