@@ -9,7 +9,7 @@ NAMESPACE=code-exec-demo
 # namespace, so it never races the operators that the e2e tests start for theirs.
 # Helm installs CRDs only with a release's first install: an upgrade of an older demo release needs
 # Kopf's peering CRD too (the release's ClusterKopfPeering object is of its kind).
-kubectl apply -f crds/execution.yaml -f crds/runtime.yaml -f crds/kopf-peering.yaml >/dev/null
+kubectl apply -f crds/execution.yaml -f crds/runtime.yaml -f crds/warmpool.yaml -f crds/kopf-peering.yaml >/dev/null
 # Helm cannot adopt Runtimes created outside it (the e2e tests apply crds/runtimes/): keep those as they are.
 runtime_flags=()
 for runtime in python javascript typescript; do
@@ -18,11 +18,27 @@ for runtime in python javascript typescript; do
     runtime_flags+=(--set "runtimes.$runtime.enabled=false")
   fi
 done
+# One WarmPool per language (DEMO_POOL_REPLICAS pods each, default 1; 0: none): the examples below ask for
+# no resources, so they fit the pools' default size and run in pre-started sandboxes (status.sandbox warm).
+# Each pool pod holds its requests (500m CPU, 256Mi) while the release is installed.
+pool_replicas=${DEMO_POOL_REPLICAS:-1}
+pools=()
+if ((pool_replicas > 0)); then
+  for runtime in python javascript typescript; do
+    pools+=("{\"name\":\"$runtime\",\"runtime\":\"$runtime\",\"replicas\":$pool_replicas}")
+  done
+fi
 helm upgrade --install code-exec charts/code-exec --namespace "$NAMESPACE" --create-namespace \
   --set runtimeClass.create=false --set "operator.watchNamespaces={$NAMESPACE}" "${runtime_flags[@]}" \
+  --set-json "warmPools=[$(IFS=,; echo "${pools[*]}")]" \
   --wait --timeout 180s >/dev/null
 echo "installed: $(helm list -n "$NAMESPACE" -o json | python3 -c 'import json,sys; r=json.load(sys.stdin)[0]; print(r["name"], r["chart"], r["status"])')"
 kubectl get runtimes
+if ((pool_replicas > 0)); then
+  kubectl wait -n "$NAMESPACE" warmpools --all --timeout 180s \
+    --for=jsonpath='{.status.readyReplicas}'="$pool_replicas" >/dev/null
+fi
+kubectl get warmpools -n "$NAMESPACE"
 
 for example in crds/examples/hello-*.yaml; do
   name=$(basename "$example" .yaml)
@@ -35,7 +51,8 @@ for example in crds/examples/hello-*.yaml; do
     --for=jsonpath='{.status.conditions[?(@.type=="Finished")].status}'=True >/dev/null
   echo
   echo "== execution/$name"
-  kubectl get execution "$name" -n "$NAMESPACE" -o jsonpath='phase={.status.phase} reason={.status.reason} exitCode={.status.exitCode} durationMs={.status.durationMs}{"\n"}result={.status.result}{"\n"}logs={.status.logs}{"\n"}stdout:{"\n"}{.status.stdout}'
+  kubectl get execution "$name" -n "$NAMESPACE" -o jsonpath='phase={.status.phase} reason={.status.reason} sandbox={.status.sandbox} exitCode={.status.exitCode} durationMs={.status.durationMs}{"\n"}result={.status.result}{"\n"}logs={.status.logs}{"\n"}stdout:{"\n"}{.status.stdout}'
 done
 echo
 kubectl get executions -n "$NAMESPACE"
+kubectl get warmpools -n "$NAMESPACE"

@@ -1,5 +1,5 @@
-"""Generates every copy of the operator settings and the Runtime spec from the models (the one source):
-the chart's values schema and values.yaml comments, the README's table, and the CRDs."""
+"""Generates every copy of the operator settings and the Runtime and WarmPool specs from the models (the one
+source): the chart's values schema and values.yaml comments, the README's table, and the CRDs."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 
 from codeexec import crdgen
 from codeexec.config import OperatorConfig, variable_name
-from codeexec.models import RuntimeSpec
+from codeexec.models import RuntimeSpec, WarmPoolSpec
 
 CHART = Path("charts/code-exec")
 VALUES = CHART / "values.yaml"
@@ -129,14 +129,17 @@ def _closed(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 def values_schema(current: dict[str, Any]) -> dict[str, Any]:
-    """The values schema with its generated parts replaced: `config`, and the Runtime spec fields of a
-    bundled Runtime's values."""
+    """The values schema with its generated parts replaced: `config`, the Runtime spec fields of a
+    bundled Runtime's values, and the spec fields of a WarmPool's values (all of its spec)."""
     spec = crdgen.structural_schema(RuntimeSpec)["properties"]
     schema = copy.deepcopy(current)
     schema["properties"]["config"] = config_schema()
     runtime = schema["definitions"]["runtime"]["properties"]
     for key in RUNTIME_SPEC_VALUES:
         runtime[key] = _closed(spec[key])
+    pool = schema["definitions"]["warmPool"]["properties"]
+    for key, value in crdgen.structural_schema(WarmPoolSpec)["properties"].items():
+        pool[key] = _closed(value)
     return schema
 
 

@@ -19,8 +19,8 @@ from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABE
 EXECUTIONS = (GROUP, VERSION, "executions")
 WARMPOOLS = (GROUP, VERSION, "warmpools")
 WATCH_INTERVAL = 5
-# A pool's safety net (pod events and its own changes reconcile it at once): a refused pod tried again, a
-# missed event caught up.
+# A filling pool's safety net (pod events and its own changes reconcile it at once): a refused pod tried
+# again, a missed event caught up.
 POOL_INTERVAL = 10
 QUEUE = "queue"
 QUEUE_INDEX = "execution_queue"  # the index's id: handlers get it as a keyword argument of this name
@@ -116,10 +116,16 @@ def watch_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
             dispatcher.refresh_position(body)
 
 
+def _pool_unsettled(body: kopf.Body, **_: Any) -> bool:
+    # Limits the timer, and the finalizer Kopf holds for it, to pools not Ready for their current spec: a
+    # settled pool can be deleted without the operator (e.g. after it was uninstalled).
+    return not warmpools.settled(body)
+
+
 @kopf.on.resume(*WARMPOOLS)
 @kopf.on.create(*WARMPOOLS)
 @kopf.on.update(*WARMPOOLS)
-@kopf.timer(*WARMPOOLS, interval=POOL_INTERVAL)
+@kopf.timer(*WARMPOOLS, interval=POOL_INTERVAL, when=_pool_unsettled)
 def keep_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A pool created, changed, resumed after a restart, or its timer: warmpools.PoolKeeper.reconcile."""
     with lifecycle.retry_on_api_errors():

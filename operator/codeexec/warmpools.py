@@ -203,6 +203,14 @@ def _ready(pod_status: Mapping[str, Any]) -> bool:
     return running and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
+def settled(pool: Mapping[str, Any]) -> bool:
+    """Whether the pool's status says Ready (every wanted pod ready) for its current spec."""
+    current = pool.get("status") or {}
+    conditions = current.get("conditions") or []
+    ready = any(c.get("type") == CONDITION_READY and c.get("status") == "True" for c in conditions)
+    return ready and current.get("observedGeneration") == pool.get("metadata", {}).get("generation")
+
+
 def pool_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     """(namespace, name) of the pool a pod came from: its owner while idle, else its pool label."""
     metadata = pod.get("metadata", {})

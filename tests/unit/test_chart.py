@@ -19,6 +19,7 @@ import yaml
 
 from codeexec import admission, chartgen, crdgen
 from codeexec.config import OperatorConfig
+from codeexec.models import WarmPoolSpec
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts/code-exec"
@@ -226,6 +227,9 @@ def test_package_holds_the_crd_files_and_no_examples(tmp_path: Path) -> None:
         ("operator.replicaCount=0", "/operator/replicaCount"),
         ("config.peeringLifetimeSeconds=2", "/config/peeringLifetimeSeconds"),
         ("runtimes.python.maxTimeoutSeconds=0", "/runtimes/python/maxTimeoutSeconds"),
+        ("warmPools[0].name=p,warmPools[0].runtime=python,warmPools[0].replicas=-1", "/warmPools/0/replicas"),
+        ("warmPools[0].name=p,warmPools[0].replicas=1", "missing property 'runtime'"),
+        ("warmPools[0].name=p,warmPools[0].runtime=py,warmPools[0].replicas=1,warmPools[0].size=2", "'size'"),
     ],
 )
 def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
@@ -233,6 +237,27 @@ def test_schema_refuses_bad_values(value: str, complaint: str) -> None:
     result = helm(*args, check=False)
     assert result.returncode != 0
     assert complaint in result.stderr
+
+
+@needs_helm
+def test_warm_pools_from_values() -> None:
+    """Fails when a pool's values do not reach its spec (the spec fields are the CRD's, generated into the
+    schema), or the namespace does not default to the release's."""
+    objects = render(
+        "warmPools[0].name=python,warmPools[0].runtime=python,warmPools[0].replicas=2",
+        "warmPools[1].name=ts,warmPools[1].namespace=team-a,warmPools[1].runtime=ts,warmPools[1].replicas=1",
+        "warmPools[1].resources.cpu=500m,warmPools[1].resources.memory=512Mi",
+    )
+    pools = {o["metadata"]["name"]: o for o in objects if o["kind"] == "WarmPool"}
+    assert sorted(pools) == ["python", "ts"]
+    assert pools["python"]["apiVersion"] == "codeexec.io/v1alpha1"
+    assert pools["python"]["metadata"]["namespace"] == "code-exec"
+    assert pools["python"]["spec"] == {"runtime": "python", "replicas": 2}
+    assert pools["ts"]["metadata"]["namespace"] == "team-a"
+    assert pools["ts"]["spec"] == {"runtime": "ts", "replicas": 1, "resources": {"cpu": "500m", "memory": "512Mi"}}
+    for pool in pools.values():
+        WarmPoolSpec.model_validate(pool["spec"])
+    assert not [o for o in render() if o["kind"] == "WarmPool"]
 
 
 @needs_helm
@@ -562,6 +587,9 @@ def test_operator_rules_are_least_privilege() -> None:
         ("codeexec.io", "executions"): {"get", "list", "watch", "delete", "patch"},
         ("codeexec.io", "executions/status"): {"patch"},
         ("codeexec.io", "executions/finalizers"): {"update"},
+        ("codeexec.io", "warmpools"): {"get", "list", "watch", "patch"},
+        ("codeexec.io", "warmpools/status"): {"patch"},
+        ("codeexec.io", "warmpools/finalizers"): {"update"},
         ("", "pods"): {"create", "get", "list", "watch", "delete", "patch"},
         ("", "pods/attach"): {"create", "get"},
         ("", "pods/log"): {"get"},

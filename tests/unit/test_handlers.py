@@ -38,6 +38,7 @@ def test_pools_are_kept_on_every_change_resume_and_timer() -> None:
     }
     timers = [h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.id == "keep_pool"]
     assert [timer.interval for timer in timers] == [codeexec.handlers.POOL_INTERVAL]
+    assert timers[0].when is codeexec.handlers._pool_unsettled  # no finalizer on a settled pool
     # Only the metrics: the pool's idle pods go by garbage collection, so its deletion never waits on this.
     (deleted,) = [h for h in _changing("warmpools") if h.id == "pool_deleted"]
     assert deleted.requires_finalizer is False

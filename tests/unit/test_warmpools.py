@@ -190,6 +190,17 @@ def test_status_names_the_problem() -> None:
     assert capped is not None and capped["conditions"][0]["reason"] == "ReplicasTooLarge"
 
 
+def test_a_pool_is_settled_when_ready_for_its_current_generation() -> None:
+    """The timer (and Kopf's finalizer for it) runs only while a pool is not settled."""
+    pool = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "conditions": []}}
+    assert not warmpools.settled(pool)
+    pool["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    assert warmpools.settled(pool)
+    pool["metadata"]["generation"] = 3  # a new spec not yet reconciled
+    assert not warmpools.settled(pool)
+    assert not warmpools.settled({"metadata": {"generation": 1}})
+
+
 def test_pool_of_a_pod_is_its_owner_or_its_label() -> None:
     assert warmpools.pool_of(pool_pod("a")) == ("team", "pool")
     # A claimed pod is owned by its Execution: the label still names the pool to refill.
