@@ -332,6 +332,11 @@ def test_languages_and_validate(gateway: Gateway) -> None:
 def test_openapi_document_names_every_endpoint(gateway: Gateway) -> None:
     paths = call(gateway, "GET", "/openapi.json", who=None).body["paths"]
     assert {"/execute", "/validate", "/executions", "/executions/{execution_id}", "/languages", "/health"} <= set(paths)
+    # The interactive docs come from the image itself (an air-gapped cluster has no CDN).
+    with urllib.request.urlopen(gateway.url + "/docs", timeout=30) as page:
+        assert b"/docs/assets/swagger-ui-bundle.js" in page.read()
+    with urllib.request.urlopen(gateway.url + "/docs/assets/swagger-ui-bundle.js", timeout=30) as script:
+        assert len(script.read()) > 500_000
 
 
 def test_sdk_over_both_transports(gateway: Gateway) -> None:

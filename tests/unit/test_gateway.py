@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -96,3 +98,16 @@ def test_wait_slots_are_per_caller() -> None:
             pass
     with slots.hold("a"):
         pass
+
+
+def test_docs_are_served_from_the_package_without_any_other_host(client: TestClient) -> None:
+    """Seen failing with FastAPI's default /docs, whose page loads Swagger UI from cdn.jsdelivr.net."""
+    with client:
+        page = client.get("/docs").text
+        for url in re.findall(r"""(?:src|href)=["']([^"']+)""", page):
+            assert url.startswith("/docs/assets/"), url
+            assert client.get(url).status_code == 200, url
+        assert "validatorUrl" in page and "http" not in page.replace("http-equiv", "")
+        assert client.get("/redoc").status_code == 404
+        runtime = client.get("/docs/runtime").text
+        assert "console.log" in runtime and "return VALUE" in runtime

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from codeexec.client.kubeapi import Connection, KubeApi
 from codeexec.client.shapes import ExecuteRequest, ExecutionList, ExecutionResult, Language, ValidationResult
 from codeexec.client.transports import KubeTransport
-from codeexec.gateway import problems
+from codeexec.gateway import docs, problems
 from codeexec.gateway.identity import Callers, bearer_token
 from codeexec.gateway.limits import BodyLimit, WaitSlots
 from codeexec.vocabulary import Phase
@@ -76,8 +76,12 @@ def create_app(server: Connection, settings: Settings = Settings()) -> FastAPI:
         ),
         lifespan=lifespan,
         responses=ERRORS,
+        # Served from the package's own assets (docs.py): the defaults load Swagger UI and ReDoc from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     problems.install(app)
+    docs.install(app)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
 
     @app.post("/execute", response_model=ExecutionResult, response_model_exclude_none=True, status_code=200)
