@@ -143,9 +143,12 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         "stdin": args.stdin.read_text() if args.stdin else None,
     }
     wait = not args.no_wait
-    if wait and sys.stderr.isatty() and args.output == "text":
-        print(f"codeexec: running {language} code ...", file=sys.stderr)
-    result = client.execute_code(code, language, args.input, config, wait=wait, wait_seconds=args.wait_seconds)
+    progress = _progress if wait and sys.stderr.isatty() and args.output == "text" else None
+    result = client.execute_code(
+        code, language, args.input, config, wait=wait, wait_seconds=args.wait_seconds, on_update=progress
+    )
+    if progress is not None:
+        print("\r\033[K", end="", file=sys.stderr)  # clears the progress line before the program's output
     if not wait:
         _print(args.output, result, lambda out: print(result.id, file=out))
         return 0
@@ -159,6 +162,13 @@ def _run(client: Client, args: argparse.Namespace) -> int:
         if not result.succeeded and result.reason:
             print(f"codeexec: {result.phase}: {result.reason}: {result.message}", file=sys.stderr)
     return exit_code(result)
+
+
+def _progress(result: ExecutionResult) -> None:
+    """One line on the terminal, rewritten while the Execution is queued, starting or running."""
+    where = f" (queue position {result.queue_position})" if result.queue_position else ""
+    state = f"{result.phase or 'Pending'}{' ' + result.reason if result.reason else ''}{where}"
+    print(f"\r\033[Kcodeexec: {result.id} {state}", end="", file=sys.stderr, flush=True)
 
 
 def exit_code(result: ExecutionResult) -> int:

@@ -11,7 +11,7 @@ import aiohttp
 
 from codeexec.client.kubeapi import Connection, KubeApi
 from codeexec.client.shapes import ExecuteRequest, ExecutionList, ExecutionResult, Language, ValidationResult
-from codeexec.client.transports import DEFAULT_WAIT_SECONDS, GatewayTransport, KubeTransport, Transport
+from codeexec.client.transports import DEFAULT_WAIT_SECONDS, GatewayTransport, KubeTransport, OnUpdate, Transport
 
 T = TypeVar("T")
 
@@ -59,14 +59,16 @@ class AsyncClient:
         *,
         wait: bool = True,
         wait_seconds: float = DEFAULT_WAIT_SECONDS,
+        on_update: OnUpdate | None = None,
     ) -> ExecutionResult:
         """Runs `code`; `context` is the code's `input`; `config` any other field of the request (camelCase or
         snake_case: timeout_seconds, resources, allowed_domains, env, args, stdin, name, labels, ...).
-        With `wait` (default) the finished Execution, else the one just created."""
+        With `wait` (default) the finished Execution, else the one just created. `on_update` sees each version
+        while it waits (over the Kubernetes API; the gateway answers once)."""
         request = ExecuteRequest.model_validate(
             {**(config or {}), "code": code, "language": language, "input": context, "wait": wait}
         )
-        return await self._connect().execute(request, wait_seconds)
+        return await self._connect().execute(request, wait_seconds, on_update)
 
     async def validate_code(
         self, code: str, language: str, config: Mapping[str, Any] | None = None
@@ -123,10 +125,12 @@ class Client:
         *,
         wait: bool = True,
         wait_seconds: float = DEFAULT_WAIT_SECONDS,
+        on_update: OnUpdate | None = None,
     ) -> ExecutionResult:
-        return self._run(
-            self._async.execute_code(code, language, context, config, wait=wait, wait_seconds=wait_seconds)
+        call = self._async.execute_code(
+            code, language, context, config, wait=wait, wait_seconds=wait_seconds, on_update=on_update
         )
+        return self._run(call)
 
     def validate_code(self, code: str, language: str, config: Mapping[str, Any] | None = None) -> ValidationResult:
         return self._run(self._async.validate_code(code, language, config))

@@ -168,6 +168,26 @@ class KubeApi:
                 elif event.get("type") == "DELETED":
                     raise errors.NotFound(f"execution {name} was deleted while it was awaited", execution_id=name)
 
+    async def follow_log(self, pod: str, container: str) -> AsyncIterator[bytes]:
+        """The container's log lines as they are written, until it ends (no read timeout: a program may be quiet)."""
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{pod}/log"
+        params = {"follow": "true", "container": container}
+        timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT)
+        try:
+            async with self._session.get(
+                self.connection.server + path,
+                params=params,
+                ssl=self.connection.ssl,
+                headers=self._headers(),
+                timeout=timeout,
+            ) as response:
+                if response.status >= 400:
+                    raise await _error(response)
+                async for line in response.content:
+                    yield line
+        except aiohttp.ClientError as error:
+            raise errors.Unavailable(f"the pod's log ended: {error}") from error
+
     def _headers(self) -> dict[str, str]:
         headers = {"Accept": "application/json", **self.connection.headers}
         if self.connection.token:

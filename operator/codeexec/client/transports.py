@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 from urllib.parse import quote
 
@@ -23,8 +24,11 @@ from codeexec.client.shapes import (
     language,
     page,
 )
-from codeexec.vocabulary import Phase
+from codeexec.vocabulary import SANDBOX_CONTAINER, Phase
+from codeexec_runner.contract import REPORT_PREFIX
 
+# Called with each version of an Execution seen while waiting for it (e.g. the CLI's progress line).
+OnUpdate = Callable[[ExecutionResult], None]
 # How long a call waits for its Execution to finish unless told otherwise: a queue and a long program fit.
 DEFAULT_WAIT_SECONDS = 300.0
 
@@ -32,8 +36,11 @@ DEFAULT_WAIT_SECONDS = 300.0
 class Transport(Protocol):
     """What a client can do; both transports answer with the same shapes and raise the same errors."""
 
-    async def execute(self, request: ExecuteRequest, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> ExecutionResult:
-        """Creates the Execution; with request.wait, answers once it finished (WaitTimeout after `wait_seconds`)."""
+    async def execute(
+        self, request: ExecuteRequest, wait_seconds: float = DEFAULT_WAIT_SECONDS, on_update: OnUpdate | None = None
+    ) -> ExecutionResult:
+        """Creates the Execution; with request.wait, answers once it finished (WaitTimeout after `wait_seconds`).
+        `on_update` sees each version while it waits, where the transport sees them (the Kubernetes API's)."""
         ...
 
     async def validate(self, request: ExecuteRequest) -> ValidationResult: ...
@@ -57,6 +64,15 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
+def _pod_name(execution: dict[str, Any]) -> str | None:
+    name: str | None = execution.get("status", {}).get("podName")
+    return name
+
+
+def _running(execution: dict[str, Any]) -> bool:
+    return execution.get("status", {}).get("phase") == Phase.RUNNING and _pod_name(execution) is not None
+
+
 def raise_if_rejected(result: ExecutionResult) -> ExecutionResult:
     """The operator refused the spec (phase Rejected): InvalidRequest with the status's stable reason."""
     if result.phase == Phase.REJECTED:
@@ -76,28 +92,39 @@ class KubeTransport:
         self.api = api
         self._owned_session = session
 
-    async def execute(self, request: ExecuteRequest, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> ExecutionResult:
+    async def execute(
+        self, request: ExecuteRequest, wait_seconds: float = DEFAULT_WAIT_SECONDS, on_update: OnUpdate | None = None
+    ) -> ExecutionResult:
         try:
             created = await self.api.create_execution(request.manifest())
         except InvalidFields as error:
             raise errors.InvalidRequest(str(error), error.errors) from error
         if not request.wait:
             return execution_result(created)
-        return raise_if_rejected(execution_result(await self.wait(created, wait_seconds)))
 
-    async def wait(self, execution: dict[str, Any], seconds: float) -> dict[str, Any]:
-        """The Execution once finished, followed by a watch from the version in hand (no polling)."""
+        def finished(execution: dict[str, Any]) -> bool:
+            if on_update is not None:
+                on_update(execution_result(execution))
+            return is_finished(execution)
+
+        return raise_if_rejected(execution_result(await self.wait(created, wait_seconds, finished)))
+
+    async def wait(
+        self, execution: dict[str, Any], seconds: float, until: Callable[[dict[str, Any]], bool] = is_finished
+    ) -> dict[str, Any]:
+        """The Execution once `until` holds (by default: once finished), followed by a watch from the version in
+        hand (no polling)."""
         name = execution["metadata"]["name"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         try:
             async with asyncio.timeout(seconds):
-                while not is_finished(execution):
+                while not until(execution):
                     try:
                         remaining = int(deadline - loop.time()) + 1
                         version = execution["metadata"]["resourceVersion"]
                         async for execution in self.api.watch_execution(name, version, remaining):
-                            if is_finished(execution):
+                            if until(execution):
                                 break
                     except errors.Expired:
                         execution = await self.api.get_execution(name)
@@ -107,6 +134,23 @@ class KubeTransport:
                 execution_id=name,
             ) from None
         return execution
+
+    async def output(self, execution_id: str, seconds: float) -> AsyncIterator[tuple[str, str]]:
+        """Server-sent events of an Execution: ("output", line) for each line its program writes while it runs
+        (the sandbox pod's log, followed), then ("result", the finished Execution as JSON)."""
+        execution = await self.api.get_execution(execution_id)
+        # Running: the sandbox's container runs (a pod still starting has no log to follow yet).
+        execution = await self.wait(execution, seconds, lambda e: is_finished(e) or _running(e))
+        pod = _pod_name(execution)
+        if pod and not is_finished(execution):
+            try:
+                async for line in self.api.follow_log(pod, SANDBOX_CONTAINER):
+                    if not line.startswith(REPORT_PREFIX):  # the runner's report to the operator
+                        yield "output", line.decode(errors="replace").rstrip("\n")
+            except errors.CodeExecError:
+                pass  # the pod went (or never started): the final status says what happened
+        finished = await self.wait(await self.api.get_execution(execution_id), seconds)
+        yield "result", execution_result(finished).model_dump_json(by_alias=True, exclude_none=True)
 
     async def validate(self, request: ExecuteRequest) -> ValidationResult:
         try:
@@ -167,7 +211,9 @@ class GatewayTransport:
         self._namespace = namespace
         self._session: aiohttp.ClientSession | None = None
 
-    async def execute(self, request: ExecuteRequest, wait_seconds: float = DEFAULT_WAIT_SECONDS) -> ExecutionResult:
+    async def execute(
+        self, request: ExecuteRequest, wait_seconds: float = DEFAULT_WAIT_SECONDS, on_update: OnUpdate | None = None
+    ) -> ExecutionResult:
         headers = {"Prefer": f"wait={int(wait_seconds)}"}
         body = request.model_dump(by_alias=True, exclude_defaults=True, mode="json")
         body["wait"] = request.wait  # always explicit

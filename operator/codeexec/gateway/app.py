@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -10,8 +11,9 @@ from typing import Annotated, Any
 
 import aiohttp
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
+from codeexec.client import errors
 from codeexec.client.kubeapi import Connection, KubeApi
 from codeexec.client.shapes import ExecuteRequest, ExecutionList, ExecutionResult, Language, ValidationResult
 from codeexec.client.transports import KubeTransport
@@ -126,6 +128,28 @@ def create_app(server: Connection, settings: Settings = Settings()) -> FastAPI:
     ) -> ExecutionList:
         """Newest first. `continue` (from the previous page) or `offset` picks the page."""
         return await KubeTransport(api).list_page(limit, offset, continue_, language, phase, label_selector)
+
+    @app.get(
+        "/executions/{execution_id}/logs",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events."}},
+    )
+    async def logs(execution_id: str, api: Caller) -> StreamingResponse:
+        """Server-sent events: `output` (one per line the program writes, while it runs; data: the line as a JSON
+        string), then `result` (the finished Execution). Needs the right to read pods/log (the `view` role has it)."""
+        transport = KubeTransport(api)
+        await transport.get(execution_id)  # 404 or 403 as a problem, before the stream starts
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                async for kind, data in transport.output(execution_id, settings.max_wait_seconds):
+                    payload = json.dumps(data) if kind == "output" else data
+                    yield f"event: {kind}\ndata: {payload}\n\n".encode()
+            except errors.CodeExecError as error:
+                problem = json.dumps({"reason": error.reason, "detail": error.message, "id": execution_id})
+                yield f"event: error\ndata: {problem}\n\n".encode()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.delete("/executions/{execution_id}", status_code=204)
     async def delete_execution(execution_id: str, api: Caller) -> Response:

@@ -4,14 +4,16 @@ air-gapped): Swagger UI over /openapi.json at /docs, and the in-code runtime API
 from __future__ import annotations
 
 import html
+from importlib.resources import files
 
 from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
-from swagger_ui_bundle import swagger_ui_path  # type: ignore[import-untyped]  # (no py.typed: a path)
 
 ASSETS = "/docs/assets"
+# Swagger UI 5 (OpenAPI 3.1, which FastAPI writes), as the fastapi-offline package ships it: its files only.
+SWAGGER_UI_FILES = files("fastapi_offline") / "static"
 
 # What code sees inside a sandbox, per language (the runner contract: sandbox_images/README.md).
 RUNTIME_API: dict[str, list[tuple[str, str]]] = {
@@ -38,7 +40,7 @@ RUNTIME_API: dict[str, list[tuple[str, str]]] = {
 
 
 def install(app: FastAPI) -> None:
-    app.mount(ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    app.mount(ASSETS, StaticFiles(directory=str(SWAGGER_UI_FILES)), name="docs-assets")
 
     @app.get("/docs", include_in_schema=False)
     async def swagger_ui() -> HTMLResponse:
@@ -47,7 +49,7 @@ def install(app: FastAPI) -> None:
             title="code-exec API",
             swagger_js_url=f"{ASSETS}/swagger-ui-bundle.js",
             swagger_css_url=f"{ASSETS}/swagger-ui.css",
-            swagger_favicon_url=f"{ASSETS}/favicon-32x32.png",
+            swagger_favicon_url=f"{ASSETS}/favicon.png",
             # Swagger UI would otherwise fetch a validity badge from validator.swagger.io.
             swagger_ui_parameters={"validatorUrl": None},
         )
