@@ -1,12 +1,18 @@
-"""Benchmark: apply → Succeeded latency of a trivial Python Execution against a plain Kubernetes Job running
-the very same sandbox pod (built by codeexec.builders), p50/p95 over N runs each, measured in the same run.
+"""Benchmark: create → Succeeded latency of a trivial Python Execution, as a watching user sees it, against a
+plain Kubernetes Job running the very same sandbox pod (built by codeexec.builders), p50/p95 over N runs each,
+measured in the same run, and where the time goes.
 
 The Execution path: create the Execution → the operator validates it, creates ConfigMap, NetworkPolicy and
 pod → the pod runs → the operator reads the report into the status → phase Succeeded seen by a watch.
 The Job path: create the same ConfigMap and NetworkPolicy and a Job whose pod template is the builders'
 pod → Job Complete seen by a watch → the pod's log read (and its report parsed, to prove the run).
-The two alternate run by run, so both see the same node. By default a local operator (python -m codeexec
-run) is started, watching only the benchmark's own namespace; --no-operator uses one already running.
+
+Executions and Jobs alternate, so both see the same node: one creation every --interval seconds (default 1),
+but never before the previous run finished, so no run waits for room on the node behind the benchmark's own
+(a cold run takes longer than the interval: then they follow each other). Every watch is open before the
+first creation; a milestone's time is when a watch event first showed it (this process's monotonic clock), so
+the steps of the breakdown add up to the total. By default a local operator (python -m codeexec run) is
+started, watching only the benchmark's own namespace; --no-operator uses one already running.
 """
 
 from __future__ import annotations
@@ -14,9 +20,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kubernetes import client, config, watch
 
@@ -26,84 +37,229 @@ sys.path.insert(0, str(REPO))
 from codeexec import builders  # noqa: E402
 from codeexec.builders import ExecutionRef  # noqa: E402
 from codeexec.config import OperatorConfig  # noqa: E402
-from codeexec.report import parse_report  # noqa: E402
+from codeexec.report import Report, parse_report  # noqa: E402
 from codeexec.validation import Plan, parse_runtimes, plan_execution  # noqa: E402
-from codeexec.vocabulary import SANDBOX_CONTAINER  # noqa: E402
+from codeexec.vocabulary import EXECUTION_LABEL, SANDBOX_CONTAINER  # noqa: E402
 from tests.bench.setup import bench  # noqa: E402
 
 GROUP, VERSION = "codeexec.io", "v1alpha1"
 SPEC = {"language": "python", "code": "print('hello')\n", "timeoutSeconds": 30}
 WAIT_SECONDS = 180
+TERMINAL = ("Succeeded", "Failed", "TimedOut", "Rejected")
+JOB_NAME_LABEL = "job-name"
+EXECUTION, JOB = "execution", "job"
+
+# Each kind's milestones in the order they happen (after "created", taken just before the first create call),
+# with the name of the step that ends there. "done" is what the user waits for.
+STEPS = {
+    EXECUTION: {
+        "accepted": "operator: validated, phase Pending",
+        "pod": "operator: ConfigMap, NetworkPolicy, pod",
+        "running": "kubelet: sandbox up, running seen",
+        "exited": "sandbox: fence, program, exit seen",
+        "done": "operator: report read, Succeeded",
+    },
+    JOB: {
+        "pod": "job controller: pod created",
+        "running": "kubelet: sandbox up, running seen",
+        "exited": "sandbox: fence, program, exit seen",
+        "pod-succeeded": "kubelet: pod phase Succeeded",
+        "complete": "job controller: Job Complete",
+        "done": "benchmark: log read",
+    },
+}
 
 
-def run_execution(custom: client.CustomObjectsApi, namespace: str) -> float:
-    name = f"bench-{uuid.uuid4().hex[:8]}"
-    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Execution", "metadata": {"name": name}, "spec": SPEC}
-    started = time.monotonic()
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "executions", body)
-    phase = None
-    for event in watch.Watch().stream(
-        custom.list_namespaced_custom_object,
-        GROUP,
-        VERSION,
-        namespace,
-        "executions",
-        field_selector=f"metadata.name={name}",
-        timeout_seconds=WAIT_SECONDS,
-    ):
-        phase = (event["object"].get("status") or {}).get("phase")
-        if phase in ("Succeeded", "Failed", "TimedOut", "Rejected"):
-            break
-    elapsed = time.monotonic() - started
-    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "executions", name)
-    if phase != "Succeeded":
-        raise RuntimeError(f"Execution {name} ended {phase}")
-    return elapsed
+@dataclass
+class Run:
+    kind: str
+    name: str
+    measured: bool  # False for warm-up runs
+    seen: dict[str, float] = field(default_factory=dict)  # milestone → monotonic time first seen
+    outcome: str | None = None
+    report: Report | None = None  # the runner's, read from the pod's log
+
+    def latency(self) -> float:
+        return self.seen["done"] - self.seen["created"]
 
 
-def run_job(
-    core: client.CoreV1Api,
-    networking: client.NetworkingV1Api,
-    batch: client.BatchV1Api,
-    namespace: str,
-    plan: Plan,
-    probe: str,
-) -> float:
-    """The operator's work done by hand with the same builders, the pod under a Job instead."""
-    ref = ExecutionRef(namespace, f"job-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()))
+class Recorder:
+    """The runs by name, and the time each milestone was first seen."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, Run] = {}
+        self._lock = threading.Condition()
+
+    def add(self, kind: str, name: str, measured: bool) -> None:
+        with self._lock:
+            self.runs[name] = Run(kind, name, measured, {"created": time.monotonic()})
+
+    def mark(self, name: str, milestone: str, outcome: str | None = None) -> Run | None:
+        """Records `milestone` (with the run's `outcome` at "done") the first time it is seen, and returns the
+        run then (None otherwise). A step no watch event showed (a container that started and ended between
+        two status updates is never seen running) gets the time of the milestone after it."""
+        now = time.monotonic()
+        with self._lock:
+            run = self.runs.get(name)
+            if run is None or milestone in run.seen:
+                return None
+            steps = list(STEPS[run.kind])
+            for step in steps[: steps.index(milestone) + 1]:
+                run.seen.setdefault(step, now)
+            if milestone == "done":
+                run.outcome = outcome
+            self._lock.notify_all()
+            return run
+
+    def wait_done(self, name: str, timeout: float) -> None:
+        with self._lock:
+            self._lock.wait_for(lambda: "done" in self.runs[name].seen, timeout)
+
+
+def watch_forever(
+    handle: Callable[[Mapping[str, Any]], None], call: Callable[..., Any], *args: Any, **kwargs: Any
+) -> None:
+    """Hands every object a watch shows to `handle`, resuming from the last resourceVersion when the API
+    server ends the watch. Runs in a daemon thread for the whole benchmark."""
+    version = None
+    while True:
+        for event in watch.Watch().stream(call, *args, resource_version=version, timeout_seconds=300, **kwargs):
+            body = event["raw_object"]
+            version = body["metadata"]["resourceVersion"]
+            handle(body)
+
+
+def container_milestone(pod: Mapping[str, Any]) -> str | None:
+    statuses = pod.get("status", {}).get("containerStatuses") or []
+    state = statuses[0].get("state", {}) if statuses else {}
+    if "terminated" in state:
+        return "exited"
+    if "running" in state:
+        return "running"
+    return None
+
+
+def job_manifest(ref: ExecutionRef, plan: Plan, probe: str) -> dict[str, Any]:
+    """The Job whose pod template is the operator's own sandbox pod."""
     pod = builders.pod(ref, plan, OperatorConfig(), isolation_probe=probe)
-    name = builders.child_name(ref)
-    job = {
+    return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {
-            "backoffLimit": 0,
-            "template": {"metadata": {"labels": builders.labels(ref)}, "spec": pod["spec"]},
-        },
+        "metadata": {"name": builders.child_name(ref), "namespace": ref.namespace},
+        "spec": {"backoffLimit": 0, "template": {"metadata": {"labels": builders.labels(ref)}, "spec": pod["spec"]}},
     }
-    started = time.monotonic()
-    core.create_namespaced_config_map(namespace, builders.configmap(ref, plan))
-    networking.create_namespaced_network_policy(namespace, builders.networkpolicy(ref))
-    batch.create_namespaced_job(namespace, job)
-    outcome = None
-    for event in watch.Watch().stream(
-        batch.list_namespaced_job, namespace, field_selector=f"metadata.name={name}", timeout_seconds=WAIT_SECONDS
-    ):
-        conditions = event["object"].status.conditions or []
-        outcome = next((c.type for c in conditions if c.type in ("Complete", "Failed") and c.status == "True"), None)
-        if outcome:
-            break
-    pods = core.list_namespaced_pod(namespace, label_selector=f"job-name={name}").items
-    log = core.read_namespaced_pod_log(pods[0].metadata.name, namespace, container=SANDBOX_CONTAINER)
-    elapsed = time.monotonic() - started
-    report = parse_report(log)
-    batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
-    core.delete_namespaced_config_map(name, namespace)
-    networking.delete_namespaced_network_policy(name, namespace)
-    if outcome != "Complete" or report is None or report.exit_code != 0 or report.stdout.text != "hello\n":
-        raise RuntimeError(f"Job {name} ended {outcome}, report {report}")
-    return elapsed
+
+
+class Benchmark:
+    """Creates the runs and follows them through their watches; what a run's end needs (log reads, deletes)
+    happens on a thread pool, never in a watch thread."""
+
+    def __init__(self, exec_ns: str, job_ns: str, plan: Plan, probe: str) -> None:
+        self.core, self.custom = client.CoreV1Api(), client.CustomObjectsApi()
+        self.networking, self.batch = client.NetworkingV1Api(), client.BatchV1Api()
+        self.exec_ns, self.job_ns, self.plan, self.probe = exec_ns, job_ns, plan, probe
+        self.recorder = Recorder()
+        self.pool = ThreadPoolExecutor(max_workers=8)
+        self.jobs: dict[str, ExecutionRef] = {}
+
+    def start_watches(self) -> None:
+        watches: list[
+            tuple[Callable[[Mapping[str, Any]], None], Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+        ] = [
+            (
+                self.on_execution,
+                self.custom.list_namespaced_custom_object,
+                (GROUP, VERSION, self.exec_ns, "executions"),
+                {},
+            ),
+            (
+                self.on_execution_pod,
+                self.core.list_namespaced_pod,
+                (self.exec_ns,),
+                {"label_selector": EXECUTION_LABEL},
+            ),
+            (self.on_job, self.batch.list_namespaced_job, (self.job_ns,), {}),
+            (self.on_job_pod, self.core.list_namespaced_pod, (self.job_ns,), {"label_selector": JOB_NAME_LABEL}),
+        ]
+        for handle, call, args, kwargs in watches:
+            threading.Thread(target=watch_forever, args=(handle, call, *args), kwargs=kwargs, daemon=True).start()
+
+    # Creating runs.
+
+    def create_execution(self, measured: bool) -> str:
+        name = f"bench-{uuid.uuid4().hex[:8]}"
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Execution", "metadata": {"name": name}, "spec": SPEC}
+        self.recorder.add(EXECUTION, name, measured)
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.exec_ns, "executions", body)
+        return name
+
+    def create_job(self, measured: bool) -> str:
+        """The operator's work done by hand with the same builders, the pod under a Job instead."""
+        ref = ExecutionRef(self.job_ns, f"job-{uuid.uuid4().hex[:8]}", str(uuid.uuid4()))
+        name = builders.child_name(ref)
+        self.jobs[name] = ref
+        self.recorder.add(JOB, name, measured)
+        self.core.create_namespaced_config_map(self.job_ns, builders.configmap(ref, self.plan))
+        self.networking.create_namespaced_network_policy(self.job_ns, builders.networkpolicy(ref))
+        self.batch.create_namespaced_job(self.job_ns, job_manifest(ref, self.plan, self.probe))
+        return name
+
+    # Watch handlers.
+
+    def on_execution(self, body: Mapping[str, Any]) -> None:
+        name, phase = body["metadata"]["name"], body.get("status", {}).get("phase")
+        if phase is not None:
+            self.recorder.mark(name, "accepted")
+        if phase in TERMINAL and self.recorder.mark(name, "done", phase) is not None:
+            self.pool.submit(
+                self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.exec_ns, "executions", name
+            )
+
+    def on_execution_pod(self, pod: Mapping[str, Any]) -> None:
+        name = pod["metadata"]["labels"][EXECUTION_LABEL]
+        self.recorder.mark(name, "pod")
+        milestone = container_milestone(pod)
+        if milestone is not None and (run := self.recorder.mark(name, milestone)) is not None and milestone == "exited":
+            # The operator deletes the pod once it wrote the outcome: the log is read at once (may be missed).
+            self.pool.submit(self.read_report, run, self.exec_ns, pod["metadata"]["name"])
+
+    def on_job(self, job: Mapping[str, Any]) -> None:
+        name = job["metadata"]["name"]
+        conditions = job.get("status", {}).get("conditions") or []
+        ended = next(
+            (c["type"] for c in conditions if c["type"] in ("Complete", "Failed") and c["status"] == "True"), None
+        )
+        if ended is not None and (run := self.recorder.mark(name, "complete")) is not None:
+            self.pool.submit(self.finish_job, run, ended)
+
+    def on_job_pod(self, pod: Mapping[str, Any]) -> None:
+        name = pod["metadata"]["labels"][JOB_NAME_LABEL]
+        self.recorder.mark(name, "pod")
+        milestone = container_milestone(pod)
+        if milestone is not None:
+            self.recorder.mark(name, milestone)
+        if pod.get("status", {}).get("phase") == "Succeeded":
+            self.recorder.mark(name, "pod-succeeded")
+
+    # A run's end.
+
+    def read_report(self, run: Run, namespace: str, pod_name: str) -> None:
+        try:
+            log = self.core.read_namespaced_pod_log(pod_name, namespace, container=SANDBOX_CONTAINER)
+        except client.ApiException:
+            return
+        run.report = parse_report(log)
+
+    def finish_job(self, run: Run, ended: str) -> None:
+        pods = self.core.list_namespaced_pod(self.job_ns, label_selector=f"{JOB_NAME_LABEL}={run.name}").items
+        self.read_report(run, self.job_ns, pods[0].metadata.name)
+        proven = run.report is not None and run.report.exit_code == 0 and run.report.stdout.text == "hello\n"
+        self.recorder.mark(
+            run.name, "done", "Succeeded" if ended == "Complete" and proven else f"{ended}: {run.report}"
+        )
+        self.batch.delete_namespaced_job(run.name, self.job_ns, propagation_policy="Background")
+        self.core.delete_namespaced_config_map(run.name, self.job_ns)
+        self.networking.delete_namespaced_network_policy(run.name, self.job_ns)
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -118,37 +274,72 @@ def summary(label: str, samples: list[float]) -> str:
     )
 
 
+def breakdown(kind: str, runs: list[Run]) -> list[str]:
+    """p50 and p95 of each step, from one milestone to the next."""
+    lines = [f"{kind}: where the time goes (p50 / p95 of each step)"]
+    previous = "created"
+    for milestone, label in STEPS[kind].items():
+        durations = [run.seen[milestone] - run.seen[previous] for run in runs]
+        lines.append(f"  {label:42s} {statistics.median(durations):5.2f}s {percentile(durations, 0.95):5.2f}s")
+        previous = milestone
+    reports = [run.report for run in runs if run.report is not None]
+    isolation = [r.network_isolation for r in reports if r.network_isolation is not None]
+    if isolation:
+        waited = [i.waited_ms / 1000 for i in isolation]
+        attempts = [float(i.attempts) for i in isolation]
+        lines.append(
+            f"  in the sandbox, from {len(isolation)} reports: fence wait {statistics.median(waited):.2f}s "
+            f"p95 {percentile(waited, 0.95):.2f}s ({statistics.median(attempts):.0f} probe attempts p50), "
+            f"program {statistics.median([r.duration_ms / 1000 for r in reports]):.2f}s p50"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each first")
+    parser.add_argument("--runs", type=int, default=20, help="measured runs of each kind")
+    parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each kind first")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds at least between two creations")
     parser.add_argument("--no-operator", action="store_true", help="use a running operator that watches --namespace")
     parser.add_argument("--namespace", help="namespace of the Executions (default: a fresh e2e-op-bench-*)")
     args = parser.parse_args()
 
     config.load_kube_config()
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
-    networking, batch = client.NetworkingV1Api(), client.BatchV1Api()
     with bench(core, args.namespace, not args.no_operator) as setup:
         runtimes = parse_runtimes(custom.list_cluster_custom_object(GROUP, VERSION, "runtimes")["items"])
         plan = plan_execution(SPEC, runtimes, OperatorConfig(), True)
         assert isinstance(plan, Plan), plan
-        exec_ns, job_ns, probe = setup.execution_namespace, setup.job_namespace, setup.isolation_probe
+        benchmark = Benchmark(setup.execution_namespace, setup.job_namespace, plan, setup.isolation_probe)
+        benchmark.start_watches()
+        time.sleep(1)  # the watches' first requests are under way (their initial listings are empty)
+        created = -args.interval
+        creators = (benchmark.create_execution, benchmark.create_job)
+        for index in range((args.warmup + args.runs) * len(creators)):
+            time.sleep(max(0.0, created + args.interval - time.monotonic()))
+            created = time.monotonic()
+            name = creators[index % len(creators)](index // len(creators) >= args.warmup)
+            benchmark.recorder.wait_done(name, WAIT_SECONDS)
+        benchmark.pool.shutdown(wait=True)
 
-        for _ in range(args.warmup):
-            run_execution(custom, exec_ns)
-            run_job(core, networking, batch, job_ns, plan, probe)
-        results: dict[str, list[float]] = {"execution": [], "job": []}
-        for index in range(args.runs):
-            results["execution"].append(run_execution(custom, exec_ns))
-            results["job"].append(run_job(core, networking, batch, job_ns, plan, probe))
-            print(f"run {index + 1:2d}: execution {results['execution'][-1]:.2f}s job {results['job'][-1]:.2f}s")
-
-    print(summary("Execution", results["execution"]))
-    print(summary("Job", results["job"]))
-    p50 = statistics.median(results["execution"]) / statistics.median(results["job"])
-    p95 = percentile(results["execution"], 0.95) / percentile(results["job"], 0.95)
+    runs = [run for run in benchmark.recorder.runs.values() if run.measured]
+    failed = [f"{run.name}: {run.outcome or 'not finished'}" for run in runs if run.outcome != "Succeeded"]
+    if failed:
+        sys.exit("failed runs:\n" + "\n".join(failed))
+    by_kind = {kind: [run for run in runs if run.kind == kind] for kind in (EXECUTION, JOB)}
+    for index, (execution, job) in enumerate(zip(by_kind[EXECUTION], by_kind[JOB], strict=True)):
+        print(f"run {index + 1:2d}: execution {execution.latency():.2f}s job {job.latency():.2f}s")
+    latencies = {kind: [run.latency() for run in kind_runs] for kind, kind_runs in by_kind.items()}
+    print(
+        f"(Executions and Jobs alternating, each created once the one before finished, >= {args.interval:.1f}s apart)"
+    )
+    print(summary("Execution", latencies[EXECUTION]))
+    print(summary("Job", latencies[JOB]))
+    p50 = statistics.median(latencies[EXECUTION]) / statistics.median(latencies[JOB])
+    p95 = percentile(latencies[EXECUTION], 0.95) / percentile(latencies[JOB], 0.95)
     print(f"Execution/Job ratio: p50 {p50:.2f} p95 {p95:.2f}")
+    for kind, kind_runs in by_kind.items():
+        print("\n".join(breakdown(kind, kind_runs)))
 
 
 if __name__ == "__main__":
