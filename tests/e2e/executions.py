@@ -289,23 +289,15 @@ def sandbox_objects(namespace: str, uid: str) -> list[str]:
 
 
 def delete_executions(namespace: str) -> None:
-    """Deletes every Execution; when no operator removes their finalizers in time, removes them itself,
-    so the namespace can go."""
-    done = kubectl_run("delete", "executions", "--all", "-n", namespace, "--timeout=60s", timeout=90)
-    if done.returncode == 0:
-        return
-    for name in executions(namespace):
-        kubectl(
-            "patch",
-            "execution",
-            name,
-            "-n",
-            namespace,
-            "--type=merge",
-            "-p",
-            '{"metadata":{"finalizers":null}}',
-            check=False,
-        )
+    """Deletes every WarmPool and Execution (Kopf holds a finalizer on a filling pool and an unfinished
+    Execution); when no operator removes their finalizers in time, removes them itself, so the namespace can go."""
+    for kind in ("warmpools", "executions"):
+        done = kubectl_run("delete", kind, "--all", "-n", namespace, "--timeout=60s", timeout=90)
+        if done.returncode == 0:
+            continue
+        no_finalizers = '{"metadata":{"finalizers":null}}'
+        for name in kubectl("get", kind, "-n", namespace, "-o", "name", check=False).split():
+            kubectl("patch", name, "-n", namespace, "--type=merge", "-p", no_finalizers, check=False)
 
 
 class Watch:
