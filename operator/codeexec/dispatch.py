@@ -6,6 +6,7 @@ import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,14 @@ POSITION_REFRESH_SECONDS = 60.0
 # deleted); without either event (missed, or kept pods) the room counts as free after this.
 RELEASE_SECONDS = 60.0
 
-Snapshot = Callable[[], list[Entry]]
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The Kopf indexes a decision reads, taken when it is made: the queue's entries, and the pool pods
+    ready to be claimed per (namespace, template hash)."""
+
+    entries: Callable[[], list[Entry]]
+    warm_ready: Callable[[], Mapping[tuple[str, str], int]]
 
 
 class Dispatcher:
@@ -48,6 +56,9 @@ class Dispatcher:
         self._written: dict[str, float] = {}  # uid → when its position was last written
         self._ending: dict[str, tuple[Entry, float]] = {}  # finished, pod not stopped yet → (entry, since when)
         self._entries: dict[str, Entry] = {}  # as of the last decision
+        # uid → the pool template an accepted Execution fits (known from its plan at acceptance; after a
+        # restart, queued ones wait for capacity like any, and still take a ready pool pod when they start).
+        self._warm_templates: dict[str, str] = {}
         self._last_timer_round = 0.0
 
     def start(self, body: kopf.Body, logger: kopf.Logger, snapshot: Snapshot) -> None:
@@ -67,12 +78,11 @@ class Dispatcher:
         if admitted is None:
             return
         plan = admitted[0]
-        # A ready warm pod holds its room on the node already: the Execution that takes it needs none more.
-        warm = lifecycle.warm_ready(self._api, self._config, admitted, body["metadata"]["namespace"])
         accepted = dataclasses.replace(
             queueing.entry(body, self._config),
             state=State.WAITING,
-            requests=Requests(0, 0) if warm else Requests(plan.cpu_millis, plan.memory_bytes),
+            requests=Requests(plan.cpu_millis, plan.memory_bytes),
+            warm_template=lifecycle.warm_template(self._api, self._config, admitted),
         )
         with self._lock:
             decision = self._decide(snapshot, accepted)
@@ -80,6 +90,8 @@ class Dispatcher:
             # Inside the lock: no other decision may start it before its Pending is written.
             lifecycle.mark_pending(self._api, body, admitted, waiting)
             self._mark(decision)
+            if accepted.warm_template is not None:
+                self._warm_templates[accepted.uid] = accepted.warm_template
             if waiting is not None:
                 self._local[accepted.uid] = State.WAITING
                 self._written[accepted.uid] = time.monotonic()
@@ -134,10 +146,13 @@ class Dispatcher:
 
     def _decide(self, snapshot: Snapshot, accepted: Entry | None = None) -> queueing.Round:
         """One decision over the index (taken now, under the lock) and what this process knows beyond it."""
-        indexed = [item for item in snapshot() if accepted is None or item.uid != accepted.uid]
+        indexed = [
+            self._with_template(item) for item in snapshot.entries() if accepted is None or item.uid != accepted.uid
+        ]
         if accepted is not None:
             indexed.append(accepted)
         known = {item.uid for item in indexed}
+        self._warm_templates = {uid: template for uid, template in self._warm_templates.items() if uid in known}
         # Forget what the index caught up with, and Executions it no longer has (finished or deleted).
         for item in indexed:
             if self._local.get(item.uid, State.NEW) <= item.state:
@@ -158,10 +173,15 @@ class Dispatcher:
             queueing.Limits.of(self._config),
             datetime.now(UTC),
             {namespace: message for namespace, (message, _) in self._refused.items()},
+            snapshot.warm_ready(),
         )
         self._waiting = decision.waiting
         metrics.QUEUED.set(len(decision.waiting))
         return decision
+
+    def _with_template(self, item: Entry) -> Entry:
+        template = self._warm_templates.get(item.uid)
+        return item if template is None else dataclasses.replace(item, warm_template=template)
 
     def _mark(self, decision: queueing.Round) -> None:
         """Until the index shows it: what starts holds capacity, what expired is gone."""

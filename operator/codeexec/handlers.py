@@ -8,13 +8,13 @@ from typing import Any
 
 import kopf
 
-from codeexec import admission, lifecycle, metrics, peering, queueing, status, warmpools
+from codeexec import admission, lifecycle, metrics, peering, queueing, status, warm, warmpools
 from codeexec.api import ClusterApi
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher, Snapshot
 from codeexec.models import GROUP, VERSION
 from codeexec.persistence import DigestDiffBaseStorage
-from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL
+from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, TEMPLATE_HASH_LABEL
 
 EXECUTIONS = (GROUP, VERSION, "executions")
 WARMPOOLS = (GROUP, VERSION, "warmpools")
@@ -24,6 +24,8 @@ WATCH_INTERVAL = 5
 POOL_INTERVAL = 10
 QUEUE = "queue"
 QUEUE_INDEX = "execution_queue"  # the index's id: handlers get it as a keyword argument of this name
+WARM_INDEX = "warm_pods"  # likewise
+WARM_COUNT_ATTEMPTS = 3
 # Pod phases after which the kubelet has stopped the pod and the scheduler no longer counts its requests.
 POD_ENDED = ("Succeeded", "Failed")
 
@@ -138,13 +140,32 @@ def pool_deleted(body: kopf.Body, **_: Any) -> None:
     metrics.pool_removed(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
+@kopf.index(
+    "",
+    "v1",
+    "pods",
+    id=WARM_INDEX,
+    labels={MANAGED_BY_LABEL: MANAGED_BY, POOL_LABEL: kopf.PRESENT, EXECUTION_UID_LABEL: kopf.ABSENT},
+)
+def warm_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str] | None:
+    """The pool pods ready to be claimed, by (namespace, template hash): the queue starts an Execution that
+    one fits without room of its own. A pod leaves the index once claimed (labelled) or no longer ready."""
+    if not warm.ready_candidates([body]):
+        return None
+    return {(body["metadata"]["namespace"], body["metadata"]["labels"][TEMPLATE_HASH_LABEL]): body["metadata"]["name"]}
+
+
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, POOL_LABEL: kopf.PRESENT})
-def pool_pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A pool pod changed (ready, ended, claimed, gone): its pool refills or counts it at once."""
+def pool_pod_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    """A pool pod changed (ready, ended, claimed, gone): its pool refills or counts it at once, and a pod
+    that became ready may start a queued Execution now."""
     pool = warmpools.pool_of(body)
     if pool is not None:
         with lifecycle.retry_on_api_errors():
             _pools(memo).reconcile(*pool)
+    if warm.ready_candidates([body]) and EXECUTION_UID_LABEL not in body["metadata"].get("labels", {}):
+        with lifecycle.retry_on_api_errors():
+            _dispatcher(memo).dispatch(logger, _snapshot(kwargs))
 
 
 def validate_execution(spec: kopf.Spec, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
@@ -174,10 +195,21 @@ def _pools(memo: kopf.Memo) -> warmpools.PoolKeeper:
 
 
 def _snapshot(kwargs: Mapping[str, Any]) -> Snapshot:
-    """The queue index, which Kopf passes to every handler by its name (untyped in Kopf's handler types)."""
-    index: kopf.Index[str, queueing.Entry] = kwargs[QUEUE_INDEX]
-    # list() of the store's values runs in C, holding the GIL: Kopf's event loop cannot change it meanwhile.
-    return lambda: list(index.get(QUEUE, ()))
+    """The indexes, which Kopf passes to every handler by their names (untyped in Kopf's handler types)."""
+    queue: kopf.Index[str, queueing.Entry] = kwargs[QUEUE_INDEX]
+    pods: kopf.Index[tuple[str, str], str] = kwargs[WARM_INDEX]
+    # list() of a store's values runs in C, holding the GIL: Kopf's event loop cannot change it meanwhile.
+    return Snapshot(lambda: list(queue.get(QUEUE, ())), lambda: _count_warm(pods))
+
+
+def _count_warm(pods: kopf.Index[tuple[str, str], str]) -> dict[tuple[str, str], int]:
+    # Iterating the index's keys is Python code: Kopf's event loop may add one meanwhile; then count again.
+    for _ in range(WARM_COUNT_ATTEMPTS - 1):
+        try:
+            return {key: len(list(pods[key])) for key in list(pods)}
+        except (RuntimeError, KeyError):
+            continue
+    return {}
 
 
 def _cluster(memo: kopf.Memo) -> ClusterApi:

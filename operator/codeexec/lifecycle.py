@@ -100,21 +100,21 @@ def launch(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, log
     return _create_sandbox(api, config, latest, *admitted, logger)
 
 
-def warm_ready(api: ClusterApi, config: OperatorConfig, admitted: Admitted, namespace: str) -> bool:
-    """Whether a warm pod is ready for the Execution now: then it needs no room of its own on the node
-    (its pool's pod holds it already)."""
-    return bool(warm.ready_candidates(_warm_pods(api, config, *admitted, namespace)))
+def warm_template(api: ClusterApi, config: OperatorConfig, admitted: Admitted) -> str | None:
+    """The template hash of the pool pods that could serve the Execution; None when no pool pod fits it."""
+    plan, pinned = admitted
+    if not warm.fits(plan, pinned):
+        return None
+    probe = egress.isolation_probe(api.facts.api_service())
+    return builders.warm_template_hash(plan.runtime, plan.cpu_millis, plan.memory_bytes, config, probe)
 
 
 def _warm_pods(
     api: ClusterApi, config: OperatorConfig, plan: Plan, pinned: tuple[PinnedHost, ...], namespace: str
 ) -> list[dict[str, Any]]:
     """The unclaimed pool pods whose template the Execution's plan would give; none when it does not fit."""
-    if not warm.fits(plan, pinned):
-        return []
-    probe = egress.isolation_probe(api.facts.api_service())
-    template = builders.warm_template_hash(plan.runtime, plan.cpu_millis, plan.memory_bytes, config, probe)
-    return api.sandboxes.warm_pods(namespace, template)
+    template = warm_template(api, config, (plan, pinned))
+    return [] if template is None else api.sandboxes.warm_pods(namespace, template)
 
 
 def _claim_warm(

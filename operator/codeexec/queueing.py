@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import re
 from collections import Counter, deque
@@ -86,6 +87,7 @@ class Entry:
     requests: Requests
     queue_deadline: datetime
     position: int | None = None  # status.queuePosition as last written
+    warm_template: str | None = None  # the template hash of the pool pods that fit it (warm.fits); None: none do
 
     def order(self) -> tuple[datetime, str, str]:
         """Creation order: creationTimestamp has whole seconds, so name then uid break ties."""
@@ -175,9 +177,7 @@ def merge(indexed: Iterable[Entry], local: Mapping[str, State]) -> list[Entry]:
 
 
 def _with_state(item: Entry, state: State) -> Entry:
-    return Entry(
-        item.namespace, item.name, item.uid, item.created, state, item.requests, item.queue_deadline, item.position
-    )
+    return dataclasses.replace(item, state=state)
 
 
 def plan_round(
@@ -186,15 +186,19 @@ def plan_round(
     limits: Limits,
     now: datetime,
     refused: Mapping[str, str] | None = None,
+    warm_ready: Mapping[tuple[str, str], int] | None = None,
 ) -> Round:
     """Which waiting Executions start now. `capacity`: what the nodes have free for our sandboxes (none of
-    them counted); `refused`: namespaces whose ResourceQuota refused a sandbox lately → the API's message.
+    them counted); `refused`: namespaces whose ResourceQuota refused a sandbox lately → the API's message;
+    `warm_ready`: (namespace, template hash) → pool pods ready to be claimed. An Execution that a ready pool
+    pod fits needs no free capacity (the pool's pod holds its room already), only the limits' leave.
 
     Fair: the next start goes to the namespace with the fewest running sandboxes (counting this round's),
     ties to the oldest head; its head starts if the limits allow. A head that does not fit the free capacity
     stops the round (nothing overtakes it, so a big Execution is never starved); a namespace at its limit or
     refused by its quota is skipped without blocking the others."""
     refused = refused or {}
+    unclaimed = Counter(warm_ready or {})
     entries = list(entries)
     running = [item for item in entries if item.state == State.STARTED]
     queued = sorted((item for item in entries if item.state == State.WAITING), key=Entry.order)
@@ -223,10 +227,15 @@ def plan_round(
         if limits.max_running and total >= limits.max_running:
             blocked = f"waiting for capacity: {total} of {limits.max_running} sandboxes running in the cluster"
             break
-        if not head.requests.fits(free):
-            if head.requests.fits(capacity):
-                blocked = f"waiting for capacity: the next sandbox needs {head.requests}; free: {_free_text(free)}"
-                break
+        warm_key = (head.namespace, head.warm_template or "")
+        if unclaimed[warm_key] > 0:
+            unclaimed[warm_key] -= 1
+        elif head.requests.fits(free):
+            free -= head.requests
+        elif head.requests.fits(capacity):
+            blocked = f"waiting for capacity: the next sandbox needs {head.requests}; free: {_free_text(free)}"
+            break
+        else:
             # Even with none of our sandboxes running it would not fit: waiting for ours cannot help, so it
             # holds up nobody (it starts if the nodes grow or their other pods go, else ends at its deadline).
             too_big[head.uid] = f"waiting for capacity: needs {head.requests}; the nodes have {_free_text(capacity)}"
@@ -235,7 +244,6 @@ def plan_round(
         start.append(queues[namespace].popleft())
         counts[namespace] += 1
         total += 1
-        free -= head.requests
     gone = {item.uid for item in (*start, *expired)}
     rest = [item for item in queued if item.uid not in gone]
     waiting = {}

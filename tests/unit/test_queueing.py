@@ -3,6 +3,7 @@ positions, queue deadlines, quota refusals, and the queue's view of an Execution
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -303,3 +304,17 @@ def test_entry_state_requests_position_and_deadline_come_from_the_execution() ->
     assert entry(body(queueTimeoutSeconds=30), config).queue_deadline == created + timedelta(seconds=30)
     short = OperatorConfig(default_queue_timeout_seconds=900, max_queue_timeout_seconds=60)
     assert entry(body(), short).queue_deadline == created + timedelta(seconds=60)
+
+
+def test_ready_pool_pods_start_the_executions_they_fit_without_free_capacity() -> None:
+    """One ready pod of template t1 in team-a: the oldest Execution it fits takes it; the next one it fits and
+    one it does not fit wait (no capacity is free); the limits still apply; a pod in another namespace fits
+    nobody here."""
+    fits = [dataclasses.replace(item(f"a{n}", "team-a", age=100 - n), warm_template="t1") for n in range(2)]
+    cold = item("b0", "team-b")
+    decision = plan_round([*fits, cold], Requests(), Limits(), NOW, {}, {("team-a", "t1"): 1})
+    assert started(decision) == ["team-a/a0"]
+    assert set(decision.waiting) == {fits[1].uid, cold.uid}
+    limited = plan_round(fits, Requests(), Limits(max_running_per_namespace=1), NOW, {}, {("team-a", "t1"): 2})
+    assert started(limited) == ["team-a/a0"]
+    assert plan_round(fits, Requests(), Limits(), NOW, {}, {("team-b", "t1"): 1}).start == ()
