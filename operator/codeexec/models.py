@@ -43,8 +43,8 @@ MAX_HOST_NAME_LENGTH = 253
 CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
 MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|k|K|M|G)?$"
 FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
-# The runner contract puts these next to the code file in /code.
-RESERVED_FILE_NAMES = ("input.json", "stdin", "env.json")
+# The runner contract puts these next to the code file: in /code (cold), in its warm directory (warm: ready).
+RESERVED_FILE_NAMES = ("input.json", "stdin", "env.json", "ready")
 
 CpuQuantity = Annotated[str, StringConstraints(pattern=CPU_PATTERN, max_length=32)]
 MemoryQuantity = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN, max_length=32)]
