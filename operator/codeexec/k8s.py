@@ -76,6 +76,13 @@ def _request(call: Callable[..., Any], *args: Any, **kwargs: Any) -> Body:
     return body
 
 
+def _send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """A request whose answer is not needed. The answer is read all the same: an unread one keeps its
+    connection out of the pool, and the next request pays for a new TLS connection (42 ms instead of 6 ms
+    measured on the 2-core dev node, in the middle of an Execution's start)."""
+    call(*args, **kwargs, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).drain_conn()
+
+
 def _items(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Body]:
     items: list[Body] = _request(call, *args, **kwargs).get("items", [])
     return items
@@ -94,7 +101,7 @@ def _read_if_present(read: Callable[..., Any], *args: str) -> Body | None:
 def _delete_if_present(delete: Callable[..., Any], *args: str) -> None:
     """Background delete; an object already gone (404) is what was wanted anyway."""
     try:
-        delete(*args, propagation_policy="Background", _preload_content=False, _request_timeout=REQUEST_TIMEOUT)
+        _send(delete, *args, propagation_policy="Background")
     except ApiException as error:
         if error.status != NOT_FOUND:
             raise
@@ -152,7 +159,8 @@ class KubeExecutions:
         body: Body = {"status": status}
         if resource_version is not None:
             body["metadata"] = {"resourceVersion": resource_version}
-        self._custom.patch_namespaced_custom_object_status(
+        _send(
+            self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
             namespace,
@@ -160,8 +168,6 @@ class KubeExecutions:
             name,
             body,
             _content_type="application/merge-patch+json",
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
         )
 
     @_api_errors
@@ -367,7 +373,8 @@ class KubeWarmPools:
 
     @_api_errors
     def patch_status(self, namespace: str, name: str, status: Body) -> None:
-        self._custom.patch_namespaced_custom_object_status(
+        _send(
+            self._custom.patch_namespaced_custom_object_status,
             GROUP,
             VERSION,
             namespace,
@@ -375,8 +382,6 @@ class KubeWarmPools:
             name,
             {"status": status},
             _content_type="application/merge-patch+json",
-            _preload_content=False,
-            _request_timeout=REQUEST_TIMEOUT,
         )
 
     @_api_errors
@@ -391,9 +396,7 @@ class KubeWarmPools:
     def delete_pod(self, namespace: str, name: str, resource_version: str) -> bool:
         options = client.V1DeleteOptions(preconditions=client.V1Preconditions(resource_version=resource_version))
         try:
-            self._core.delete_namespaced_pod(
-                name, namespace, body=options, _preload_content=False, _request_timeout=REQUEST_TIMEOUT
-            )
+            _send(self._core.delete_namespaced_pod, name, namespace, body=options)
         except ApiException as error:
             if error.status in (CONFLICT, NOT_FOUND):
                 return False
