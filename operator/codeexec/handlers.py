@@ -9,7 +9,7 @@ from typing import Any
 import kopf
 
 from codeexec import admission, lifecycle, metrics, peering, queueing, status, warm, warmpools
-from codeexec.api import ClusterApi
+from codeexec.api import ApiError, ClusterApi
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher, Snapshot
 from codeexec.models import GROUP, VERSION
@@ -18,6 +18,9 @@ from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABE
 
 EXECUTIONS = (GROUP, VERSION, "executions")
 WARMPOOLS = (GROUP, VERSION, "warmpools")
+RUNTIMES = (GROUP, VERSION, "runtimes")
+POOLS = "pools"
+POOL_INDEX = "warm_pools"  # the index's id: handlers get it as a keyword argument of this name
 WATCH_INTERVAL = 5
 # A filling pool's safety net (pod events and its own changes reconcile it at once): a refused pod tried
 # again, a missed event caught up.
@@ -132,6 +135,30 @@ def keep_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A pool created, changed, resumed after a restart, or its timer: warmpools.PoolKeeper.reconcile."""
     with lifecycle.retry_on_api_errors():
         _pools(memo).reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@kopf.index(*WARMPOOLS, id=POOL_INDEX)
+def warm_pools(body: kopf.Body, **_: Any) -> dict[str, tuple[str, str]]:
+    """Every pool (namespace, name), for Runtime changes: one key for all."""
+    return {POOLS: (body["metadata"]["namespace"], body["metadata"]["name"])}
+
+
+@kopf.on.event(*RUNTIMES)
+def runtime_changed(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A Runtime added, changed or deleted: every pool reconciles at once (those of that Runtime roll to its new
+    image or size, or fill, or empty; the others find nothing to do). A settled pool has no timer to notice."""
+    if event.get("type") is None:
+        return  # the listing at start-up: every pool resumes by itself
+    index: kopf.Index[str, tuple[str, str]] = kwargs[POOL_INDEX]
+    with lifecycle.retry_on_api_errors():
+        failed: ApiError | None = None
+        for namespace, name in list(index.get(POOLS, ())):
+            try:
+                _pools(memo).reconcile(namespace, name)
+            except ApiError as error:
+                failed = error  # the other pools still reconcile; this one at its next event (Kopf retries no event)
+        if failed is not None:
+            raise failed
 
 
 @kopf.on.delete(*WARMPOOLS, optional=True)

@@ -69,6 +69,7 @@ class IdlePod:
     ended: bool
     ready: bool
     created: str
+    waiting: str = ""  # why it is not running yet, if the scheduler or the kubelet says
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class PoolPlan:
     delete: tuple[tuple[str, str], ...]
     kept: int
     ready: int
+    waiting: str = ""  # why a kept pod is not ready yet (the first that says), e.g. no room on any node
 
 
 def target(
@@ -136,6 +138,7 @@ def idle_pods(pods: Iterable[Mapping[str, Any]], pool_uid: str) -> list[IdlePod]
                 ended=pod_status.get("phase") in ENDED_PHASES,
                 ready=_ready(pod_status),
                 created=metadata.get("creationTimestamp", ""),
+                waiting=_waiting(pod_status),
             )
         )
     return idle
@@ -154,6 +157,7 @@ def plan(desired: int, template_hash: str | None, idle: Sequence[IdlePod]) -> Po
         delete=tuple((pod.name, pod.resource_version) for pod in delete),
         kept=len(kept),
         ready=sum(pod.ready for pod in kept),
+        waiting=next((f"{pod.name}: {pod.waiting}" for pod in kept if pod.waiting and not pod.ready), ""),
     )
 
 
@@ -165,9 +169,13 @@ def status_patch(
     refused: str | None,
     generation: int,
     now: datetime,
+    waiting: str = "",
 ) -> dict[str, Any] | None:
-    """The pool's new status; None when nothing in it would change (no write, no watch event for anyone)."""
+    """The pool's new status; None when nothing in it would change (no write, no watch event for anyone).
+    `waiting`: why a pod is not ready yet, added to a Filling condition's message."""
     condition_status, reason, message = _ready_condition(goal, ready, refused)
+    if reason == POOL_FILLING and waiting:
+        message = f"{message}; {waiting}"
     conditions: list[Mapping[str, Any]] = current.get("conditions") or []
     previous = next((c for c in conditions if c.get("type") == CONDITION_READY), {})
     transition = status.rfc3339(now)
@@ -195,6 +203,19 @@ def _ready_condition(goal: Target, ready: int, refused: str | None) -> tuple[str
         return "False", *goal.problem
     counted = f"{ready} of {goal.desired} ready"
     return ("True", POOL_READY, counted) if ready >= goal.desired else ("False", POOL_FILLING, counted)
+
+
+def _waiting(pod_status: Mapping[str, Any]) -> str:
+    """The scheduler's reason a pod has no node yet, or the kubelet's a container has not started (e.g.
+    ErrImagePull); empty when neither says anything."""
+    for condition in pod_status.get("conditions") or []:
+        if condition.get("type") == "PodScheduled" and condition.get("status") == "False":
+            return str(condition.get("message") or condition.get("reason") or "")
+    for container in pod_status.get("containerStatuses") or []:
+        waiting = (container.get("state") or {}).get("waiting") or {}
+        if waiting.get("reason") not in (None, "ContainerCreating"):
+            return ": ".join(str(part) for part in (waiting.get("reason"), waiting.get("message")) if part)
+    return ""
 
 
 def _ready(pod_status: Mapping[str, Any]) -> bool:
@@ -249,7 +270,8 @@ class PoolKeeper:
             created, refused = self._create(pool, goal, steps.create)
             generation: int = pool["metadata"].get("generation", 1)
             current = pool.get("status") or {}
-            patch = status_patch(current, goal, steps.kept + created, steps.ready, refused, generation, _now())
+            replicas = steps.kept + created
+            patch = status_patch(current, goal, replicas, steps.ready, refused, generation, _now(), steps.waiting)
             if patch is not None:
                 self._pools.patch_status(namespace, name, patch)
             metrics.pool_observed(namespace, name, goal.desired, steps.ready)

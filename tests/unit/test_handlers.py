@@ -44,6 +44,25 @@ def test_pools_are_kept_on_every_change_resume_and_timer() -> None:
     assert deleted.requires_finalizer is False
 
 
+def test_a_runtime_change_reaches_every_pool() -> None:
+    """A settled pool has no timer: without this a Runtime's new image would never roll it."""
+    assert set(handlers_of("runtimes")) == {"runtime_changed"}
+    indices = [h.id for h in kopf.get_default_registry()._indexing.get_all_handlers()]
+    assert codeexec.handlers.POOL_INDEX in indices
+    reconciled: list[tuple[str, str]] = []
+
+    class Keeper:
+        def reconcile(self, namespace: str, name: str) -> None:
+            reconciled.append((namespace, name))
+
+    index = {codeexec.handlers.POOLS: [("team", "py"), ("other", "js")]}
+    memo = kopf.Memo(pools=Keeper())
+    codeexec.handlers.runtime_changed(event={"type": None}, memo=memo, warm_pools=index)
+    assert reconciled == []  # the start-up listing: pools resume by themselves
+    codeexec.handlers.runtime_changed(event={"type": "MODIFIED"}, memo=memo, warm_pools=index)
+    assert reconciled == [("team", "py"), ("other", "js")]
+
+
 def test_only_sandbox_and_pool_pods_are_watched() -> None:
     handlers = handlers_of("pods")
     assert set(handlers) == {"pod_event", "pool_pod_event"}

@@ -175,6 +175,49 @@ def test_status_says_filling_until_ready_then_ready() -> None:
     assert ready["conditions"][0]["lastTransitionTime"] == timestamp(later)
 
 
+def test_filling_says_why_a_pod_waits() -> None:
+    """Fails when a pool short of room (or of its image) only says "Filling" with no cause."""
+    unschedulable = pool_pod(
+        "starting",
+        status={
+            "phase": "Pending",
+            "conditions": [
+                {"type": "PodScheduled", "status": "False", "message": "0/1 nodes are available: 1 Insufficient cpu."}
+            ],
+        },
+    )
+    image = pool_pod(
+        "pulling",
+        status={
+            "phase": "Pending",
+            "conditions": [],
+            "containerStatuses": [{"state": {"waiting": {"reason": "ErrImagePull", "message": "not found"}}}],
+        },
+    )
+    creating = pool_pod(
+        "creating",
+        status={
+            "phase": "Pending",
+            "conditions": [],
+            "containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}],
+        },
+    )
+    idle_now = warmpools.idle_pods([unschedulable, image, creating, pool_pod("ok")], POOL_UID)
+    assert {pod.name: pod.waiting for pod in idle_now} == {
+        "starting": "0/1 nodes are available: 1 Insufficient cpu.",
+        "pulling": "ErrImagePull: not found",
+        "creating": "",
+        "ok": "",
+    }
+    steps = warmpools.plan(4, "h1", idle_now)
+    assert steps.waiting in (
+        "starting: 0/1 nodes are available: 1 Insufficient cpu.",
+        "pulling: ErrImagePull: not found",
+    )
+    patch = warmpools.status_patch({}, target(replicas=4), 4, 1, None, 1, NOW, "starting: no room")
+    assert patch is not None and patch["conditions"][0]["message"] == "1 of 4 ready; starting: no room"
+
+
 def test_status_names_the_problem() -> None:
     patch = warmpools.status_patch({}, target(runtime="cobol"), 0, 0, None, 1, NOW)
     assert patch is not None and patch["conditions"][0]["reason"] == "UnknownRuntime"
