@@ -203,6 +203,28 @@ def test_deleting_the_pool_deletes_its_idle_pods_and_keeps_the_fence(pools: str)
     kubectl("get", "networkpolicy", NETWORKPOLICY, "-n", namespace)
 
 
+def test_a_quota_refusal_is_reported_and_retried(pools: str) -> None:
+    """Pool pods count against the namespace's ResourceQuota: the pool holds what the quota allows, says why in
+    its condition (the API server's message), and fills once the quota grows (its timer retries)."""
+    namespace = pools
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "pods", "namespace": namespace}}
+    quota["spec"] = {"hard": {"pods": "1"}}
+    kubectl("apply", "-f", "-", stdin=json.dumps(quota))
+    apply_pool(namespace, "py", "python", 2)
+
+    def refused() -> dict[str, Any] | None:
+        conditions = kubectl_json("get", "wp", "py", "-n", namespace).get("status", {}).get("conditions") or []
+        return conditions[0] if conditions and conditions[0]["reason"] == "CreateRefused" else None
+
+    condition = wait_until(refused, 60, "the pool to report the quota's refusal")
+    assert condition["status"] == "False"
+    assert "exceeded quota" in condition["message"], condition
+    assert len(pool_pods(namespace, "py")) == 1
+    quota["spec"] = {"hard": {"pods": "5"}}
+    kubectl("apply", "-f", "-", stdin=json.dumps(quota))
+    wait_pool(namespace, "py", 2)
+
+
 def test_an_unknown_runtime_is_reported(pools: str) -> None:
     namespace = pools
     apply_pool(namespace, "nope", "cobol", 1)

@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from codeexec import builders, warmpools
 from codeexec.api import ApiError
@@ -364,3 +365,18 @@ def test_a_deleted_pool_is_left_to_garbage_collection() -> None:
     pools.pool = None
     pool_keeper.reconcile("team", "pool")
     assert calls == ["read_pool"]
+
+
+def test_metrics_follow_the_pool_and_go_with_it() -> None:
+    def gauge(name: str) -> float | None:
+        return REGISTRY.get_sample_value(name, {"namespace": "team", "pool": "pool"})
+
+    pool_keeper, pools, _ = keeper(the_pool())
+    pool_keeper.reconcile("team", "pool")
+    assert (gauge("codeexec_warm_pool_desired"), gauge("codeexec_warm_pool_ready")) == (2, 0)
+    mark_ready(pools)
+    pool_keeper.reconcile("team", "pool")
+    assert gauge("codeexec_warm_pool_ready") == 2
+    pools.pool = None
+    pool_keeper.reconcile("team", "pool")
+    assert (gauge("codeexec_warm_pool_desired"), gauge("codeexec_warm_pool_ready")) == (None, None)
