@@ -12,6 +12,8 @@ source "$HACK/lib/components.sh"
 
 DEBIAN_PACKAGES=(runc containernetworking-plugins buildah debootstrap iptables ipset conntrack
   iproute2 openssl curl gcc libc6-dev)
+# Not the cluster's: headless Chromium renders the gateway's /docs in tests/e2e/test_gateway.py.
+DEBIAN_PACKAGES+=(chromium)
 
 apply_cluster_objects() {
   kubectl_admin apply -f - >/dev/null <<EOT

@@ -56,3 +56,34 @@ done
 echo
 kubectl get executions -n "$NAMESPACE"
 kubectl get warmpools -n "$NAMESPACE"
+
+# The HTTP gateway and the CLI: a service account allowed to run code here (the built-in `edit` role, into
+# which the chart aggregates its user ClusterRole), a token, one call through `kubectl port-forward`.
+kubectl create serviceaccount demo-user -n "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl create rolebinding demo-user-edit --clusterrole=edit --serviceaccount="$NAMESPACE:demo-user" \
+  -n "$NAMESPACE" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+port=18080
+kubectl port-forward -n "$NAMESPACE" svc/code-exec-gateway "$port:80" >/dev/null 2>&1 &
+forward=$!
+trap 'kill "$forward" 2>/dev/null || true' EXIT
+for _ in $(seq 50); do
+  curl -sf "localhost:$port/health" >/dev/null && break
+  sleep 0.2
+done
+TOKEN=$(kubectl create token demo-user -n "$NAMESPACE")
+echo
+echo "== the HTTP gateway (kubectl port-forward -n $NAMESPACE svc/code-exec-gateway $port:80 &)"
+cat <<COMMANDS
+\$ TOKEN=\$(kubectl create token demo-user -n $NAMESPACE)
+\$ curl -s localhost:$port/execute -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+    -d '{"language": "python", "code": "print(input)\nreturn 6 * 7", "input": {"from": "curl"}}'
+COMMANDS
+curl -s "localhost:$port/execute" -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"language": "python", "code": "print(input)\nreturn 6 * 7", "input": {"from": "curl"}}' |
+  python3 -c 'import json,sys; r=json.load(sys.stdin); print(json.dumps({k: r.get(k) for k in ("id", "phase", "exitCode", "stdout", "result")}))'
+echo
+echo "== the CLI (the package's console script; -o json|yaml, --gateway URL --token-file FILE)"
+printf 'import sys\nprint("hello from codeexec run", sys.argv[1:])\n' >"${TMPDIR:-/tmp}/hello.py"
+echo "\$ codeexec run -n $NAMESPACE ${TMPDIR:-/tmp}/hello.py --arg x"
+"${VENV:-.venv}/bin/codeexec" run -n "$NAMESPACE" "${TMPDIR:-/tmp}/hello.py" --arg x
+echo "(exit code $?)"

@@ -277,6 +277,9 @@ def _serve(args: argparse.Namespace) -> None:
         port=args.port,
         http="h11",
         h11_max_incomplete_event_size=args.max_header_bytes,
+        # Longer than clients keep idle connections (aiohttp: 15 s), so a client never sends on a connection
+        # the gateway is closing (uvicorn's 5 s default: "Server disconnected" now and then).
+        timeout_keep_alive=75,
         log_level="info",
         access_log=False,
     )

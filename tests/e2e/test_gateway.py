@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -312,6 +313,33 @@ def test_waits_beyond_the_caller_s_limit_are_429(gateway: Gateway) -> None:
     assert call(gateway, "POST", "/execute", who="carol", body={"code": "pass", "language": "py"}).status == 403
 
 
+def test_logs_stream_the_output_live_then_the_result(gateway: Gateway) -> None:
+    """Server-sent events: each line while the program runs (it prints, then sleeps before the next), then the
+    finished Execution. The first line arrives before the program ends, so it is live, not the final status."""
+    code = "import time\nfor i in range(3):\n    print('line', i, flush=True)\n    time.sleep(1)\n"
+    created = call(gateway, "POST", "/execute", body={"code": code, "language": "py", "wait": False}).body
+    request = urllib.request.Request(
+        f"{gateway.url}/executions/{created['id']}/logs", headers={"Authorization": f"Bearer {gateway.tokens['carol']}"}
+    )
+    events: list[tuple[str, Any, float]] = []
+    with urllib.request.urlopen(request, timeout=120) as stream:
+        assert stream.headers["Content-Type"].startswith("text/event-stream")
+        kind = ""
+        for raw in stream:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("event: "):
+                kind = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((kind, json.loads(line.removeprefix("data: ")), time.monotonic()))
+    outputs = [data for kind, data, _ in events if kind == "output"]
+    assert outputs == ["line 0", "line 1", "line 2"], events
+    (result,) = [(data, at) for kind, data, at in events if kind == "result"]
+    assert result[0]["phase"] == "Succeeded" and result[0]["stdout"] == "line 0\nline 1\nline 2\n"
+    first_output_at = next(at for kind, _, at in events if kind == "output")
+    assert result[1] - first_output_at > 1.5, "the first line came only at the end"
+    assert call(gateway, "GET", "/executions/absent/logs").status == 404
+
+
 def test_languages_and_validate(gateway: Gateway) -> None:
     """Seen failing with carol's GET /languages refused (403): Runtimes are cluster-scoped, so her RoleBinding
     to `view` could not grant them until the chart bound a Runtime reader to system:authenticated."""
@@ -324,6 +352,18 @@ def test_languages_and_validate(gateway: Gateway) -> None:
     assert bad["valid"] is False and "3000" in json.dumps(bad["errors"]), bad
     unknown = call(gateway, "POST", "/validate", body={"code": "x", "language": "cobol"}).body
     assert unknown["valid"] is False and unknown["errors"][0]["field"] == "language"
+    # The syntax check runs in a sandbox (an Execution of the caller's) with each language's parser.
+    for language, code, line in (
+        ("python", "x = 1\ndef f(:\n    pass\n", 2),
+        ("js", "const a = 1;\nlet x = ;\n", 2),
+        ("ts", "let ok: number = 1;\nlet x: = 1;\n", 2),
+    ):
+        checked = call(gateway, "POST", "/validate", body={"code": code, "language": language}).body
+        assert checked["valid"] is False, (language, checked)
+        (error,) = checked["errors"]
+        assert (error["field"], error["line"]) == ("code", line), (language, checked)
+    top_level = call(gateway, "POST", "/validate", body={"code": "await f()\nreturn 1\n", "language": "py"}).body
+    assert top_level == {"valid": True, "errors": []}, top_level
     # Nothing was created by validating (the dry run leaves no Execution).
     listed = kubectl_json("get", "executions", "-n", gateway.work)["items"]
     assert not [e for e in listed if e["spec"]["code"] == "x"]
@@ -337,6 +377,31 @@ def test_openapi_document_names_every_endpoint(gateway: Gateway) -> None:
         assert b"/docs/assets/swagger-ui-bundle.js" in page.read()
     with urllib.request.urlopen(gateway.url + "/docs/assets/swagger-ui-bundle.js", timeout=30) as script:
         assert len(script.read()) > 500_000
+
+
+def chromium(*args: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium (Debian's; `make cluster` installs it) behind a proxy that does not exist: every request
+    but to the loopback address (the port-forward) fails, so a page that needs any other host cannot render."""
+    binary = shutil.which("chromium")
+    assert binary, "chromium is missing: `make cluster` installs it"
+    isolated = ["--headless", "--no-sandbox", "--disable-gpu", "--proxy-server=http://127.0.0.1:9", "--no-first-run"]
+    return subprocess.run([binary, *isolated, *args], capture_output=True, text=True, timeout=120)
+
+
+def test_docs_render_in_headless_chromium_from_the_gateway_alone(gateway: Gateway, tmp_path: Path) -> None:
+    """Swagger UI is drawn by its JavaScript: the rendered DOM lists the operations only when the script and
+    /openapi.json came from the gateway (seen failing, the page empty, with FastAPI's CDN-loaded /docs)."""
+    rendered = chromium("--virtual-time-budget=15000", "--dump-dom", gateway.url + "/docs")
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    dom = rendered.stdout
+    assert "opblock-summary-path" in dom, dom[:2000]
+    for path in ("/execute", "/validate", "/executions/{execution_id}", "/languages"):
+        assert f'data-path="{path}"' in dom, path
+    screenshot = tmp_path / "docs.png"
+    shot = chromium(
+        "--virtual-time-budget=15000", "--window-size=1280,1100", f"--screenshot={screenshot}", gateway.url + "/docs"
+    )
+    assert shot.returncode == 0 and screenshot.stat().st_size > 20_000, shot.stderr[-2000:]
 
 
 def test_sdk_over_both_transports(gateway: Gateway) -> None:

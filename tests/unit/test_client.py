@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from codeexec.cli import EXIT_NO_EXIT_CODE, EXIT_TIMED_OUT, exit_code
-from codeexec.client import errors
+from codeexec.client import errors, syntax
 from codeexec.client.shapes import (
     ExecuteRequest,
     InvalidFields,
@@ -152,3 +152,26 @@ def test_a_rejected_execution_raises_with_its_stable_reason() -> None:
 )
 def test_cli_exits_with_the_program_s_exit_code(status: dict[str, Any], expected: int) -> None:
     assert exit_code(execution_result(execution("x", "t", **status))) == expected
+
+
+def test_syntax_checker_runs_the_code_as_input_of_its_language_s_checker() -> None:
+    """The code to check is the checker's input, never its program (seen failing, the checked code ran)."""
+    request = ExecuteRequest(code="print(1", language="py")
+    check = syntax.checker(request, "python")
+    assert check is not None
+    assert (check.language, check.input, check.code) == ("python", "print(1", syntax.PYTHON)
+    assert check.ttl_seconds_after_finished == syntax.CHECK_TTL_SECONDS
+    assert syntax.checker(request, "cobol") is None
+    found = syntax.diagnostics([{"line": 1, "column": 7, "message": "'(' was never closed"}])
+    assert [(e.field, e.line, e.column) for e in found] == [("code", 1, 7)]
+    assert syntax.diagnostics([]) == []
+    assert syntax.diagnostics(None)[0].field == "code"
+
+
+def test_python_checker_accepts_what_the_harness_runs() -> None:
+    """The checker is plain Python here: top-level return and await parse, a broken line is reported."""
+    body = "".join(f"    {line}\n" for line in syntax.PYTHON.strip().splitlines())
+    scope: dict[str, Any] = {}
+    exec(compile(f"def check(input):\n{body}", "checker", "exec"), scope)
+    assert scope["check"]("await f()\nreturn 1\n") == []
+    assert [item["line"] for item in scope["check"]("x = 1\ny = (\n")] == [2]

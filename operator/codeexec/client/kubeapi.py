@@ -48,10 +48,15 @@ class Connection:
         try:
             kube_config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=configuration)
             namespace = _kubeconfig_namespace(kubeconfig, context)
-        except kube_config.ConfigException:
+        except kube_config.ConfigException as no_kubeconfig:
             if kubeconfig:
                 raise
-            kube_config.load_incluster_config(client_configuration=configuration)
+            try:
+                kube_config.load_incluster_config(client_configuration=configuration)
+            except kube_config.ConfigException:
+                raise errors.Unavailable(
+                    f"no Kubernetes API to talk to: {no_kubeconfig} (set KUBECONFIG), and not in a pod"
+                ) from None
             namespace = _service_account_namespace()
         return cls.from_configuration(configuration, namespace)
 

@@ -84,6 +84,8 @@ class FieldError(Shape):
 
     field: str
     message: str
+    line: int | None = Field(default=None, description="For a syntax error in `code`: its line (1-based).")
+    column: int | None = Field(default=None, description="And its column (1-based), when the parser says.")
 
 
 class InvalidFields(ValueError):

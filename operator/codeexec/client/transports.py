@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
-from codeexec.client import errors
+from codeexec.client import errors, syntax
 from codeexec.client.kubeapi import KubeApi
 from codeexec.client.shapes import (
     ExecuteRequest,
@@ -143,12 +143,24 @@ class KubeTransport:
         execution = await self.wait(execution, seconds, lambda e: is_finished(e) or _running(e))
         pod = _pod_name(execution)
         if pod and not is_finished(execution):
+            # Empty lines are held back: the runner puts one before its report (to the operator), not the program.
+            held = 0
             try:
-                async for line in self.api.follow_log(pod, SANDBOX_CONTAINER):
-                    if not line.startswith(REPORT_PREFIX):  # the runner's report to the operator
-                        yield "output", line.decode(errors="replace").rstrip("\n")
+                async for raw in self.api.follow_log(pod, SANDBOX_CONTAINER):
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    if raw.startswith(REPORT_PREFIX):
+                        held = 0
+                    elif not line:
+                        held += 1
+                    else:
+                        for _ in range(held):
+                            yield "output", ""
+                        held = 0
+                        yield "output", line
             except errors.CodeExecError:
                 pass  # the pod went (or never started): the final status says what happened
+            for _ in range(held):
+                yield "output", ""
         finished = await self.wait(await self.api.get_execution(execution_id), seconds)
         yield "result", execution_result(finished).model_dump_json(by_alias=True, exclude_none=True)
 
@@ -157,15 +169,23 @@ class KubeTransport:
             manifest = request.manifest()
         except InvalidFields as error:
             return ValidationResult(valid=False, errors=error.errors)
-        known = {name for lang in await self.languages() for name in (lang.name, *lang.aliases)}
-        if request.language not in known:
-            message = f"{request.language!r} is not an installed language ({', '.join(sorted(known))})"
+        runtimes = {name: lang.name for lang in await self.languages() for name in (lang.name, *lang.aliases)}
+        if request.language not in runtimes:
+            message = f"{request.language!r} is not an installed language ({', '.join(sorted(runtimes))})"
             return ValidationResult(valid=False, errors=[FieldError(field="language", message=message)])
         try:
             await self.api.create_execution(manifest, dry_run=True)
         except errors.InvalidRequest as error:
             return ValidationResult(valid=False, errors=error.errors)
-        return ValidationResult(valid=True)
+        check = syntax.checker(request, runtimes[request.language])
+        if check is None:
+            return ValidationResult(valid=True)
+        checked = await self.execute(check, syntax.CHECK_TIMEOUT_SECONDS * 4)
+        if not checked.succeeded:
+            failed = f"the syntax check (execution {checked.id}) ended {checked.phase}: {checked.message}"
+            return ValidationResult(valid=False, errors=[FieldError(field="code", message=failed)])
+        found = syntax.diagnostics(checked.result)
+        return ValidationResult(valid=not found, errors=found)
 
     async def get(self, execution_id: str) -> ExecutionResult:
         return execution_result(await self.api.get_execution(execution_id))

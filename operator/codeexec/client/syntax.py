@@ -1,0 +1,84 @@
+"""The syntax check of POST /validate: a small checker program per language that runs as an Execution of the
+caller's (so in a sandbox, never in the gateway's process) and returns the parser's diagnostics as its result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from codeexec.client.shapes import ExecuteRequest, FieldError
+
+# Checker Executions go soon after they end: they are no history anyone asked for.
+CHECK_TTL_SECONDS = 60
+CHECK_TIMEOUT_SECONDS = 30
+CHECK_LABEL = "codeexec.io/purpose"
+
+# Each checker gets the code as its `input` and returns [{line, column, message}] (1-based; empty: no error).
+# Python: ast.parse, which accepts what the harness runs (top-level return and await are the compiler's
+# business, and the harness rewrites them before compiling).
+PYTHON = """
+import ast
+try:
+    ast.parse(input, "main.py")
+except SyntaxError as error:
+    return [{"line": error.lineno, "column": error.offset, "message": error.msg}]
+return []
+"""
+# JavaScript: V8 compiles the code as the harness runs it, the body of an async function, without running it.
+JAVASCRIPT = """
+const vm = require("node:vm");
+try {
+  new vm.Script("(async function () {\\n" + input + "\\n})", { filename: "main.js" });
+  return [];
+} catch (error) {
+  const at = /main\\.js:(\\d+)/.exec(error.stack || "");
+  return [{ line: at ? Number(at[1]) - 1 : null, column: null, message: error.message }];
+}
+"""
+# TypeScript: the compiler's syntactic diagnostics (what transpileModule, which the harness uses, reports);
+# the code is wrapped like the harness's, so top-level return and await parse.
+TYPESCRIPT = """
+const ts = require("/opt/codeexec/node_modules/typescript");
+const source = "(async function () {\\n" + input + "\\n})";
+const out = ts.transpileModule(source, { reportDiagnostics: true, fileName: "main.ts" });
+return (out.diagnostics || []).map((d) => {
+  const at = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start) : null;
+  return {
+    line: at ? at.line : null,
+    column: at ? at.character + 1 : null,
+    message: ts.flattenDiagnosticMessageText(d.messageText, "\\n"),
+  };
+});
+"""
+CHECKERS = {"python": PYTHON, "javascript": JAVASCRIPT, "typescript": TYPESCRIPT}
+
+
+def checker(request: ExecuteRequest, runtime: str) -> ExecuteRequest | None:
+    """The Execution that checks `request.code` with the parser of `runtime` (a Runtime's name); None for a
+    language without a checker."""
+    program = CHECKERS.get(runtime)
+    if program is None:
+        return None
+    return ExecuteRequest(
+        code=program,
+        language=runtime,
+        input=request.code,
+        timeout_seconds=CHECK_TIMEOUT_SECONDS,
+        ttl_seconds_after_finished=CHECK_TTL_SECONDS,
+        labels={CHECK_LABEL: "syntax-check"},
+    )
+
+
+def diagnostics(result: Any) -> list[FieldError]:
+    """The checker's result as errors of the request's `code` field."""
+    if not isinstance(result, list):
+        return [FieldError(field="code", message=f"the syntax check returned no diagnostics: {result!r}"[:500])]
+    return [
+        FieldError(
+            field="code",
+            message=str(item.get("message", "")),
+            line=item.get("line"),
+            column=item.get("column"),
+        )
+        for item in result
+        if isinstance(item, dict)
+    ]
