@@ -357,6 +357,7 @@ def test_languages_and_validate(gateway: Gateway) -> None:
         ("python", "x = 1\ndef f(:\n    pass\n", 2),
         ("js", "const a = 1;\nlet x = ;\n", 2),
         ("ts", "let ok: number = 1;\nlet x: = 1;\n", 2),
+        ("ts", "let n: number = input.n;\nlet s: string = n;\nconsole.log(s);\n", 2),  # a type error
     ):
         checked = call(gateway, "POST", "/validate", body={"code": code, "language": language}).body
         assert checked["valid"] is False, (language, checked)

@@ -34,20 +34,36 @@ try {
   return [{ line: at ? Number(at[1]) - 1 : null, column: null, message: error.message }];
 }
 """
-# TypeScript: the compiler's syntactic diagnostics (what transpileModule, which the harness uses, reports);
-# the code is wrapped like the harness's, so top-level return and await parse.
+# TypeScript: the compiler's full diagnostics (syntax and types) for the code wrapped as the harness runs it,
+# against ES2022 and declarations of what the harness provides; the harness itself only transpiles, so type
+# errors would not stop the code, but they are what a TypeScript user asks a check for.
 TYPESCRIPT = """
 const ts = require("/opt/codeexec/node_modules/typescript");
-const source = "(async function () {\\n" + input + "\\n})";
-const out = ts.transpileModule(source, { reportDiagnostics: true, fileName: "main.ts" });
-return (out.diagnostics || []).map((d) => {
-  const at = d.file && d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start) : null;
-  return {
-    line: at ? at.line : null,
-    column: at ? at.character + 1 : null,
-    message: ts.flattenDiagnosticMessageText(d.messageText, "\\n"),
-  };
-});
+const globals = `declare const input: any;
+declare const api: { get(url: string): Promise<any>; post(url: string, body?: any): Promise<any> };
+declare const console: { [level in "log" | "info" | "warn" | "error" | "debug"]: (...args: any[]) => void };
+declare function require(name: string): any;
+declare const process: any;`;
+const files = { "main.ts": "(async function () {\\n" + input + "\\n})", "globals.d.ts": globals };
+const options = { target: ts.ScriptTarget.ES2022, lib: ["lib.es2022.d.ts"], noEmit: true, types: [] };
+const host = ts.createCompilerHost(options);
+const read = host.getSourceFile;
+const exists = host.fileExists;
+host.getSourceFile = (name, version) =>
+  name in files ? ts.createSourceFile(name, files[name], version) : read(name, version);
+host.fileExists = (name) => name in files || exists(name);
+const program = ts.createProgram(Object.keys(files), options, host);
+return ts
+  .getPreEmitDiagnostics(program)
+  .filter((d) => d.file && d.file.fileName === "main.ts")
+  .map((d) => {
+    const at = d.start !== undefined ? d.file.getLineAndCharacterOfPosition(d.start) : null;
+    return {
+      line: at ? at.line : null,
+      column: at ? at.character + 1 : null,
+      message: ts.flattenDiagnosticMessageText(d.messageText, "\\n"),
+    };
+  });
 """
 CHECKERS = {"python": PYTHON, "javascript": JAVASCRIPT, "typescript": TYPESCRIPT}
 
