@@ -13,17 +13,25 @@ but never before the previous run finished, so no run waits for room on the node
 first creation; a milestone's time is when a watch event first showed it (this process's monotonic clock), so
 the steps of the breakdown add up to the total. By default a local operator (python -m codeexec run) is
 started, watching only the benchmark's own namespace; --no-operator uses one already running.
+
+Then the warm path, one language after the other (--warm): a WarmPool of --pool-size (2) pods of that
+language is created and filled, and the same trivial program runs as Executions created at the same pace; an
+Execution that finds no ready pool pod (the pool refills behind each claim) runs cold, and is counted as a
+miss. Last, a burst (--burst 20) created at once against a pool of --burst-pool (5) pods of 250m CPU (five
+default-sized pods do not fit the 2-core dev node): every Execution's output, the pods claimed twice (none may
+be), the misses and the p50/p95 of create → Succeeded.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,10 +52,20 @@ from tests.bench.setup import bench  # noqa: E402
 
 GROUP, VERSION = "codeexec.io", "v1alpha1"
 SPEC = {"language": "python", "code": "print('hello')\n", "timeoutSeconds": 30}
+# The same trivial program per language, printing "hello".
+PROGRAMS = {
+    "python": "print('hello')\n",
+    "javascript": "console.log('hello');\n",
+    "typescript": "const greeting: string = 'hello';\nconsole.log(greeting);\n",
+}
+POOL_READY_SECONDS = 180
+BURST_CPU = "250m"
 WAIT_SECONDS = 180
 TERMINAL = ("Succeeded", "Failed", "TimedOut", "Rejected")
 JOB_NAME_LABEL = "job-name"
 EXECUTION, JOB = "execution", "job"
+WARM = "warm"  # kinds "warm python", ...: Executions served from a pool
+BURST = f"{WARM} burst"
 
 # Each kind's milestones in the order they happen (after "created", taken just before the first create call),
 # with the name of the step that ends there. "done" is what the user waits for.
@@ -57,6 +75,13 @@ STEPS = {
         "pod": "operator: ConfigMap, NetworkPolicy, pod",
         "running": "kubelet: sandbox up, running seen",
         "exited": "sandbox: fence, program, exit seen",
+        "done": "operator: report read, Succeeded",
+    },
+    WARM: {
+        "accepted": "operator: validated, phase Pending",
+        "pod": "operator: warm pod claimed",
+        "running": "running seen",
+        "exited": "sandbox: program, exit seen",
         "done": "operator: report read, Succeeded",
     },
     JOB: {
@@ -103,7 +128,7 @@ class Recorder:
             run = self.runs.get(name)
             if run is None or milestone in run.seen:
                 return None
-            steps = list(STEPS[run.kind])
+            steps = list(STEPS[steps_of(run.kind)])
             for step in steps[: steps.index(milestone) + 1]:
                 run.seen.setdefault(step, now)
             if milestone == "done":
@@ -114,6 +139,10 @@ class Recorder:
     def wait_done(self, name: str, timeout: float) -> None:
         with self._lock:
             self._lock.wait_for(lambda: "done" in self.runs[name].seen, timeout)
+
+
+def steps_of(kind: str) -> str:
+    return WARM if kind.startswith(WARM) else kind
 
 
 def watch_forever(
@@ -161,6 +190,8 @@ class Benchmark:
         self.recorder = Recorder()
         self.pool = ThreadPoolExecutor(max_workers=8)
         self.jobs: dict[str, ExecutionRef] = {}
+        self.sandboxes: dict[str, str | None] = {}  # Execution → status.sandbox (warm or cold)
+        self.claims: dict[str, set[str]] = {}  # pod uid → the Executions it was ever labelled for
 
     def start_watches(self) -> None:
         watches: list[
@@ -186,12 +217,29 @@ class Benchmark:
 
     # Creating runs.
 
-    def create_execution(self, measured: bool) -> str:
+    def create_execution(self, measured: bool, kind: str = EXECUTION, spec: Mapping[str, Any] = SPEC) -> str:
         name = f"bench-{uuid.uuid4().hex[:8]}"
-        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Execution", "metadata": {"name": name}, "spec": SPEC}
-        self.recorder.add(EXECUTION, name, measured)
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "Execution", "metadata": {"name": name}, "spec": spec}
+        self.recorder.add(kind, name, measured)
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.exec_ns, "executions", body)
         return name
+
+    def fill_pool(self, name: str, language: str, replicas: int, resources: Mapping[str, str] | None = None) -> None:
+        spec: dict[str, Any] = {"runtime": language, "replicas": replicas}
+        if resources:
+            spec["resources"] = dict(resources)
+        body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "WarmPool", "metadata": {"name": name}, "spec": spec}
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.exec_ns, "warmpools", body)
+        deadline = time.monotonic() + POOL_READY_SECONDS
+        while time.monotonic() < deadline:
+            pool = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.exec_ns, "warmpools", name)
+            if (pool.get("status") or {}).get("readyReplicas") == replicas:
+                return
+            time.sleep(0.5)
+        raise RuntimeError(f"WarmPool {name} not ready in {POOL_READY_SECONDS} s: {pool.get('status')}")
+
+    def drop_pool(self, name: str) -> None:
+        self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.exec_ns, "warmpools", name)
 
     def create_job(self, measured: bool) -> str:
         """The operator's work done by hand with the same builders, the pod under a Job instead."""
@@ -207,9 +255,13 @@ class Benchmark:
     # Watch handlers.
 
     def on_execution(self, body: Mapping[str, Any]) -> None:
-        name, phase = body["metadata"]["name"], body.get("status", {}).get("phase")
+        name, status = body["metadata"]["name"], body.get("status", {})
+        phase = status.get("phase")
         if phase is not None:
             self.recorder.mark(name, "accepted")
+        if phase == "Succeeded" and status.get("stdout") != "hello\n":
+            phase = f"Succeeded with stdout {status.get('stdout')!r}"
+        self.sandboxes[name] = status.get("sandbox")
         if phase in TERMINAL and self.recorder.mark(name, "done", phase) is not None:
             self.pool.submit(
                 self.custom.delete_namespaced_custom_object, GROUP, VERSION, self.exec_ns, "executions", name
@@ -217,6 +269,7 @@ class Benchmark:
 
     def on_execution_pod(self, pod: Mapping[str, Any]) -> None:
         name = pod["metadata"]["labels"][EXECUTION_LABEL]
+        self.claims.setdefault(pod["metadata"]["uid"], set()).add(name)
         self.recorder.mark(name, "pod")
         milestone = container_milestone(pod)
         if milestone is not None and (run := self.recorder.mark(name, milestone)) is not None and milestone == "exited":
@@ -278,7 +331,7 @@ def breakdown(kind: str, runs: list[Run]) -> list[str]:
     """p50 and p95 of each step, from one milestone to the next."""
     lines = [f"{kind}: where the time goes (p50 / p95 of each step)"]
     previous = "created"
-    for milestone, label in STEPS[kind].items():
+    for milestone, label in STEPS[steps_of(kind)].items():
         durations = [run.seen[milestone] - run.seen[previous] for run in runs]
         lines.append(f"  {label:42s} {statistics.median(durations):5.2f}s {percentile(durations, 0.95):5.2f}s")
         previous = milestone
@@ -295,14 +348,43 @@ def breakdown(kind: str, runs: list[Run]) -> list[str]:
     return lines
 
 
+def paced(
+    benchmark: Benchmark, creators: Sequence[Callable[[bool], str]], runs: int, warmup: int, interval: float
+) -> None:
+    """Runs the creators in turn, each creation once the run before finished and at least `interval` after it."""
+    created = -interval
+    for index in range((warmup + runs) * len(creators)):
+        time.sleep(max(0.0, created + interval - time.monotonic()))
+        created = time.monotonic()
+        name = creators[index % len(creators)](index // len(creators) >= warmup)
+        benchmark.recorder.wait_done(name, WAIT_SECONDS)
+
+
+def run_burst(benchmark: Benchmark, size: int, pool_size: int) -> list[str]:
+    """`size` Executions created back to back against a filled pool of `pool_size` small pods."""
+    resources = {"cpu": BURST_CPU, "memory": "256Mi"}
+    benchmark.fill_pool("burst", "python", pool_size, resources)
+    spec = {**SPEC, "resources": resources}
+    names = [benchmark.create_execution(True, BURST, spec) for _ in range(size)]
+    for name in names:
+        benchmark.recorder.wait_done(name, WAIT_SECONDS)
+    benchmark.drop_pool("burst")
+    return names
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="measured runs of each kind")
     parser.add_argument("--warmup", type=int, default=1, help="unmeasured runs of each kind first")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds at least between two creations")
+    parser.add_argument("--warm", default=",".join(PROGRAMS), help="languages of the warm runs, comma-separated")
+    parser.add_argument("--pool-size", type=int, default=2, help="pods of each language's WarmPool")
+    parser.add_argument("--burst", type=int, default=20, help="Executions of the burst (0: no burst)")
+    parser.add_argument("--burst-pool", type=int, default=5, help="pods of the burst's WarmPool")
     parser.add_argument("--no-operator", action="store_true", help="use a running operator that watches --namespace")
     parser.add_argument("--namespace", help="namespace of the Executions (default: a fresh e2e-op-bench-*)")
     args = parser.parse_args()
+    languages = [language for language in args.warm.split(",") if language]
 
     config.load_kube_config()
     core, custom = client.CoreV1Api(), client.CustomObjectsApi()
@@ -313,31 +395,45 @@ def main() -> None:
         benchmark = Benchmark(setup.execution_namespace, setup.job_namespace, plan, setup.isolation_probe)
         benchmark.start_watches()
         time.sleep(1)  # the watches' first requests are under way (their initial listings are empty)
-        created = -args.interval
-        creators = (benchmark.create_execution, benchmark.create_job)
-        for index in range((args.warmup + args.runs) * len(creators)):
-            time.sleep(max(0.0, created + args.interval - time.monotonic()))
-            created = time.monotonic()
-            name = creators[index % len(creators)](index // len(creators) >= args.warmup)
-            benchmark.recorder.wait_done(name, WAIT_SECONDS)
+        paced(benchmark, (benchmark.create_execution, benchmark.create_job), args.runs, args.warmup, args.interval)
+        for language in languages:
+            spec = {"language": language, "code": PROGRAMS[language], "timeoutSeconds": 30}
+            benchmark.fill_pool(f"warm-{language}", language, args.pool_size)
+            create = functools.partial(benchmark.create_execution, kind=f"{WARM} {language}", spec=spec)
+            paced(benchmark, (create,), args.runs, args.warmup, args.interval)
+            benchmark.drop_pool(f"warm-{language}")
+        burst = run_burst(benchmark, args.burst, args.burst_pool) if args.burst else []
         benchmark.pool.shutdown(wait=True)
 
     runs = [run for run in benchmark.recorder.runs.values() if run.measured]
-    failed = [f"{run.name}: {run.outcome or 'not finished'}" for run in runs if run.outcome != "Succeeded"]
+    failed = [f"{run.name} ({run.kind}): {run.outcome or 'not finished'}" for run in runs if run.outcome != "Succeeded"]
     if failed:
         sys.exit("failed runs:\n" + "\n".join(failed))
-    by_kind = {kind: [run for run in runs if run.kind == kind] for kind in (EXECUTION, JOB)}
+    by_kind: dict[str, list[Run]] = {}
+    for run in runs:
+        by_kind.setdefault(run.kind, []).append(run)
     for index, (execution, job) in enumerate(zip(by_kind[EXECUTION], by_kind[JOB], strict=True)):
         print(f"run {index + 1:2d}: execution {execution.latency():.2f}s job {job.latency():.2f}s")
     latencies = {kind: [run.latency() for run in kind_runs] for kind, kind_runs in by_kind.items()}
-    print(
-        f"(Executions and Jobs alternating, each created once the one before finished, >= {args.interval:.1f}s apart)"
-    )
+    print(f"(each run created once the one before finished, >= {args.interval:.1f}s apart; pools of {args.pool_size})")
     print(summary("Execution", latencies[EXECUTION]))
     print(summary("Job", latencies[JOB]))
+    for language in languages:
+        kind = f"{WARM} {language}"
+        served = [run.latency() for run in by_kind[kind] if benchmark.sandboxes.get(run.name) == "warm"]
+        print(summary(kind, latencies[kind]) + f"; {len(served)} warm, {len(latencies[kind]) - len(served)} misses")
+        if served:
+            print(summary("  served", served))
     p50 = statistics.median(latencies[EXECUTION]) / statistics.median(latencies[JOB])
     p95 = percentile(latencies[EXECUTION], 0.95) / percentile(latencies[JOB], 0.95)
     print(f"Execution/Job ratio: p50 {p50:.2f} p95 {p95:.2f}")
+    if burst:
+        twice = [names for names in benchmark.claims.values() if len(names) > 1]
+        misses = sum(benchmark.sandboxes.get(name) != "warm" for name in burst)
+        print(
+            summary(f"burst of {len(burst)} against a pool of {args.burst_pool}", latencies[BURST])
+            + f"; {misses} misses (cold), {len(twice)} pods claimed twice, all {len(burst)} printed hello"
+        )
     for kind, kind_runs in by_kind.items():
         print("\n".join(breakdown(kind, kind_runs)))
 
