@@ -95,7 +95,7 @@ class Dispatcher:
             if waiting is not None:
                 self._local[accepted.uid] = State.WAITING
                 self._written[accepted.uid] = time.monotonic()
-        self._carry_out(decision, logger)
+        self._carry_out(decision, logger, {accepted.uid: admitted})
 
     def dispatch(self, logger: kopf.Logger, snapshot: Snapshot, *, timer: bool = False) -> None:
         """Starts what the queue lets start now. From timers (`timer`), at most once per TIMER_ROUND_SECONDS."""
@@ -204,9 +204,12 @@ class Dispatcher:
             not patterns or any(match_namespace(NamespaceName(namespace), p) for p in patterns)
         )
 
-    def _carry_out(self, decision: queueing.Round, logger: kopf.Logger) -> None:
-        """Outside the lock (API calls): expires and launches what the decision said. A launch that fails
-        puts the Execution back in the queue; the next decision tries again."""
+    def _carry_out(
+        self, decision: queueing.Round, logger: kopf.Logger, admitted: Mapping[str, lifecycle.Admitted] | None = None
+    ) -> None:
+        """Outside the lock (API calls): expires and launches what the decision said (`admitted`: plans made
+        a moment ago, by uid, which need not be made again). A launch that fails puts the Execution back in
+        the queue; the next decision tries again."""
         for item in decision.expired:
             try:
                 lifecycle.expire(self._api, self._config, _ref(item))
@@ -218,7 +221,9 @@ class Dispatcher:
                 self._forget(item.uid)  # refused a moment ago in this same decision
                 continue
             try:
-                outcome, message = lifecycle.launch(self._api, self._config, _ref(item), logger)
+                outcome, message = lifecycle.launch(
+                    self._api, self._config, _ref(item), logger, (admitted or {}).get(item.uid)
+                )
             except (ApiError, kopf.TemporaryError) as error:
                 logger.warning(f"sandbox of {item.namespace}/{item.name} not created yet: {error}")
                 self._forget(item.uid)

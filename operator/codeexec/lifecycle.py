@@ -75,9 +75,17 @@ def write_position(api: ClusterApi, body: Mapping[str, Any], waiting: queueing.W
             raise
 
 
-def launch(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, logger: kopf.Logger) -> tuple[Launch, str]:
+def launch(
+    api: ClusterApi,
+    config: OperatorConfig,
+    execution: ExecutionRef,
+    logger: kopf.Logger,
+    admitted_now: Admitted | None = None,
+) -> tuple[Launch, str]:
     """Creates the sandbox of an Execution the queue lets start, from fresh reads, and says what came of it
-    (with the API's message when a quota refused). A sandbox that exists already is recorded, never made twice."""
+    (with the API's message when a quota refused). A sandbox that exists already is recorded, never made twice.
+    `admitted_now`: its plan, made a moment ago at its acceptance (one that waited in the queue is planned
+    again: its Runtime may have changed meanwhile)."""
     # The pod first, then the Execution: a sandbox removed after the first read was removed after
     # its outcome was written, which the second read then shows. Never a second pod, never a rerun.
     existing = api.sandboxes.find_pod(execution.namespace, execution.uid)
@@ -87,7 +95,7 @@ def launch(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef, log
         return Launch.ENDED, ""
     if current.get("podName"):
         return Launch.STARTED, ""
-    admitted = _admit(api.facts, config, latest.get("spec", {}))
+    admitted = admitted_now or _admit(api.facts, config, latest.get("spec", {}))
     if existing is not None:
         # Created or claimed before a restart but not yet recorded: its pod events tell the outcome.
         _resume_sandbox(api, execution, existing, admitted)
