@@ -72,7 +72,7 @@ BURST = f"{WARM} burst"
 STEPS = {
     EXECUTION: {
         "accepted": "operator: validated, phase Pending",
-        "pod": "operator: ConfigMap, NetworkPolicy, pod",
+        "pod": "operator: (queue,) ConfigMap, NetworkPolicy, pod",
         "running": "kubelet: sandbox up, running seen",
         "exited": "sandbox: fence, program, exit seen",
         "done": "operator: report read, Succeeded",
@@ -333,7 +333,7 @@ def breakdown(kind: str, runs: list[Run]) -> list[str]:
     previous = "created"
     for milestone, label in STEPS[steps_of(kind)].items():
         durations = [run.seen[milestone] - run.seen[previous] for run in runs]
-        lines.append(f"  {label:42s} {statistics.median(durations):5.2f}s {percentile(durations, 0.95):5.2f}s")
+        lines.append(f"  {label:48s} {statistics.median(durations):5.2f}s {percentile(durations, 0.95):5.2f}s")
         previous = milestone
     reports = [run.report for run in runs if run.report is not None]
     isolation = [r.network_isolation for r in reports if r.network_isolation is not None]
