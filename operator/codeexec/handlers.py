@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from codeexec import admission, lifecycle, metrics, peering, queueing, status, warm, warmpools
+from codeexec import admission, lifecycle, peering, queueing, status, warm, warmpools
 from codeexec.api import ApiError, ClusterApi
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher, Snapshot
@@ -22,9 +22,6 @@ RUNTIMES = (GROUP, VERSION, "runtimes")
 POOLS = "pools"
 POOL_INDEX = "warm_pools"  # the index's id: handlers get it as a keyword argument of this name
 WATCH_INTERVAL = 5
-# A filling pool's safety net (pod events and its own changes reconcile it at once): a refused pod tried
-# again, a missed event caught up.
-POOL_INTERVAL = 10
 QUEUE = "queue"
 QUEUE_INDEX = "execution_queue"  # the index's id: handlers get it as a keyword argument of this name
 WARM_INDEX = "warm_pods"  # likewise
@@ -121,18 +118,12 @@ def watch_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
             dispatcher.refresh_position(body)
 
 
-def _pool_unsettled(body: kopf.Body, **_: Any) -> bool:
-    # Limits the timer, and the finalizer Kopf holds for it, to pools not Ready for their current spec: a
-    # settled pool can be deleted without the operator (e.g. after it was uninstalled).
-    return not warmpools.settled(body)
-
-
+# No Kopf timer (it would hold a finalizer on every pool): PoolKeeper retries a pool short of its pods itself.
 @kopf.on.resume(*WARMPOOLS)
 @kopf.on.create(*WARMPOOLS)
 @kopf.on.update(*WARMPOOLS)
-@kopf.timer(*WARMPOOLS, interval=POOL_INTERVAL, when=_pool_unsettled)
 def keep_pool(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A pool created, changed, resumed after a restart, or its timer: warmpools.PoolKeeper.reconcile."""
+    """A pool created, changed, or resumed after a restart: warmpools.PoolKeeper.reconcile."""
     with lifecycle.retry_on_api_errors():
         _pools(memo).reconcile(body["metadata"]["namespace"], body["metadata"]["name"])
 
@@ -159,12 +150,6 @@ def runtime_changed(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> Non
                 failed = error  # the other pools still reconcile; this one at its next event (Kopf retries no event)
         if failed is not None:
             raise failed
-
-
-@kopf.on.delete(*WARMPOOLS, optional=True)
-def pool_deleted(body: kopf.Body, **_: Any) -> None:
-    """Its idle pods go with it (garbage collection: they are owned by it); its metrics go now."""
-    metrics.pool_removed(body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 @kopf.index(

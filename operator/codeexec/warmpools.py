@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -33,9 +34,15 @@ from codeexec.vocabulary import (
 
 # Pod phases after which a pod never runs again: an idle pod there is replaced.
 ENDED_PHASES = ("Succeeded", "Failed")
+# A pool short of what it could hold is reconciled again after this (PoolKeeper), besides its pods' events.
+RETRY_SECONDS = 10.0
+log = logging.getLogger(__name__)
+# Runs a function once after a delay, off the caller's thread.
+Schedule = Callable[[float, Callable[[], None]], None]
+
 # API statuses of a pod create that trying again at once cannot fix (a quota or LimitRange, as in
 # queueing.is_quota_refusal; the namespace's Pod Security admission; a missing default ServiceAccount): the
-# pool says why in its condition and tries again at its next reconciliation (its timer).
+# pool says why in its condition and tries again after RETRY_SECONDS.
 REFUSED_CREATE_STATUSES = (400, 403, 422)
 
 
@@ -224,14 +231,6 @@ def _ready(pod_status: Mapping[str, Any]) -> bool:
     return running and any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
-def settled(pool: Mapping[str, Any]) -> bool:
-    """Whether the pool's status says Ready (every wanted pod ready) for its current spec."""
-    current = pool.get("status") or {}
-    conditions = current.get("conditions") or []
-    ready = any(c.get("type") == CONDITION_READY and c.get("status") == "True" for c in conditions)
-    return ready and current.get("observedGeneration") == pool.get("metadata", {}).get("generation")
-
-
 def pool_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     """(namespace, name) of the pool a pod came from: its owner while idle, else its pool label."""
     metadata = pod.get("metadata", {})
@@ -242,26 +241,49 @@ def pool_of(pod: Mapping[str, Any]) -> tuple[str, str] | None:
     return (metadata["namespace"], name) if name else None
 
 
-class PoolKeeper:
-    """Reconciles pools, one at a time per pool: pod events, the pool's own changes and its timer may come at
-    once, and two reconciliations of one pool side by side would both create the missing pods."""
+def _start_timer(delay: float, function: Callable[[], None]) -> None:
+    timer = threading.Timer(delay, function)
+    timer.daemon = True  # never holds up the operator's exit
+    timer.start()
 
-    def __init__(self, pools: WarmPools, facts: ClusterFacts, config: OperatorConfig) -> None:
+
+class PoolKeeper:
+    """Reconciles pools, one at a time per pool (pod events and the pool's own changes may come at once, and
+    two reconciliations of one pool side by side would both create the missing pods), and again after
+    RETRY_SECONDS while a pool is short of what it could hold: a refused pod, a pod still starting, an API
+    error. Its own timer, not Kopf's: a Kopf timer holds a finalizer on the pool, and a pool must stay
+    deletable without the operator (`helm uninstall` removes both at once)."""
+
+    def __init__(
+        self, pools: WarmPools, facts: ClusterFacts, config: OperatorConfig, schedule: Schedule = _start_timer
+    ) -> None:
         self._pools = pools
         self._facts = facts
         self._config = config
+        self._schedule = schedule
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._retrying: set[tuple[str, str]] = set()
 
     def reconcile(self, namespace: str, name: str) -> None:
+        """_reconcile_once, and a retry later unless the pool holds all it can."""
+        try:
+            settled_now = self._reconcile_once(namespace, name)
+        except ApiError:
+            self._retry_later(namespace, name)
+            raise
+        if not settled_now:
+            self._retry_later(namespace, name)
+
+    def _reconcile_once(self, namespace: str, name: str) -> bool:
         """Reads the pool and its pods afresh, deletes what must go (only the version listed: a pod claimed
         meanwhile is never deleted), creates what is missing (after the namespace's pool NetworkPolicy), and
-        writes the status if it changed."""
+        writes the status if it changed. True when the pool is gone or holds all it can."""
         with self._lock(namespace, name):
             pool = self._pools.read(namespace, name)
             if pool is None or pool["metadata"].get("deletionTimestamp"):
                 metrics.pool_removed(namespace, name)
-                return  # Garbage collection deletes its idle pods (they are owned by it); claimed ones stay.
+                return True  # Garbage collection deletes its idle pods (they are owned by it); claimed ones stay.
             goal = self._target(pool)
             pods = self._pools.list_pods(namespace, builders.pool_selector(name))
             steps = plan(goal.desired, goal.template.hash if goal.template else None, idle_pods(pods, _uid(pool)))
@@ -275,6 +297,24 @@ class PoolKeeper:
             if patch is not None:
                 self._pools.patch_status(namespace, name, patch)
             metrics.pool_observed(namespace, name, goal.desired, steps.ready)
+            # A missing RuntimeClass sends no event when it comes: look again.
+            waits_for_class = goal.problem is not None and goal.problem[0] == RUNTIME_CLASS_MISSING
+            return refused is None and not steps.delete and steps.ready == goal.desired and not waits_for_class
+
+    def _retry_later(self, namespace: str, name: str) -> None:
+        with self._guard:
+            if (namespace, name) in self._retrying:
+                return
+            self._retrying.add((namespace, name))
+        self._schedule(RETRY_SECONDS, lambda: self._retry(namespace, name))
+
+    def _retry(self, namespace: str, name: str) -> None:
+        with self._guard:
+            self._retrying.discard((namespace, name))
+        try:
+            self.reconcile(namespace, name)
+        except ApiError as error:
+            log.warning(f"WarmPool {namespace}/{name}: {error}; retrying in {RETRY_SECONDS} s")
 
     def _target(self, pool: Mapping[str, Any]) -> Target:
         runtimes = parse_runtimes(self._facts.list_runtimes())

@@ -289,8 +289,8 @@ def sandbox_objects(namespace: str, uid: str) -> list[str]:
 
 
 def delete_executions(namespace: str) -> None:
-    """Deletes every WarmPool and Execution (Kopf holds a finalizer on a filling pool and an unfinished
-    Execution); when no operator removes their finalizers in time, removes them itself, so the namespace can go."""
+    """Deletes every WarmPool (its idle pods go with it) and Execution (Kopf holds a finalizer on an unfinished
+    one); when no operator removes their finalizers in time, removes them itself, so the namespace can go."""
     for kind in ("warmpools", "executions"):
         done = kubectl_run("delete", kind, "--all", "-n", namespace, "--timeout=60s", timeout=90)
         if done.returncode == 0:

@@ -78,7 +78,7 @@ def names(pods: list[dict[str, Any]]) -> set[str]:
 
 @pytest.fixture
 def pools(op_namespace: str) -> Iterator[str]:
-    """The namespace; its pools deleted at the end while the operator runs (their finalizer needs it)."""
+    """The namespace; its pools deleted at the end, and their idle pods with them."""
     yield op_namespace
     kubectl("delete", "warmpools", "--all", "-n", op_namespace, "--timeout=60s", check=False, timeout=90)
 

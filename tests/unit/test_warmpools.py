@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -234,17 +235,6 @@ def test_status_names_the_problem() -> None:
     assert capped is not None and capped["conditions"][0]["reason"] == "ReplicasTooLarge"
 
 
-def test_a_pool_is_settled_when_ready_for_its_current_generation() -> None:
-    """The timer (and Kopf's finalizer for it) runs only while a pool is not settled."""
-    pool = {"metadata": {"generation": 2}, "status": {"observedGeneration": 2, "conditions": []}}
-    assert not warmpools.settled(pool)
-    pool["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
-    assert warmpools.settled(pool)
-    pool["metadata"]["generation"] = 3  # a new spec not yet reconciled
-    assert not warmpools.settled(pool)
-    assert not warmpools.settled({"metadata": {"generation": 1}})
-
-
 def test_pool_of_a_pod_is_its_owner_or_its_label() -> None:
     assert warmpools.pool_of(pool_pod("a")) == ("team", "pool")
     # A claimed pod is owned by its Execution: the label still names the pool to refill.
@@ -262,11 +252,26 @@ def the_pool(replicas: int = 2, **spec: Any) -> dict[str, Any]:
     }
 
 
-def keeper(pool: dict[str, Any]) -> tuple[PoolKeeper, FakeWarmPools, list[str]]:
+class Retries:
+    """PoolKeeper's schedule: records the retries instead of running them after a delay."""
+
+    def __init__(self) -> None:
+        self.pending: list[tuple[float, Callable[[], None]]] = []
+
+    def __call__(self, delay: float, function: Callable[[], None]) -> None:
+        self.pending.append((delay, function))
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, []
+        for _, function in pending:
+            function()
+
+
+def keeper(pool: dict[str, Any], retries: Retries | None = None) -> tuple[PoolKeeper, FakeWarmPools, list[str]]:
     calls: list[str] = []
     pools = FakeWarmPools(calls, pool)
     facts = FakeClusterFacts([factories_runtime()], None)
-    return PoolKeeper(pools, facts, CONFIG), pools, calls
+    return PoolKeeper(pools, facts, CONFIG, retries or Retries()), pools, calls
 
 
 def factories_runtime() -> dict[str, Any]:
@@ -365,6 +370,36 @@ def test_a_deleted_pool_is_left_to_garbage_collection() -> None:
     pools.pool = None
     pool_keeper.reconcile("team", "pool")
     assert calls == ["read_pool"]
+
+
+def test_a_pool_short_of_pods_is_retried_until_it_holds_them() -> None:
+    """The retry Kopf's timer would make, without its finalizer: fails when a refused or starting pool is left
+    until some event happens to come (a quota that grew sends none)."""
+    retries = Retries()
+    pool_keeper, pools, _ = keeper(the_pool(), retries)
+    pools.refusal = ApiError("403 Forbidden: exceeded quota: q", 403)
+    pool_keeper.reconcile("team", "pool")
+    pool_keeper.reconcile("team", "pool")  # a pod event meanwhile: still one retry pending, not two
+    assert [delay for delay, _ in retries.pending] == [warmpools.RETRY_SECONDS]
+    pools.refusal = None
+    retries.run()
+    assert len(pools.pods) == 2
+    assert len(retries.pending) == 1  # created, not ready yet: look again
+    mark_ready(pools)
+    retries.run()
+    assert retries.pending == []  # holds all it can: no more retries
+    assert pools.pool is not None and pools.pool["status"]["conditions"][0]["reason"] == "Ready"
+
+
+def test_an_api_error_is_retried_too() -> None:
+    retries = Retries()
+    pool_keeper, pools, _ = keeper(the_pool(), retries)
+    pools.refusal = ApiError("503 Service Unavailable", 503)
+    with pytest.raises(ApiError):
+        pool_keeper.reconcile("team", "pool")
+    pools.refusal = None
+    retries.run()
+    assert len(pools.pods) == 2
 
 
 def test_metrics_follow_the_pool_and_go_with_it() -> None:
