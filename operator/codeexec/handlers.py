@@ -147,7 +147,7 @@ def runtime_changed(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> Non
             try:
                 _pools(memo).reconcile(namespace, name)
             except ApiError as error:
-                failed = error  # the other pools still reconcile; this one at its next event (Kopf retries no event)
+                failed = error  # the other pools still reconcile; PoolKeeper retries this one
         if failed is not None:
             raise failed
 
