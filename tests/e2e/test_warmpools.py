@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.executions import API_VERSION, EXECUTION_UID_LABEL, Watch
+from tests.e2e.executions import API_VERSION, EXECUTION_UID_LABEL, StartOperator, Watch
 from tests.e2e.kube import ENV, kubectl, kubectl_json, kubectl_run, wait_until
 from tests.e2e.sandbox_facts import assert_sandbox_pod_spec
 
@@ -223,6 +223,24 @@ def test_a_quota_refusal_is_reported_and_retried(pools: str) -> None:
     quota["spec"] = {"hard": {"pods": "5"}}
     kubectl("apply", "-f", "-", stdin=json.dumps(quota))
     wait_pool(namespace, "py", 2)
+
+
+def test_an_operator_restart_neither_loses_nor_doubles_pool_pods(own_operator: StartOperator) -> None:
+    """SIGKILL of the operator, a pool pod deleted while it is down, a restart: the pool resumes with exactly one
+    new pod (every pod ever created is counted from a watch), and the pod that survived is kept."""
+    own = own_operator(1)
+    namespace = own.namespaces[0]
+    with Watch(f"/api/v1/namespaces/{namespace}/pods") as pods_seen:
+        apply_pool(namespace, "py", "python", 2)
+        kept, lost = sorted(names(wait_pool(namespace, "py", 2)))
+        own.process.kill()
+        kubectl("delete", "pod", lost, "-n", namespace, "--wait=false")
+        own.process.start()
+        after = wait_pool(namespace, "py", 2)
+        pods_seen.check_alive()
+        created = {pod["metadata"]["name"] for pod in pods_seen.objects().values()}
+    assert kept in names(after) and lost not in names(after)
+    assert len(created) == 3, sorted(created)
 
 
 def test_an_unknown_runtime_is_reported(pools: str) -> None:
