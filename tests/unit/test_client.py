@@ -160,7 +160,7 @@ def test_syntax_checker_runs_the_code_as_input_of_its_language_s_checker() -> No
     check = syntax.checker(request, "python")
     assert check is not None
     assert (check.language, check.input, check.code) == ("python", "print(1", syntax.PYTHON)
-    assert check.ttl_seconds_after_finished == syntax.CHECK_TTL_SECONDS
+    assert check.timeout_seconds == syntax.CHECK_TIMEOUT_SECONDS
     assert syntax.checker(request, "cobol") is None
     found = syntax.diagnostics([{"line": 1, "column": 7, "message": "'(' was never closed"}])
     assert [(e.field, e.line, e.column) for e in found] == [("code", 1, 7)]

@@ -7,8 +7,9 @@ from typing import Any
 
 from codeexec.client.shapes import ExecuteRequest, FieldError
 
-# Checker Executions go soon after they end: they are no history anyone asked for.
-CHECK_TTL_SECONDS = 60
+# Checker Executions are deleted once read (KubeTransport.validate): they are no history anyone asked for.
+# No ttlSecondsAfterFinished: an Execution deleted while its TTL runs keeps its finalizer (seen with the
+# operator of 2026-12-02: deleted within the TTL, it stayed Terminating), so the gateway deletes it itself.
 CHECK_TIMEOUT_SECONDS = 30
 CHECK_LABEL = "codeexec.io/purpose"
 
@@ -79,7 +80,6 @@ def checker(request: ExecuteRequest, runtime: str) -> ExecuteRequest | None:
         language=runtime,
         input=request.code,
         timeout_seconds=CHECK_TIMEOUT_SECONDS,
-        ttl_seconds_after_finished=CHECK_TTL_SECONDS,
         labels={CHECK_LABEL: "syntax-check"},
     )
 

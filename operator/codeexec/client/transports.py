@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -181,6 +182,8 @@ class KubeTransport:
         if check is None:
             return ValidationResult(valid=True)
         checked = await self.execute(check, syntax.CHECK_TIMEOUT_SECONDS * 4)
+        with contextlib.suppress(errors.CodeExecError):  # a caller who may create but not delete keeps it
+            await self.api.delete_execution(checked.id)
         if not checked.succeeded:
             failed = f"the syntax check (execution {checked.id}) ended {checked.phase}: {checked.message}"
             return ValidationResult(valid=False, errors=[FieldError(field="code", message=failed)])
