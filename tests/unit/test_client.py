@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,7 +20,8 @@ from codeexec.client.shapes import (
     page,
     spec_path_to_request,
 )
-from codeexec.client.transports import _problem_error, raise_if_rejected
+from codeexec.client.transports import KubeTransport, _problem_error, raise_if_rejected
+from codeexec_runner.contract import REPORT_PREFIX
 
 
 def execution(name: str, created: str, **status: Any) -> dict[str, Any]:
@@ -175,3 +179,34 @@ def test_python_checker_accepts_what_the_harness_runs() -> None:
     exec(compile(f"def check(input):\n{body}", "checker", "exec"), scope)
     assert scope["check"]("await f()\nreturn 1\n") == []
     assert [item["line"] for item in scope["check"]("x = 1\ny = (\n")] == [2]
+
+
+class LogApi:
+    """Just what KubeTransport.output reads: a Running Execution, its pod's log, then the finished one."""
+
+    def __init__(self, log: list[bytes]) -> None:
+        self.log = log
+        self.reads = 0
+
+    async def get_execution(self, name: str) -> dict[str, Any]:
+        self.reads += 1
+        status = {"phase": "Running", "podName": "pod"} if self.reads == 1 else {"phase": "Succeeded", "exitCode": 0}
+        return {**execution(name, "t", **status), "metadata": {"name": name, "resourceVersion": "1"}}
+
+    async def follow_log(self, pod: str, container: str) -> AsyncIterator[bytes]:
+        for line in self.log:
+            yield line
+
+
+def test_output_events_are_the_program_s_lines_without_the_runner_s_report() -> None:
+    """Seen failing with an empty `output` event at the end: the runner writes a newline before its report."""
+    log = [b"first\n", b"\n", b"third\n", b"\n", REPORT_PREFIX + b'{"exitCode": 0}\n']
+    transport = KubeTransport(LogApi(log))  # type: ignore[arg-type]
+
+    async def collect() -> list[tuple[str, str]]:
+        return [event async for event in transport.output("x", 10)]
+
+    events = asyncio.run(collect())
+    assert events[:-1] == [("output", "first"), ("output", ""), ("output", "third")]
+    kind, data = events[-1]
+    assert kind == "result" and json.loads(data)["phase"] == "Succeeded"
