@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Coroutine, Mapping
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -45,7 +46,7 @@ class AsyncClient:
             else:
                 connection = Connection.load(kubeconfig, context)
                 if namespace:
-                    connection = Connection(connection.server, connection.ssl, connection.token, namespace)
+                    connection = dataclasses.replace(connection, namespace=namespace)
                 session = aiohttp.ClientSession()
                 self._transport = KubeTransport(KubeApi(session, connection), session)
         return self._transport

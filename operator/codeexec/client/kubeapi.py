@@ -6,7 +6,7 @@ import json
 import os
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -38,7 +38,6 @@ class Connection:
     ssl: ssl.SSLContext | bool
     token: str | None = None
     namespace: str = "default"
-    headers: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, kubeconfig: str | None = None, context: str | None = None) -> Connection:
@@ -194,7 +193,7 @@ class KubeApi:
             raise errors.Unavailable(f"the pod's log ended: {error}") from error
 
     def _headers(self) -> dict[str, str]:
-        headers = {"Accept": "application/json", **self.connection.headers}
+        headers = {"Accept": "application/json"}
         if self.connection.token:
             headers["Authorization"] = f"Bearer {self.connection.token}"
         return headers
