@@ -267,6 +267,7 @@ def test_default_install_objects() -> None:
         ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
+        ("ClusterRole", "code-exec-code-exec-pool-admin", None),
         ("ClusterRole", "code-exec-code-exec-runtime-reader", None),
         ("ClusterRole", "code-exec-code-exec-user", None),
         ("ClusterRole", "code-exec-code-exec-viewer", None),
@@ -669,9 +670,25 @@ def test_user_roles_aggregate_into_edit_and_view() -> None:
         ("executions",): {"create", "get", "list", "watch", "delete"},
         ("runtimes",): {"get", "list", "watch"},
     }
+    assert "warmpools" not in {resource for rule in user["rules"] for resource in rule["resources"]}
+    pools = find(objects, "ClusterRole", "code-exec-code-exec-pool-admin")
+    assert pools["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in pools["metadata"]["labels"]
+    assert pools["rules"] == [
+        {
+            "apiGroups": ["codeexec.io"],
+            "resources": ["warmpools"],
+            "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"],
+        }
+    ]
     viewer = find(objects, "ClusterRole", "code-exec-code-exec-viewer")
     assert viewer["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
     assert {verb for rule in viewer["rules"] for verb in rule["verbs"]} == {"get", "list", "watch"}
+    assert {resource for rule in viewer["rules"] for resource in rule["resources"]} == {
+        "executions",
+        "runtimes",
+        "warmpools",
+    }
     # Runtimes are cluster-scoped: every authenticated user reads them through a ClusterRoleBinding.
     binding = find(objects, "ClusterRoleBinding", "code-exec-code-exec-runtime-reader")
     assert binding["subjects"] == [
