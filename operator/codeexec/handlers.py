@@ -159,11 +159,12 @@ def runtime_changed(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> Non
     id=WARM_INDEX,
     labels={MANAGED_BY_LABEL: MANAGED_BY, POOL_LABEL: kopf.PRESENT, EXECUTION_UID_LABEL: kopf.ABSENT},
 )
-def warm_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str] | None:
+def warm_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], str]:
     """The pool pods ready to be claimed, by (namespace, template hash): the queue starts an Execution that
-    one fits without room of its own. A pod leaves the index once claimed (labelled) or no longer ready."""
+    one fits without room of its own. A pod leaves the index once claimed (labelled: the filter no longer
+    matches) or no longer ready (an empty result; None would keep its last entry)."""
     if not warm.ready_candidates([body]):
-        return None
+        return {}
     return {(body["metadata"]["namespace"], body["metadata"]["labels"][TEMPLATE_HASH_LABEL]): body["metadata"]["name"]}
 
 

@@ -69,7 +69,7 @@ class LiveWarmIndex(Mapping[tuple[str, str], list[str]]):
         for pod in self._cluster.sandboxes.pods.values():
             labels = pod["metadata"].get("labels") or {}
             if "codeexec.io/pool" in labels and "codeexec.io/execution-uid" not in labels:
-                for key, name in (handlers.warm_pods(body=kopf.Body(pod)) or {}).items():
+                for key, name in handlers.warm_pods(body=kopf.Body(pod)).items():
                     found.setdefault(key, []).append(name)
         return found
 
@@ -490,3 +490,13 @@ def test_a_queued_execution_takes_a_pool_pod_that_becomes_ready_though_the_node_
     operator.cluster.sandboxes.pods[NAMESPACE, "py-a"]["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
     operator.tick()
     assert [name for name, _ in operator.cluster.sandboxes.deliveries] == ["py-a"]
+
+
+def test_a_pool_pod_that_is_no_longer_ready_clears_its_index_entry() -> None:
+    """Kopf keeps an object's last index entry when its handler returns None: an empty result clears it.
+    Seen failing with None (a pod going away kept counting as ready)."""
+    ready, stopping = pool_pod("py-a"), pool_pod("py-a", ready=False)
+    assert handlers.warm_pods(body=kopf.Body(ready)) == {
+        (NAMESPACE, ready["metadata"]["labels"]["codeexec.io/template-hash"]): "py-a"
+    }
+    assert handlers.warm_pods(body=kopf.Body(stopping)) == {}
