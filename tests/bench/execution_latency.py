@@ -59,6 +59,7 @@ PROGRAMS = {
     "typescript": "const greeting: string = 'hello';\nconsole.log(greeting);\n",
 }
 POOL_READY_SECONDS = 180
+GONE = 410
 BURST_CPU = "250m"
 WAIT_SECONDS = 180
 TERMINAL = ("Succeeded", "Failed", "TimedOut", "Rejected")
@@ -152,10 +153,15 @@ def watch_forever(
     server ends the watch. Runs in a daemon thread for the whole benchmark."""
     version = None
     while True:
-        for event in watch.Watch().stream(call, *args, resource_version=version, timeout_seconds=300, **kwargs):
-            body = event["raw_object"]
-            version = body["metadata"]["resourceVersion"]
-            handle(body)
+        try:
+            for event in watch.Watch().stream(call, *args, resource_version=version, timeout_seconds=300, **kwargs):
+                body = event["raw_object"]
+                version = body["metadata"]["resourceVersion"]
+                handle(body)
+        except client.ApiException as error:
+            if error.status != GONE:
+                raise
+            version = None  # nothing happened for longer than the API server keeps history: list anew
 
 
 def container_milestone(pod: Mapping[str, Any]) -> str | None:
