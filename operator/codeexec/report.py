@@ -35,6 +35,15 @@ class NetworkIsolation(Model):
     attempts: int = Field(ge=0)
 
 
+class Usage(Model):
+    """What the program's processes used (contract.UsageDict), from the rusage of each process the runner reaped."""
+
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+    cpu_ms: int = Field(ge=0)
+    peak_memory_bytes: int = Field(ge=0)
+
+
 class Report(Model):
     """The runner's account of the program's run: validates a contract.ReportDict, whose keys are these
     fields' camelCase aliases (tests/unit/test_runner_contract.py keeps them equal)."""
@@ -55,6 +64,8 @@ class Report(Model):
     error: str | None
     # Absent from reports of runners started without --isolation-probe.
     network_isolation: NetworkIsolation | None = None
+    # Absent from reports of runners older than the key; null when no program ran.
+    usage: Usage | None = None
 
 
 class ReportScanner:

@@ -15,7 +15,7 @@ import pytest
 from codeexec import builders, status
 from codeexec.config import OperatorConfig
 from codeexec.models import LogEntry, Model
-from codeexec.report import NetworkIsolation, Report, ReportScanner, StreamOutput
+from codeexec.report import NetworkIsolation, Report, ReportScanner, StreamOutput, Usage
 from codeexec_runner import contract
 from codeexec_runner.arguments import parse_args
 from tests.unit.factories import NOW, pod, python_runtime, terminated
@@ -64,6 +64,7 @@ def closed_port() -> int:
         (Report, contract.ReportDict),
         (StreamOutput, contract.StreamDict),
         (NetworkIsolation, contract.IsolationDict),
+        (Usage, contract.UsageDict),
         (LogEntry, contract.LogEntryDict),
     ],
 )

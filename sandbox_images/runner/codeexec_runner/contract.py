@@ -91,6 +91,20 @@ class IsolationDict(TypedDict):
     attempts: int
 
 
+class UsageDict(TypedDict):
+    """What the program's processes used, from the rusage of every process the runner reaped (wait4).
+
+    cpuMs: user + system CPU time of the program and all its descendants, in milliseconds.
+    peakMemoryBytes: the largest resident set size (ru_maxrss) that any ONE of those processes
+    reached, as the kernel accounts it (under gVisor: the Sentry's accounting of the sandbox's
+    processes). It is not the sum over processes running at once, not the container's cgroup peak,
+    and it leaves out files in the in-memory /tmp, which also count toward the memory limit.
+    """
+
+    cpuMs: int
+    peakMemoryBytes: int
+
+
 class ReportDict(TypedDict):
     """The report's JSON object; every key is always present."""
 
@@ -106,6 +120,7 @@ class ReportDict(TypedDict):
     logsTruncated: bool
     error: str | None
     networkIsolation: IsolationDict | None  # null without --isolation-probe
+    usage: UsageDict | None  # null when no program ran (it could not start, or no warm request came)
 
 
 class WarmRequestDict(TypedDict):

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+import resource
 import signal
 import time
+from dataclasses import dataclass
 
+from codeexec_runner.contract import UsageDict
 from codeexec_runner.errors import RunnerError
 
 PR_SET_DUMPABLE = 4
@@ -36,21 +39,41 @@ def is_init() -> bool:
     return os.getpid() == 1
 
 
-def reap(program_pid: int) -> int | None:
-    """Reaps every exited child (as PID 1 that includes orphans); returns the program's wait status."""
+@dataclass
+class Usage:
+    """The resources of every child the runner reaped, as wait4 reports them for each."""
+
+    cpu_seconds: float = 0.0  # user + system time, summed over the reaped children
+    max_rss_kib: int = 0  # the largest ru_maxrss (KiB on Linux) of any one of them
+
+    def add(self, rusage: resource.struct_rusage) -> None:
+        # A reaped child's rusage covers itself and the descendants it waited for; the orphans it
+        # did not wait for are reparented to the runner (PID 1 or subreaper) and reaped here too.
+        self.cpu_seconds += rusage.ru_utime + rusage.ru_stime
+        self.max_rss_kib = max(self.max_rss_kib, rusage.ru_maxrss)
+
+    def to_json(self) -> UsageDict:
+        return {"cpuMs": int(self.cpu_seconds * 1000), "peakMemoryBytes": self.max_rss_kib * 1024}
+
+
+def reap(program_pid: int, usage: Usage | None = None) -> int | None:
+    """Reaps every exited child (as PID 1 that includes orphans), adding each one's rusage to `usage`;
+    returns the program's wait status."""
     status = None
     while True:
         try:
-            pid, wait_status = os.waitpid(-1, os.WNOHANG)
+            pid, wait_status, rusage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
             return status
         if pid == 0:
             return status
+        if usage is not None:
+            usage.add(rusage)
         if pid == program_pid:
             status = wait_status
 
 
-def kill_leftovers(program_pid: int) -> None:
+def kill_leftovers(program_pid: int, usage: Usage | None = None) -> None:
     """SIGKILLs everything the program left behind, repeating until nothing is left (fork loops)."""
     give_up = time.monotonic() + KILL_GRACE_SECONDS
     while time.monotonic() < give_up:
@@ -63,5 +86,5 @@ def kill_leftovers(program_pid: int) -> None:
                 os.killpg(program_pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             return
-        reap(program_pid)
+        reap(program_pid, usage)
         time.sleep(0.005)

@@ -17,7 +17,7 @@ from codeexec_runner.contract import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, EXIT_T
 from codeexec_runner.environment import build_env
 from codeexec_runner.errors import RunnerError
 from codeexec_runner.output import Capture
-from codeexec_runner.process import kill_leftovers, reap
+from codeexec_runner.process import Usage, kill_leftovers, reap
 from codeexec_runner.report import Outcome
 
 READ_CHUNK = 64 * 1024
@@ -47,6 +47,7 @@ class Program:
     selector: selectors.BaseSelector
     sinks: dict[int, Callable[[bytes], None]]
     signals: Signals
+    usage: Usage = field(default_factory=Usage)  # of every child reaped so far
 
 
 @dataclass(frozen=True)
@@ -158,11 +159,11 @@ def supervise(program: Program, timeout_seconds: float) -> Ending:
     deadline = program.started + timeout_seconds
     timed_out = False
     stopped_by: int | None = None
-    status = reap(program.pid)
+    status = reap(program.pid, program.usage)
     while status is None:
         killed = timed_out or stopped_by is not None
         pump(program, None if killed else max(0.0, deadline - time.monotonic()))
-        status = reap(program.pid)
+        status = reap(program.pid, program.usage)
         if status is None and not killed and (program.signals.stop or time.monotonic() >= deadline):
             if program.signals.stop:
                 stopped_by = program.signals.stop[0]
@@ -175,10 +176,14 @@ def supervise(program: Program, timeout_seconds: float) -> Ending:
 
 def collect(program: Program, ending: Ending) -> Outcome:
     """Kills what the program left behind and drains its pipes: then its output is complete."""
-    kill_leftovers(program.pid)
+    kill_leftovers(program.pid, program.usage)
     drain(program)
     program.channel.finish()
-    return outcome_of(ending, program.stdout, program.stderr, program.channel)
+    # Whatever exited while draining counts too; then every process the program made is reaped.
+    reap(program.pid, program.usage)
+    outcome = outcome_of(ending, program.stdout, program.stderr, program.channel)
+    outcome.usage = program.usage
+    return outcome
 
 
 def outcome_of(ending: Ending, stdout: Capture, stderr: Capture, channel: Channel) -> Outcome:

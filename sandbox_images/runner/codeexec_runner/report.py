@@ -10,6 +10,7 @@ from codeexec_runner.channel import Channel
 from codeexec_runner.contract import REPORT_PREFIX, ReportDict, StreamDict
 from codeexec_runner.isolation import Isolation
 from codeexec_runner.output import Capture, write_all
+from codeexec_runner.process import Usage
 
 
 @dataclass
@@ -25,6 +26,7 @@ class Outcome:
     stderr: Capture | None = None
     channel: Channel | None = None
     isolation: Isolation | None = None
+    usage: Usage | None = None  # None when no program ran
 
 
 def report_json(outcome: Outcome) -> ReportDict:
@@ -44,6 +46,7 @@ def report_json(outcome: Outcome) -> ReportDict:
         "logsTruncated": channel.logs_truncated,
         "error": error,
         "networkIsolation": outcome.isolation.to_json() if outcome.isolation else None,
+        "usage": outcome.usage.to_json() if outcome.usage else None,
     }
 
 

@@ -93,7 +93,7 @@ def run_warm(config: Config) -> Outcome:
     try:
         delivered = deliver(request, files, request_w)
     except (OSError, ValueError) as e:  # /tmp full, say
-        kill_leftovers(program.pid)
+        kill_leftovers(program.pid, program.usage)
         raise RunnerError(f"cannot write the request's files: {e}") from e
     program.started = time.monotonic()
     ending = supervise(program, request["timeoutSeconds"])
@@ -187,7 +187,7 @@ def wait_readable(program: Program, fd: int) -> None:
                 raise Waited(
                     f"runner received {name} while waiting for a request; no program ran", 128 + signals.stop[0]
                 )
-            if reap(program.pid) is not None:
+            if reap(program.pid, program.usage) is not None:
                 harness_broke("the harness ended before a request arrived")
             if fd in ready:
                 return
@@ -195,12 +195,13 @@ def wait_readable(program: Program, fd: int) -> None:
 
 def abandon(program: Program, waited: Waited) -> Outcome:
     """Ends a wait that brought no request: kills the harness; reports what a failed harness printed."""
-    kill_leftovers(program.pid)
+    kill_leftovers(program.pid, program.usage)
     if not waited.harness_failed:
         raise RunnerError(str(waited), waited.exit_code)
     # No program ran, so the report carries no exit status of one: only the runner's code and the reason.
     outcome = collect(program, Ending(wait_status=0, duration_ms=0))
     outcome.exit_code, outcome.error = waited.exit_code, str(waited)
+    outcome.usage = None  # the harness never got a request: what it used is no program's
     return outcome
 
 

@@ -267,6 +267,32 @@ def test_command_not_found_is_reported(run_runner):
     r = run_runner(["no-such-interpreter", "main.x"])
     assert r.returncode == 127 and r.report["exitCode"] == 127
     assert "command not found" in r.report["error"]
+    assert r.report["usage"] is None  # no program ran: nothing to account
+
+
+def test_usage_counts_the_cpu_and_peak_memory_of_the_program_and_its_children(run_runner):
+    # 64 MiB touched in a child process, and CPU burnt in the child and the program itself: what the
+    # report says is the whole tree's CPU time and the largest single process's resident set.
+    child = (
+        "b = bytearray(64 * 1024 * 1024); import time; t = time.process_time(); "
+        "exec('while time.process_time() - t < 0.3: pass')"
+    )
+    code = (
+        "import subprocess, sys, time; subprocess.run([sys.executable, '-c', " + repr(child) + "], check=True); "
+        "t = time.process_time()\nwhile time.process_time() - t < 0.2: pass"
+    )
+    r = run_runner(py(code))
+    assert r.returncode == 0, r.report
+    usage = r.report["usage"]
+    assert set(usage) == {"cpuMs", "peakMemoryBytes"}
+    assert usage["cpuMs"] >= 500  # 0.3 s in the child + 0.2 s in the program
+    assert 64 * 1024 * 1024 <= usage["peakMemoryBytes"] < 1024 * 1024 * 1024
+
+
+def test_usage_of_a_killed_program_is_still_reported(run_runner):
+    r = run_runner(py("while True: pass"), timeout=0.5)
+    assert r.report["timedOut"] is True
+    assert r.report["usage"]["cpuMs"] >= 200 and r.report["usage"]["peakMemoryBytes"] > 0
 
 
 def test_invalid_arguments_are_reported(runner):

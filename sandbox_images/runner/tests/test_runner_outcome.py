@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import resource
 import signal
 
 from codeexec_runner.channel import Channel
 from codeexec_runner.contract import EXIT_TIMEOUT, REPORT_PREFIX, ReportDict
 from codeexec_runner.isolation import Isolation
 from codeexec_runner.output import Capture
+from codeexec_runner.process import Usage
 from codeexec_runner.program import Ending, outcome_of
 from codeexec_runner.report import Outcome, report_json, report_line
 
@@ -60,6 +62,7 @@ def test_report_of_a_program_that_never_ran_has_every_key() -> None:
         "logsTruncated": False,
         "error": "invalid runner arguments: x",
         "networkIsolation": None,
+        "usage": None,
     }
 
 
@@ -80,3 +83,11 @@ def test_report_line_is_one_ascii_line_after_a_newline() -> None:
     report = json.loads(line[len(REPORT_PREFIX) + 1 :])
     assert report["result"] == "caf\u00e9\ud800"
     assert report["networkIsolation"] == {"probe": "[::1]:443", "isolated": True, "waitedMs": 12, "attempts": 1}
+
+
+def test_usage_sums_cpu_and_keeps_the_largest_rss_of_the_reaped_children() -> None:
+    usage = Usage()
+    for utime, stime, maxrss in ((0.25, 0.125, 1000), (0.5, 0.0, 3000), (0.0, 0.001, 2000)):
+        usage.add(resource.struct_rusage((utime, stime, maxrss, *[0] * 13)))
+    assert usage.to_json() == {"cpuMs": 876, "peakMemoryBytes": 3000 * 1024}
+    assert report_json(Outcome(exit_code=0, usage=usage))["usage"] == usage.to_json()

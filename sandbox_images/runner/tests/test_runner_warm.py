@@ -31,6 +31,16 @@ def test_hello_after_the_ready_file(start_warm, warm_request):
     assert r.after_acknowledgement().startswith(b"hello\n")
     assert r.report["stdout"]["text"] == "hello\n" and r.report["result"] == 42
     assert r.report["durationMs"] < 5000
+    # The harness is the program: its CPU time counts from its start (the interpreter's preload too,
+    # as a cold run's interpreter start counts), its resident set is at least the interpreter's.
+    assert r.report["usage"]["cpuMs"] >= 0 and r.report["usage"]["peakMemoryBytes"] > 1024 * 1024
+
+
+def test_usage_counts_the_cpu_the_request_burns(start_warm, warm_request):
+    warm = start_warm(PYTHON_HARNESS)
+    warm.wait_ready()
+    r = warm.finish(warm_request("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"))
+    assert r.returncode == 0 and r.report["usage"]["cpuMs"] >= 300
 
 
 @pytest.mark.parametrize(
@@ -218,6 +228,7 @@ def test_a_harness_that_fails_to_start_is_126_with_its_output(start_warm):
         "the harness closed its channel before it was ready",
     }
     assert r.report["stderr"]["text"] == "no module named x\n"
+    assert r.report["usage"] is None  # no request, so no program ran
     assert not warm.ready_file.exists() and WARM_ACCEPTED not in r.stdout
 
 
