@@ -285,6 +285,23 @@ class Condition(Model):
     )
 
 
+class Usage(Model):
+    """What the program used, as the runner accounted it from the rusage of every process it reaped."""
+
+    cpu_ms: int = Field(
+        ge=0, description="User plus system CPU time of the program and all its child processes, in ms."
+    )
+    peak_memory_bytes: int = Field(
+        ge=0,
+        description=(
+            "Largest resident set size (ru_maxrss) reached by any single process of the program, in bytes, as "
+            "the sandbox kernel (gVisor) accounts it. Not the container's cgroup peak: processes running at "
+            "once are not added up, and files in the in-memory /tmp, which count toward the memory limit, are "
+            "not included."
+        ),
+    )
+
+
 class ExecutionStatus(Model):
     """Outcome of an Execution, written by the operator."""
 
@@ -316,6 +333,13 @@ class ExecutionStatus(Model):
     started_at: Timestamp | None = Field(default=None, description="When the program started.")
     finished_at: Timestamp | None = Field(default=None, description="When the Execution reached its final phase.")
     duration_ms: int | None = Field(default=None, description="Run time of the program in ms.")
+    usage: Usage | None = Field(
+        default=None,
+        description=(
+            "CPU time and peak memory of the run, from the sandbox runner's report; absent when no program ran "
+            "or the report is missing."
+        ),
+    )
     pod_name: str | None = Field(default=None, description="Name of the sandbox pod.")
     sandbox: Sandbox | None = Field(
         default=None,

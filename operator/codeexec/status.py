@@ -352,6 +352,8 @@ def _report_fields(report: Report, config: OperatorConfig) -> tuple[dict[str, An
         "logs": logs,
         "logsTruncated": report.logs_truncated or logs_cut,
     }
+    if report.usage is not None:
+        fields["usage"] = {"cpuMs": report.usage.cpu_ms, "peakMemoryBytes": report.usage.peak_memory_bytes}
     note = None
     if report.has_result:
         size = len(json.dumps(report.result).encode())

@@ -122,6 +122,7 @@ def report_data(**fields: Any) -> dict[str, Any]:
         "logsTruncated": False,
         "error": None,
         "networkIsolation": {"probe": "10.0.0.1:443", "isolated": True, "waitedMs": 850, "attempts": 6},
+        "usage": {"cpuMs": 420, "peakMemoryBytes": 12 * 1024 * 1024},
         **fields,
     }
 

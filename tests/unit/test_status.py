@@ -12,7 +12,7 @@ from codeexec.config import OperatorConfig
 from codeexec.models import ExecutionStatus
 from codeexec.report import Report
 from codeexec.vocabulary import Phase
-from tests.unit.factories import NOW, pod, report, terminated, timestamp
+from tests.unit.factories import NOW, pod, report, report_data, terminated, timestamp
 
 CONFIG = OperatorConfig()
 PENDING: dict[str, Any] = {
@@ -71,6 +71,7 @@ def test_completed_with_everything_from_the_report() -> None:
     assert patch["logs"] == [{"level": "info", "time": "2030-01-02T03:04:04.123Z", "message": "summing"}]
     assert patch["logsTruncated"] is False
     assert patch["durationMs"] == 1234
+    assert patch["usage"] == {"cpuMs": 420, "peakMemoryBytes": 12 * 1024 * 1024}
     assert patch["startedAt"] == RUNNING["startedAt"]
     assert patch["finishedAt"] == timestamp(NOW)
     assert patch["podName"] == "hello-0f1e2d3c"
@@ -158,7 +159,7 @@ def test_forged_report_with_another_exit_code_is_ignored() -> None:
     assert_finished(patch, "Failed", vocabulary.REPORT_MISSING)
     assert patch["exitCode"] == 1
     assert "1" in patch["message"]
-    for field in ("stdout", "stderr", "result", "logs"):
+    for field in ("stdout", "stderr", "result", "logs", "usage"):
         assert field not in patch, field
 
 
@@ -167,7 +168,23 @@ def test_missing_report() -> None:
     assert_finished(patch, "Failed", vocabulary.REPORT_MISSING)
     assert patch["exitCode"] == 2
     assert patch["durationMs"] == 3000  # from the Running phase's startedAt to the container's end
-    assert "result" not in patch
+    assert "result" not in patch and "usage" not in patch
+
+
+def test_report_without_usage_leaves_usage_out() -> None:
+    # A runner that could not start the program reports usage null; an older runner has no key.
+    patch = observe(pod(phase="Succeeded", state=terminated(0)), report(usage=None))
+    assert_finished(patch, "Succeeded", vocabulary.COMPLETED)
+    assert "usage" not in patch
+    older = report_data()
+    del older["usage"]
+    assert "usage" not in observe(pod(phase="Succeeded", state=terminated(0)), Report.model_validate(older))
+
+
+def test_usage_in_the_patch_is_valid_status() -> None:
+    patch = observe(pod(phase="Succeeded", state=terminated(0)), report())
+    parsed = ExecutionStatus.model_validate(patch)
+    assert parsed.usage is not None and (parsed.usage.cpu_ms, parsed.usage.peak_memory_bytes) == (420, 12 << 20)
 
 
 def test_missing_report_duration_falls_back_to_the_container() -> None:
