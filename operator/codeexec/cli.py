@@ -229,11 +229,17 @@ def _timeouts(language: Language) -> list[str]:
 
 
 def _table(results: list[ExecutionResult], out: TextIO) -> None:
-    rows = [["ID", "LANGUAGE", "PHASE", "REASON", "EXIT", "DURATION(MS)", "CREATED"]]
+    rows = [["ID", "LANGUAGE", "PHASE", "REASON", "EXIT", "DURATION(MS)", "CPU(MS)", "PEAK MEMORY", "CREATED"]]
     for r in results:
         rows.append([r.id, r.language, r.phase or "", r.reason or "", *map(_blank, (r.exit_code, r.duration_ms))])
+        usage = r.usage
+        rows[-1] += [_blank(usage.cpu_ms), _mebibytes(usage.peak_memory_bytes)] if usage else ["", ""]
         rows[-1].append(r.created_at or "")
     _columns(rows, out)
+
+
+def _mebibytes(count: int) -> str:
+    return f"{count / (1024 * 1024):.1f}Mi"
 
 
 def _blank(value: int | None) -> str:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 
+from codeexec import cli
 from codeexec.cli import EXIT_NO_EXIT_CODE, EXIT_TIMED_OUT, exit_code
 from codeexec.client import errors, syntax
 from codeexec.client.shapes import (
     ExecuteRequest,
+    ExecutionResult,
     InvalidFields,
     decode_continue,
     execution_result,
@@ -210,3 +214,41 @@ def test_output_events_are_the_program_s_lines_without_the_runner_s_report() -> 
     assert events[:-1] == [("output", "first"), ("output", ""), ("output", "third")]
     kind, data = events[-1]
     assert kind == "result" and json.loads(data)["phase"] == "Succeeded"
+
+
+class OneExecution:
+    """Just what `codeexec get` asks a Client for."""
+
+    def __init__(self, result: ExecutionResult) -> None:
+        self.result = result
+
+    def get_execution(self, execution_id: str) -> ExecutionResult:
+        assert execution_id == self.result.id
+        return self.result
+
+
+USAGE = {"cpuMs": 420, "peakMemoryBytes": 12 * 1024 * 1024}
+
+
+def test_usage_is_in_the_result_and_in_what_codeexec_get_prints(capsys: pytest.CaptureFixture[str]) -> None:
+    result = execution_result(
+        execution("u", "t", phase="Succeeded", reason="Completed", exitCode=0, durationMs=900, usage=USAGE)
+    )
+    assert result.usage is not None and (result.usage.cpu_ms, result.usage.peak_memory_bytes) == (420, 12 << 20)
+    # The gateway answers with this dump: the status' usage under the same name.
+    assert result.model_dump(mode="json", by_alias=True, exclude_none=True)["usage"] == USAGE
+
+    client: Any = OneExecution(result)
+    cli._get(client, argparse.Namespace(id="u", output="json"))
+    assert json.loads(capsys.readouterr().out)["usage"] == USAGE
+
+    cli._get(client, argparse.Namespace(id="u", output="text"))
+    header, row = capsys.readouterr().out.splitlines()
+    cells = dict(zip(re.split(r"\s{3,}", header), re.split(r"\s{3,}", row), strict=True))
+    assert (cells["CPU(MS)"], cells["PEAK MEMORY"], cells["DURATION(MS)"]) == ("420", "12.0Mi", "900")
+
+    # Not finished (or no report): the columns stay empty, and the result has no usage.
+    running = execution_result(execution("u", "t", phase="Running"))
+    assert running.usage is None
+    cli._get(OneExecution(running), argparse.Namespace(id="u", output="text"))
+    assert "Mi" not in capsys.readouterr().out
