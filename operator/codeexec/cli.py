@@ -103,6 +103,12 @@ def _parser() -> argparse.ArgumentParser:
     gateway.add_argument("--max-header-bytes", type=int, default=16 * 1024)
     gateway.add_argument("--max-wait-seconds", type=int, default=300)
     gateway.add_argument("--max-waits-per-caller", type=int, default=16)
+    gateway.add_argument(
+        "--max-queued-per-namespace",
+        type=int,
+        default=0,
+        help="POST /execute answers 429 while the namespace has this many waiting Executions (0: no limit)",
+    )
     return parser
 
 
@@ -276,7 +282,9 @@ def _serve(args: argparse.Namespace) -> None:
         server = Connection(args.server, ssl.create_default_context(cafile=args.certificate_authority))
     else:
         server = Connection.in_cluster(args.certificate_authority)
-    settings = Settings(args.max_body_bytes, args.max_wait_seconds, args.max_waits_per_caller)
+    settings = Settings(
+        args.max_body_bytes, args.max_wait_seconds, args.max_waits_per_caller, args.max_queued_per_namespace
+    )
     uvicorn.run(
         create_app(server, settings),
         host=args.host,

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from codeexec.client import errors
-from codeexec.client.kubeapi import Connection
+from codeexec.client.kubeapi import Connection, KubeApi
+from codeexec.client.transports import _problem_error
 from codeexec.gateway.app import Settings, create_app, wait_seconds
 from codeexec.gateway.identity import bearer_token, service_account_namespace
 from codeexec.gateway.limits import WaitSlots
@@ -111,3 +113,89 @@ def test_docs_are_served_from_the_package_without_any_other_host(client: TestCli
         assert client.get("/redoc").status_code == 404
         runtime = client.get("/docs/runtime").text
         assert "console.log" in runtime and "return VALUE" in runtime
+
+
+class Namespace:
+    """Stands in for the API server's Execution collection of one namespace, as KubeApi's two calls see it."""
+
+    def __init__(self, *statuses: dict[str, Any] | None) -> None:
+        self.items = [
+            {"metadata": {"name": f"e{i}", "namespace": "team"}, **({"status": s} if s is not None else {})}
+            for i, s in enumerate(statuses)
+        ]
+        self.created: list[dict[str, Any]] = []
+        self.listed_as: list[tuple[str | None, str]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        namespace = self
+
+        async def list_executions(api: KubeApi, label_selector: str | None = None) -> list[dict[str, Any]]:
+            namespace.listed_as.append((api.connection.token, api.namespace))
+            return namespace.items
+
+        async def create_execution(api: KubeApi, manifest: dict[str, Any], dry_run: bool = False) -> dict[str, Any]:
+            created = {**manifest, "metadata": {"name": "ex-new", "namespace": api.namespace}}
+            namespace.created.append(created)
+            return created
+
+        monkeypatch.setattr(KubeApi, "list_executions", list_executions)
+        monkeypatch.setattr(KubeApi, "create_execution", create_execution)
+
+
+QUEUED = {"phase": "Pending", "reason": "Queued", "queuePosition": 1}
+# Counted: queued, or not seen by the operator yet (no status, or one without a phase).
+WAITING: list[dict[str, Any] | None] = [QUEUED, None, {}]
+# Not counted: starting (Pending for another reason), running, finished, rejected.
+NOT_WAITING: list[dict[str, Any] | None] = [
+    {"phase": "Pending", "reason": "Scheduled"},
+    {"phase": "Running"},
+    {"phase": "Succeeded", "reason": "Completed"},
+    {"phase": "Rejected", "reason": "InvalidSpec"},
+]
+EXECUTE = {"language": "python", "code": "print(1)", "wait": False}
+AS_ALICE = {"authorization": "Bearer alice-token"}
+
+
+def queue_limited(limit: int) -> TestClient:
+    return TestClient(create_app(NOWHERE, Settings(max_queued_per_namespace=limit)))
+
+
+def test_full_namespace_queue_is_429_with_retry_after_and_creates_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = Namespace(*WAITING, *NOT_WAITING)
+    namespace.install(monkeypatch)
+    with queue_limited(3) as client:
+        answer = client.post("/execute?namespace=team", json=EXECUTE, headers=AS_ALICE)
+    assert answer.status_code == 429, answer.text
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert int(answer.headers["retry-after"]) > 0
+    problem = answer.json()
+    assert (problem["status"], problem["reason"], problem["instance"]) == (429, "QueueFull", "/execute")
+    assert "3 Executions waiting" in problem["detail"]
+    assert namespace.created == []
+    # Counted as the caller, in the caller's namespace: RBAC decides what it may list.
+    assert namespace.listed_as == [("alice-token", "team")]
+
+
+def test_below_the_limit_the_execution_is_created(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only waiting Executions count: three waiting and many running or done leave room under a limit of 4."""
+    namespace = Namespace(*WAITING, *NOT_WAITING, *NOT_WAITING)
+    namespace.install(monkeypatch)
+    with queue_limited(4) as client:
+        answer = client.post("/execute?namespace=team", json=EXECUTE, headers=AS_ALICE)
+    assert answer.status_code == 202, answer.text
+    assert [c["metadata"]["name"] for c in namespace.created] == ["ex-new"]
+
+
+def test_no_limit_by_default_does_not_even_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    namespace = Namespace(*([QUEUED] * 50))
+    namespace.install(monkeypatch)
+    assert Settings().max_queued_per_namespace == 0
+    with TestClient(create_app(NOWHERE)) as client:
+        answer = client.post("/execute?namespace=team", json=EXECUTE, headers=AS_ALICE)
+    assert answer.status_code == 202, answer.text
+    assert namespace.listed_as == [] and len(namespace.created) == 1
+
+
+def test_the_sdk_reads_a_full_queue_as_too_many_requests() -> None:
+    error = _problem_error(429, {"status": 429, "reason": "QueueFull", "detail": "namespace team is full"})
+    assert isinstance(error, errors.TooManyRequests) and error.reason == "QueueFull"

@@ -14,6 +14,7 @@ ALREADY_EXISTS = "AlreadyExists"
 INVALID = "Invalid"
 TOO_LARGE = "RequestTooLarge"
 TOO_MANY_REQUESTS = "TooManyRequests"
+QUEUE_FULL = "QueueFull"  # a 429: the namespace has as many waiting Executions as the gateway allows
 WAIT_TIMEOUT = "WaitTimeout"
 UNAVAILABLE = "Unavailable"
 BAD_REQUEST = "BadRequest"
@@ -78,7 +79,20 @@ class RequestTooLarge(CodeExecError):
 
 
 class TooManyRequests(CodeExecError):
+    """Refused for now: `retry_after` (seconds, the Retry-After header) says when trying again makes sense."""
+
     status, reason = 429, TOO_MANY_REQUESTS
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str | None = None,
+        execution_id: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        super().__init__(message, reason=reason, execution_id=execution_id)
+        self.retry_after = retry_after
 
 
 class WaitTimeout(CodeExecError):

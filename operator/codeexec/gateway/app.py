@@ -19,7 +19,7 @@ from codeexec.client.shapes import ExecuteRequest, ExecutionList, ExecutionResul
 from codeexec.client.transports import KubeTransport
 from codeexec.gateway import docs, problems
 from codeexec.gateway.identity import Callers, bearer_token
-from codeexec.gateway.limits import BodyLimit, WaitSlots
+from codeexec.gateway.limits import BodyLimit, WaitSlots, check_namespace_queue
 from codeexec.vocabulary import Phase
 
 # The largest valid spec (code 100 KiB, stdin 256 KiB, input 128 KiB, env and args) fits with room for JSON escapes.
@@ -35,6 +35,9 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_wait_seconds: int = 300
     max_waits_per_caller: int = 16
+    # Waiting Executions (queued, or not yet seen by the operator) a namespace may have before POST /execute
+    # answers 429 and creates nothing; 0: no limit.
+    max_queued_per_namespace: int = 0
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -93,7 +96,9 @@ def create_app(server: Connection, settings: Settings = Settings()) -> FastAPI:
         response: Response,
         prefer: Annotated[str | None, Header(description="wait=SECONDS: wait at most this long (RFC 7240).")] = None,
     ) -> ExecutionResult:
-        """Creates an Execution. With `wait` (default) answers once it finished; else 202 with its Location."""
+        """Creates an Execution. With `wait` (default) answers once it finished; else 202 with its Location.
+        429 (and nothing created) when the namespace already has the gateway's limit of waiting Executions."""
+        await check_namespace_queue(api, settings.max_queued_per_namespace)
         transport = KubeTransport(api)
         if not body.wait:
             created = await transport.execute(body)

@@ -1,17 +1,24 @@
-"""The gateway's request limits: body size (refused before it is read) and concurrent waits per caller."""
+"""The gateway's request limits: body size (refused before it is read), concurrent waits per caller, and
+Executions waiting in the caller's namespace."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from codeexec.client import errors
+from codeexec.client.kubeapi import KubeApi
 from codeexec.gateway.problems import MEDIA_TYPE, TITLES, TYPE_PREFIX
+from codeexec.vocabulary import QUEUED, Phase
+
+# Retry-After of a 429 for a full queue: about how long a queued Execution waits for a slot to free.
+QUEUE_RETRY_AFTER_SECONDS = 10
 
 
 class BodyLimit:
@@ -87,7 +94,8 @@ class WaitSlots:
         key = hashlib.sha256(token.encode()).hexdigest()
         if self._waiting[key] >= self.per_caller:
             raise errors.TooManyRequests(
-                f"this caller already waits for {self.per_caller} Executions; wait=false, or try again later"
+                f"this caller already waits for {self.per_caller} Executions; wait=false, or try again later",
+                retry_after=1,
             )
         self._waiting[key] += 1
         try:
@@ -96,3 +104,26 @@ class WaitSlots:
             self._waiting[key] -= 1
             if not self._waiting[key]:
                 del self._waiting[key]
+
+
+def is_waiting(execution: Mapping[str, Any]) -> bool:
+    """Whether an Execution waits for a sandbox: queued (Pending, reason Queued), or not yet seen by the operator."""
+    status = execution.get("status") or {}
+    phase = status.get("phase")
+    return phase is None or (phase == Phase.PENDING and status.get("reason") == QUEUED)
+
+
+async def check_namespace_queue(api: KubeApi, limit: int) -> None:
+    """Raises 429 when `limit` (0: no limit) or more of the namespace's Executions wait, counted as the caller
+    (its list right decides, as for everything else). Before a create, so a refused request creates nothing.
+    Count and create are two calls: concurrent requests can pass the limit by as many as arrive together."""
+    if limit <= 0:
+        return
+    waiting = sum(1 for execution in await api.list_executions() if is_waiting(execution))
+    if waiting >= limit:
+        raise errors.TooManyRequests(
+            f"namespace {api.namespace} already has {waiting} Executions waiting (the gateway allows {limit}); "
+            "try again later",
+            reason=errors.QUEUE_FULL,
+            retry_after=QUEUE_RETRY_AFTER_SECONDS,
+        )

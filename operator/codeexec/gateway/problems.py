@@ -75,6 +75,8 @@ def for_error(error: errors.CodeExecError, instance: str | None = None) -> JSONR
     # An Unavailable raised here means the API server failed or could not be reached: a bad gateway.
     status = 502 if isinstance(error, errors.Unavailable) else error.status
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if isinstance(error, errors.TooManyRequests) and error.retry_after is not None:
+        headers = {"Retry-After": str(error.retry_after)}
     fields = error.errors if isinstance(error, errors.InvalidRequest) else None
     return problem_response(
         status,
