@@ -429,3 +429,13 @@ def operator_log_dir() -> Path:
     """$CLUSTER_STATE/logs next to the cluster's own logs, else /tmp."""
     logs = Path(os.environ.get("CLUSTER_STATE", "/var/lib/code-exec-cluster")) / "logs"
     return logs if logs.is_dir() and os.access(logs, os.W_OK) else Path("/tmp")
+
+
+def assert_usage(status: dict[str, Any]) -> None:
+    """status.usage of a program that ran: some CPU (an interpreter starting takes some) and a resident set of at
+    least a MiB but below a GiB (ru_maxrss as gVisor accounts it; issue 10). Unverified on gVisor when written:
+    a zero peak here means gVisor's wait4 does not fill ru_maxrss, and the field's description must say so."""
+    usage = status.get("usage")
+    assert usage is not None and set(usage) == {"cpuMs", "peakMemoryBytes"}, status
+    assert 0 < usage["cpuMs"] < 60_000, usage
+    assert 1024 * 1024 <= usage["peakMemoryBytes"] < 1024 * 1024 * 1024, usage

@@ -15,6 +15,7 @@ from tests.e2e.executions import (
     OperatorProcess,
     PodWatch,
     apply,
+    assert_usage,
     create_sandbox_as_operator,
     execution_manifest,
     get_execution,
@@ -127,6 +128,7 @@ def test_hello_and_failure_per_language(op_namespace: str, language: str) -> Non
     assert conditions == {"Accepted": ("True", "Accepted"), "Finished": ("True", "Completed")}
     assert 0 <= ok["durationMs"] < 10_000
     assert ok["startedAt"] <= ok["finishedAt"]
+    assert_usage(ok)
 
     bad = status_of(found["failing"])
     assert (bad["phase"], bad["reason"], bad["exitCode"]) == ("Failed", "NonZeroExit", 3), bad.get("message")
@@ -134,6 +136,7 @@ def test_hello_and_failure_per_language(op_namespace: str, language: str) -> Non
     assert bad["stderr"] == "something went wrong\n"
     assert "result" not in bad
     assert "exited with code 3" in bad["message"]
+    assert_usage(bad)
 
 
 CONSOLE_PROGRAMS = {

@@ -27,7 +27,13 @@ from typing import Any
 import pytest
 
 from codeexec.client import Client, InvalidRequest, WaitTimeout
-from tests.e2e.executions import delete_executions, install_crds_and_runtimes
+from tests.e2e.executions import (
+    apply,
+    assert_usage,
+    delete_executions,
+    execution_manifest,
+    install_crds_and_runtimes,
+)
 from tests.e2e.kube import ENV, REPO, helm, kubectl, kubectl_json, kubectl_run, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +42,7 @@ RELEASE = "code-exec"
 GATEWAY = f"svc/{RELEASE}-gateway"
 HELLO = 'print(f"hello, {input[\'name\']}")\nreturn {"greeting": f"hello, {input[\'name\']}"}\n'
 SLEEP = "import time\ntime.sleep(15)\n"
+QUEUE_LIMIT = 5  # the release's gateway.maxQueuedPerNamespace
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,7 @@ class Gateway:
     namespace: str  # the release's
     work: str  # the watched namespace, where the service accounts live
     tokens: dict[str, str]  # alice (edit), carol (view), bob (nothing)
+    idle: str  # a namespace no operator of the release watches (alice: edit): its Executions never get a phase
 
 
 @dataclass(frozen=True)
@@ -109,16 +117,17 @@ def _free_port() -> int:
 def gateway(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     install_crds_and_runtimes()
     suffix = uuid.uuid4().hex[:6]
-    namespace, work = f"e2e-gw-{suffix}", f"e2e-gw-{suffix}-work"
-    for name in (namespace, work):
+    namespace, work, idle = f"e2e-gw-{suffix}", f"e2e-gw-{suffix}-work", f"e2e-gw-{suffix}-idle"
+    for name in (namespace, work, idle):
         kubectl("create", "namespace", name)
         kubectl("label", "namespace", name, "pod-security.kubernetes.io/enforce=restricted")
     values = {
         "operator": {"watchNamespaces": [work], "replicaCount": 1},
         "runtimeClass": {"create": False},
         "runtimes": {name: {"enabled": False} for name in ("python", "javascript", "typescript")},
-        # One wait at a time per caller, so the 429 test needs only one slow Execution.
-        "gateway": {"maxWaitsPerCaller": 1},
+        # One wait at a time per caller, so the 429 test needs only one slow Execution; five waiting
+        # Executions per namespace (more than the other tests ever have waiting at once in `work`).
+        "gateway": {"maxWaitsPerCaller": 1, "maxQueuedPerNamespace": QUEUE_LIMIT},
         "helmTest": {"enabled": False},
     }
     values_file = tmp_path_factory.mktemp("gateway") / "values.json"
@@ -137,6 +146,7 @@ def gateway(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             if role:
                 subject = f"--serviceaccount={work}:{account}"
                 kubectl("create", "rolebinding", account, f"--clusterrole={role}", subject, "-n", work)
+        kubectl("create", "rolebinding", "alice", "--clusterrole=edit", f"--serviceaccount={work}:alice", "-n", idle)
         tokens = {
             account: kubectl("create", "token", account, "-n", work).strip() for account in ("alice", "carol", "bob")
         }
@@ -156,7 +166,7 @@ def gateway(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        gateway = Gateway(f"http://127.0.0.1:{port}", namespace, work, tokens)
+        gateway = Gateway(f"http://127.0.0.1:{port}", namespace, work, tokens, idle)
         wait_until(lambda: _answers(gateway), 30, "the gateway through kubectl port-forward")
         yield gateway
     finally:
@@ -165,7 +175,7 @@ def gateway(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             forward.wait(10)
         delete_executions(work)  # while the release's operator still removes their finalizers
         helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
-        for name in (work, namespace):
+        for name in (work, idle, namespace):
             kubectl("delete", "namespace", name, "--wait=false", check=False)
 
 
@@ -199,6 +209,7 @@ def test_execute_waits_and_answers_with_the_finished_execution(gateway: Gateway)
     result = answer.body
     assert (result["phase"], result["reason"], result["exitCode"]) == ("Succeeded", "Completed", 0)
     assert result["stdout"] == "hello, gw\n" and result["result"] == {"greeting": "hello, gw"}
+    assert_usage(result)  # status.usage in the API's answer
     # The token's service-account namespace, as no ?namespace= was given; the resource is the record.
     assert result["namespace"] == gateway.work
     assert answer.headers["location"] == f"/executions/{result['id']}?namespace={gateway.work}"
@@ -311,6 +322,29 @@ def test_waits_beyond_the_caller_s_limit_are_429(gateway: Gateway) -> None:
     assert slow["answer"].status == 504
     # carol's own limit is untouched by alice's waits (she is refused for lack of rights, not for the limit).
     assert call(gateway, "POST", "/execute", who="carol", body={"code": "pass", "language": "py"}).status == 403
+
+
+def test_a_full_namespace_queue_is_429_and_creates_nothing(gateway: Gateway) -> None:
+    """maxQueuedPerNamespace is 5 in this release. No operator watches `idle`, so its Executions never get a
+    phase: each one waits, as the gateway counts (a cluster whose other operators watch every namespace would
+    run them, and this test would see fewer waiting)."""
+    waiting = [execution_manifest(f"waits-{i}", "python", "pass") for i in range(QUEUE_LIMIT)]
+    apply(gateway.idle, *waiting)
+
+    def names() -> set[str]:
+        return {e["metadata"]["name"] for e in kubectl_json("get", "executions", "-n", gateway.idle)["items"]}
+
+    body = {"code": "pass", "language": "py", "wait": False, "name": "one-too-many"}
+    refused = call(gateway, "POST", f"/execute?namespace={gateway.idle}", body=body)
+    assert refused.status == 429, refused.body
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.body["reason"] == "QueueFull" and int(refused.headers["retry-after"]) > 0
+    assert names() == {m["metadata"]["name"] for m in waiting}  # nothing was created
+    # One fewer waiting: there is room again.
+    kubectl("delete", "execution", "waits-0", "-n", gateway.idle)
+    accepted = call(gateway, "POST", f"/execute?namespace={gateway.idle}", body=body)
+    assert accepted.status == 202, accepted.body
+    assert "one-too-many" in names()
 
 
 def test_logs_stream_the_output_live_then_the_result(gateway: Gateway) -> None:

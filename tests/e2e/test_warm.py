@@ -14,6 +14,7 @@ from tests.e2e.executions import (
     EXECUTION_UID_LABEL,
     OperatorProcess,
     PodWatch,
+    assert_usage,
     execution_manifest,
     run,
     run_all,
@@ -79,6 +80,7 @@ def test_warm_hello_per_language(op_namespace: str, language: str) -> None:
     assert status["stderr"] == "to stderr\n"
     assert status["result"] == HELLO_RESULT
     assert 0 <= status["durationMs"] < 10_000
+    assert_usage(status)  # the warm path's runner reaps the pre-started harness: its usage, as a cold run's
 
 
 def test_warm_sandbox_has_the_cold_sandboxes_facts_and_pod_spec(op_namespace: str) -> None:
