@@ -109,6 +109,14 @@ def _parser() -> argparse.ArgumentParser:
         default=0,
         help="POST /execute answers 429 while the namespace has this many waiting Executions (0: no limit)",
     )
+    gateway.add_argument(
+        "--readiness-token-file",
+        help="the pod's own token, read on each /health/ready to check the CRDs and the operator (without: skipped)",
+    )
+    gateway.add_argument(
+        "--operator-deployment", help="the operator's Deployment, for /health/ready (without: skipped)"
+    )
+    gateway.add_argument("--operator-namespace", default="default", help="the operator Deployment's namespace")
     return parser
 
 
@@ -277,13 +285,18 @@ def _serve(args: argparse.Namespace) -> None:
 
     from codeexec.client.kubeapi import Connection
     from codeexec.gateway.app import Settings, create_app
+    from codeexec.gateway.readiness import ReadinessConfig
 
     if args.server:
         server = Connection(args.server, ssl.create_default_context(cafile=args.certificate_authority))
     else:
         server = Connection.in_cluster(args.certificate_authority)
     settings = Settings(
-        args.max_body_bytes, args.max_wait_seconds, args.max_waits_per_caller, args.max_queued_per_namespace
+        args.max_body_bytes,
+        args.max_wait_seconds,
+        args.max_waits_per_caller,
+        args.max_queued_per_namespace,
+        ReadinessConfig(args.readiness_token_file, args.operator_deployment, args.operator_namespace),
     )
     uvicorn.run(
         create_app(server, settings),

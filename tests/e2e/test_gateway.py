@@ -186,11 +186,13 @@ def _answers(gateway: Gateway) -> bool:
         return False
 
 
-def test_gateway_pod_has_no_credentials(gateway: Gateway) -> None:
+def test_gateway_pod_has_no_rights_over_executions(gateway: Gateway) -> None:
+    """The gateway's own token (projected, for /health/ready only) may read the CRDs, never Executions."""
     (pod,) = kubectl_json("get", "pods", "-n", gateway.namespace, "-l", "app.kubernetes.io/component=gateway")["items"]
     assert pod["spec"]["automountServiceAccountToken"] is False
     mounts = [m["mountPath"] for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])]
     assert not [m for m in mounts if "serviceaccount" in m], mounts
+    assert "/var/run/secrets/codeexec/readiness" in mounts
     account = f"system:serviceaccount:{gateway.namespace}:{RELEASE}-gateway"
     for verb in ("create", "get", "list"):
         allowed = kubectl_run("auth", "can-i", verb, "executions.codeexec.io", "-n", gateway.work, f"--as={account}")
@@ -199,7 +201,11 @@ def test_gateway_pod_has_no_credentials(gateway: Gateway) -> None:
 
 def test_health_and_readiness(gateway: Gateway) -> None:
     assert call(gateway, "GET", "/health", who=None).body == {"status": "ok"}
-    assert call(gateway, "GET", "/health/ready", who=None).body == {"status": "ok"}
+    # The CRDs and the operator Deployment are read with the gateway pod's own token: all three checks ran.
+    assert call(gateway, "GET", "/health/ready", who=None).body == {
+        "status": "ok",
+        "checks": {"apiServer": True, "crds": True, "operator": True},
+    }
 
 
 def test_execute_waits_and_answers_with_the_finished_execution(gateway: Gateway) -> None:

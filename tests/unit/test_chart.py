@@ -267,20 +267,24 @@ def test_default_install_objects() -> None:
         ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
+        ("ClusterRole", "code-exec-code-exec-gateway-readiness", None),
         ("ClusterRole", "code-exec-code-exec-pool-admin", None),
         ("ClusterRole", "code-exec-code-exec-runtime-reader", None),
         ("ClusterRole", "code-exec-code-exec-user", None),
         ("ClusterRole", "code-exec-code-exec-viewer", None),
         ("ClusterRoleBinding", "code-exec-code-exec", None),
         ("ClusterRoleBinding", "code-exec-code-exec-cluster", None),
+        ("ClusterRoleBinding", "code-exec-code-exec-gateway-readiness", None),
         ("ClusterRoleBinding", "code-exec-code-exec-runtime-reader", None),
         ("Deployment", "code-exec", "code-exec"),
         ("Deployment", "code-exec-gateway", "code-exec"),
         ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
         ("PodDisruptionBudget", "code-exec", "code-exec"),
         ("Role", "code-exec-code-exec-apiserver", "default"),
+        ("Role", "code-exec-gateway-readiness", "code-exec"),
         ("Role", "code-exec-test", "code-exec"),
         ("RoleBinding", "code-exec-code-exec-apiserver", "default"),
+        ("RoleBinding", "code-exec-gateway-readiness", "code-exec"),
         ("RoleBinding", "code-exec-test", "code-exec"),
         ("Runtime", "javascript", None),
         ("Runtime", "python", None),
@@ -606,7 +610,7 @@ def test_operator_rules_are_least_privilege() -> None:
 
 
 def test_every_rbac_rule_has_a_comment() -> None:
-    for template in ("rbac.yaml", "user-roles.yaml", "tests/test-execution.yaml"):
+    for template in ("rbac.yaml", "user-roles.yaml", "tests/test-execution.yaml", "gateway.yaml"):
         lines = (CHART / "templates" / template).read_text().splitlines()
         for number, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -637,17 +641,55 @@ def test_helm_test_pod() -> None:
 
 
 @needs_helm
-def test_gateway_has_no_rights_and_no_credentials() -> None:
-    """The gateway acts as its callers only: no binding names its ServiceAccount and no token is mounted
-    (seen failing when the pod mounted the account's token by default)."""
+def test_gateway_reads_only_for_readiness() -> None:
+    """The gateway acts as its callers: its own ServiceAccount may only `get` the three CRDs and the operator
+    Deployment (for /health/ready), by name, and nothing over Executions. Its token is a projected volume read
+    by readiness alone; the account's default token is not mounted (seen failing when the pod mounted it)."""
     objects = render()
     deployment = find(objects, "Deployment", "code-exec-gateway")
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "code-exec-gateway"
     assert pod["automountServiceAccountToken"] is False
     assert find(objects, "ServiceAccount", "code-exec-gateway")["automountServiceAccountToken"] is False
-    for binding in (o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding")):
-        assert all(subject["name"] != "code-exec-gateway" for subject in binding["subjects"]), binding
+    gateway = {"kind": "ServiceAccount", "name": "code-exec-gateway", "namespace": "code-exec"}
+    bound = [o for o in objects if o["kind"] in ("RoleBinding", "ClusterRoleBinding") and gateway in o["subjects"]]
+    assert sorted((b["kind"], b["roleRef"]["kind"], b["roleRef"]["name"]) for b in bound) == [
+        ("ClusterRoleBinding", "ClusterRole", "code-exec-code-exec-gateway-readiness"),
+        ("RoleBinding", "Role", "code-exec-gateway-readiness"),
+    ]
+    assert find(objects, "RoleBinding", "code-exec-gateway-readiness")["metadata"]["namespace"] == "code-exec"
+    assert find(objects, "ClusterRole", "code-exec-code-exec-gateway-readiness")["rules"] == [
+        {
+            "apiGroups": ["apiextensions.k8s.io"],
+            "resources": ["customresourcedefinitions"],
+            "resourceNames": ["executions.codeexec.io", "runtimes.codeexec.io", "warmpools.codeexec.io"],
+            "verbs": ["get"],
+        }
+    ]
+    role = find(objects, "Role", "code-exec-gateway-readiness")
+    assert role["metadata"]["namespace"] == "code-exec"
+    # The operator Deployment's own name: nothing else in the namespace.
+    assert find(objects, "Deployment", "code-exec")["metadata"]["name"] == "code-exec"
+    assert role["rules"] == [
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["code-exec"], "verbs": ["get"]}
+    ]
+    # The token: a projected serviceAccountToken on the gateway pod only, mounted read-only where the flag says.
+    projected = [
+        (o["metadata"]["name"], volume["name"])
+        for o in objects
+        if o["kind"] in ("Deployment", "Pod")
+        for volume in (o["spec"]["template"]["spec"] if o["kind"] == "Deployment" else o["spec"]).get("volumes", [])
+        if any("serviceAccountToken" in source for source in volume.get("projected", {}).get("sources", []))
+    ]
+    assert projected == [("code-exec-gateway", "readiness-token")]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "readiness-token"]
+    assert volume["projected"]["sources"] == [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]
+    (gateway_container,) = pod["containers"]
+    (mount,) = [m for m in gateway_container["volumeMounts"] if m["name"] == "readiness-token"]
+    assert mount == {"name": "readiness-token", "mountPath": "/var/run/secrets/codeexec/readiness", "readOnly": True}
+    assert "--readiness-token-file=/var/run/secrets/codeexec/readiness/token" in gateway_container["args"]
+    assert "--operator-deployment=code-exec" in gateway_container["args"]
+    assert "--operator-namespace=code-exec" in gateway_container["args"]
     (container,) = pod["containers"]
     assert container["command"] == ["codeexec"]
     assert container["args"][0] == "gateway"

@@ -1,17 +1,21 @@
-"""Unit tests of the gateway's own rules, with no API server behind it: identity, limits, problem documents.
+"""Unit tests of the gateway's own rules, with no API server behind it: identity, limits, problem documents,
+readiness.
 (Everything that reaches Kubernetes is tested end to end in tests/e2e/test_gateway.py.)"""
 
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from fastapi.testclient import TestClient
 
 from codeexec.client import errors
 from codeexec.client.kubeapi import Connection, KubeApi
 from codeexec.client.transports import _problem_error
+from codeexec.gateway import readiness
 from codeexec.gateway.app import Settings, create_app, wait_seconds
 from codeexec.gateway.identity import bearer_token, service_account_namespace
 from codeexec.gateway.limits import WaitSlots
@@ -199,3 +203,121 @@ def test_no_limit_by_default_does_not_even_list(monkeypatch: pytest.MonkeyPatch)
 def test_the_sdk_reads_a_full_queue_as_too_many_requests() -> None:
     error = _problem_error(429, {"status": 429, "reason": "QueueFull", "detail": "namespace team is full"})
     assert isinstance(error, errors.TooManyRequests) and error.reason == "QueueFull"
+
+
+ESTABLISHED = {
+    "status": {"conditions": [{"type": "NamesAccepted", "status": "True"}, {"type": "Established", "status": "True"}]}
+}
+NOT_ESTABLISHED = {"status": {"conditions": [{"type": "Established", "status": "False"}]}}
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/"
+OPERATOR_PATH = "/apis/apps/v1/namespaces/code-exec/deployments/code-exec"
+
+
+class ApiServer:
+    """Stands in for readiness.get: answers by path, and records the tokens each path was read with."""
+
+    def __init__(self, answers: dict[str, Any] | None = None) -> None:
+        self.answers: dict[str, Any] = {
+            "/readyz": (200, None),
+            **{CRD_PATH + name: (200, ESTABLISHED) for name in readiness.CRDS},
+            OPERATOR_PATH: (200, {"status": {"replicas": 2, "availableReplicas": 1}}),
+        }
+        self.answers.update(answers or {})
+        self.tokens: list[tuple[str, str | None]] = []
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        api_server = self
+
+        async def get(session: Any, server: Connection, path: str, token: str | None) -> Any:
+            api_server.tokens.append((path, token))
+            answer = api_server.answers.get(path, (404, None))
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+        monkeypatch.setattr(readiness, "get", get)
+
+
+def ready_client(token_file: Path | None) -> TestClient:
+    config = readiness.ReadinessConfig(str(token_file) if token_file else None, "code-exec", "code-exec")
+    return TestClient(create_app(NOWHERE, Settings(readiness=config)))
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    path = tmp_path / "token"
+    path.write_text("pod-token-1\n")
+    return path
+
+
+def test_ready_when_every_check_passes_reading_with_the_pods_own_token(
+    monkeypatch: pytest.MonkeyPatch, token_file: Path
+) -> None:
+    api_server = ApiServer()
+    api_server.install(monkeypatch)
+    with ready_client(token_file) as client:
+        answer = client.get("/health/ready")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"status": "ok", "checks": {"apiServer": True, "crds": True, "operator": True}}
+        # The file is read on each check: a rotated token is used at once.
+        token_file.write_text("pod-token-2")
+        assert client.get("/health/ready").status_code == 200
+    assert ("/readyz", None) in api_server.tokens  # the liveness of the API server needs no token
+    assert (OPERATOR_PATH, "pod-token-1") in api_server.tokens and (OPERATOR_PATH, "pod-token-2") in api_server.tokens
+    assert {path for path, token in api_server.tokens if token} == {OPERATOR_PATH} | {
+        CRD_PATH + name for name in readiness.CRDS
+    }
+
+
+@pytest.mark.parametrize(
+    ("answers", "failing"),
+    [
+        ({"/readyz": (500, None)}, "apiServer"),
+        ({"/readyz": aiohttp.ClientConnectionError("refused")}, "apiServer"),
+        ({CRD_PATH + "warmpools.codeexec.io": (404, None)}, "crds"),
+        ({CRD_PATH + "runtimes.codeexec.io": (403, None)}, "crds"),
+        ({CRD_PATH + "runtimes.codeexec.io": TimeoutError()}, "crds"),
+        ({CRD_PATH + "executions.codeexec.io": (200, NOT_ESTABLISHED)}, "crds"),
+        ({CRD_PATH + "executions.codeexec.io": (200, {"status": {}})}, "crds"),
+        ({OPERATOR_PATH: (200, {"status": {"replicas": 2, "availableReplicas": 0}})}, "operator"),
+        ({OPERATOR_PATH: (200, {"status": {"replicas": 0}})}, "operator"),
+        ({OPERATOR_PATH: (404, None)}, "operator"),
+        ({OPERATOR_PATH: TimeoutError()}, "operator"),
+    ],
+)
+def test_not_ready_names_the_failing_check(
+    monkeypatch: pytest.MonkeyPatch, token_file: Path, answers: dict[str, Any], failing: str
+) -> None:
+    ApiServer(answers=answers).install(monkeypatch)
+    with ready_client(token_file) as client:
+        answer = client.get("/health/ready")
+    assert answer.status_code == 503, answer.text
+    body = answer.json()
+    assert body["status"] == "unavailable"
+    assert body["checks"][failing] is False
+    if failing != "apiServer":  # an unreachable API server fails every check; else only the one
+        assert [name for name, value in body["checks"].items() if value is not True] == [failing]
+
+
+def test_without_a_token_file_only_the_api_server_is_checked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The gateway run outside a cluster: the CRD and operator checks are skipped (null), not failed."""
+    api_server = ApiServer()
+    api_server.install(monkeypatch)
+    for token_file in (None, tmp_path / "absent"):
+        with ready_client(token_file) as client:
+            answer = client.get("/health/ready")
+        assert answer.status_code == 200, answer.text
+        assert answer.json() == {"status": "ok", "checks": {"apiServer": True, "crds": None, "operator": None}}
+    assert {path for path, _ in api_server.tokens} == {"/readyz"}
+    ApiServer(answers={"/readyz": (503, None)}).install(monkeypatch)
+    with ready_client(None) as client:
+        answer = client.get("/health/ready")
+    assert answer.status_code == 503
+    assert answer.json()["checks"] == {"apiServer": False, "crds": None, "operator": None}
+
+
+def test_readiness_against_nothing_is_503(client: TestClient) -> None:
+    with client:
+        answer = client.get("/health/ready")
+    assert answer.status_code == 503
+    assert answer.json() == {"status": "unavailable", "checks": {"apiServer": False, "crds": None, "operator": None}}

@@ -62,7 +62,7 @@ class Connection:
     @classmethod
     def in_cluster(cls, ca_file: str) -> Connection:
         """The API server as seen from a pod (the variables the kubelet sets in every container), trusted with
-        `ca_file`, without any credentials: the gateway needs no token of its own, it adds each caller's."""
+        `ca_file`, without any credentials: the gateway adds each caller's token (its own is for readiness only)."""
         host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
         host = f"[{host}]" if ":" in host else host
         return cls(f"https://{host}:{port}", ssl.create_default_context(cafile=ca_file))

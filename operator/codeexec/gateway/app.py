@@ -6,7 +6,7 @@ import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import aiohttp
@@ -17,14 +17,14 @@ from codeexec.client import errors
 from codeexec.client.kubeapi import Connection, KubeApi
 from codeexec.client.shapes import ExecuteRequest, ExecutionList, ExecutionResult, Language, ValidationResult
 from codeexec.client.transports import KubeTransport
-from codeexec.gateway import docs, problems
+from codeexec.gateway import docs, problems, readiness
 from codeexec.gateway.identity import Callers, bearer_token
 from codeexec.gateway.limits import BodyLimit, WaitSlots, check_namespace_queue
+from codeexec.gateway.readiness import ReadinessConfig
 from codeexec.vocabulary import Phase
 
 # The largest valid spec (code 100 KiB, stdin 256 KiB, input 128 KiB, env and args) fits with room for JSON escapes.
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-READY_TIMEOUT = aiohttp.ClientTimeout(total=3)
 PREFER_WAIT = re.compile(r"(?:^|[,;\s])wait=(\d+)")
 
 
@@ -38,6 +38,8 @@ class Settings:
     # Waiting Executions (queued, or not yet seen by the operator) a namespace may have before POST /execute
     # answers 429 and creates nothing; 0: no limit.
     max_queued_per_namespace: int = 0
+    # The pod's token file and the operator Deployment, for /health/ready's CRD and operator checks.
+    readiness: ReadinessConfig = field(default_factory=ReadinessConfig)
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -173,15 +175,12 @@ def create_app(server: Connection, settings: Settings = Settings()) -> FastAPI:
 
     @app.get("/health/ready")
     async def ready(request: Request) -> JSONResponse:
-        """Readiness: the API server answers. The gateway has no credentials, so any answer of /readyz but a
-        server error counts (401 where anonymous requests are off): it is the server's liveness that matters."""
-        session: aiohttp.ClientSession = request.app.state.session
-        try:
-            async with session.get(server.server + "/readyz", ssl=server.ssl, timeout=READY_TIMEOUT) as answer:
-                reachable = answer.status < 500
-        except (aiohttp.ClientError, TimeoutError):
-            reachable = False
-        return JSONResponse({"status": "ok" if reachable else "unavailable"}, 200 if reachable else 503)
+        """Readiness: the API server answers, the CRDs are Established and the operator Deployment has an
+        available replica (these two read with the pod's own token: skipped, `null`, without a token file).
+        200 when no check is false, else 503."""
+        checks = await readiness.check(request.app.state.session, server, settings.readiness)
+        ok = all(value is not False for value in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
 
     return app
 
