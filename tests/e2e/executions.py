@@ -433,8 +433,8 @@ def operator_log_dir() -> Path:
 
 def assert_usage(status: dict[str, Any]) -> None:
     """status.usage of a program that ran: some CPU (an interpreter starting takes some) and a resident set of at
-    least a MiB but below a GiB (ru_maxrss as gVisor accounts it; issue 10). Unverified on gVisor when written:
-    a zero peak here means gVisor's wait4 does not fill ru_maxrss, and the field's description must say so."""
+    least a MiB but below a GiB (ru_maxrss as gVisor's wait4 fills it; issue 10). A zero peak here would mean
+    gVisor stopped filling ru_maxrss."""
     usage = status.get("usage")
     assert usage is not None and set(usage) == {"cpuMs", "peakMemoryBytes"}, status
     assert 0 < usage["cpuMs"] < 60_000, usage
