@@ -18,6 +18,9 @@ MAX_OUTPUT_BYTES_FLAG: Final = "--max-output-bytes"  # required
 STDIN_FLAG: Final = "--stdin"
 INPUT_FLAG: Final = "--input"
 ENV_FILE_FLAG: Final = "--env-file"
+# A BindingsFileDict (cold path only: an Execution with bindings never goes warm); the runner gives the
+# program its fields as CODEEXEC_BROKER_URL, CODEEXEC_BINDING_TOKEN, CODEEXEC_EXECUTION, CODEEXEC_BINDINGS.
+BINDINGS_FILE_FLAG: Final = "--bindings-file"
 ISOLATION_PROBE_FLAG: Final = "--isolation-probe"
 ISOLATION_WAIT_SECONDS_FLAG: Final = "--isolation-wait-seconds"
 
@@ -61,7 +64,7 @@ MAX_LOG_BYTES: Final = 64 * 1024
 EXIT_NO_REQUEST: Final = 123
 EXIT_NOT_ISOLATED: Final = 122  # the NetworkPolicy was not enforced in time: the program was not started
 EXIT_TIMEOUT: Final = 124
-EXIT_RUNNER_ERROR: Final = 125  # invalid arguments or env file
+EXIT_RUNNER_ERROR: Final = 125  # invalid arguments, env file or bindings file
 EXIT_CANNOT_EXECUTE: Final = 126
 EXIT_NOT_FOUND: Final = 127
 
@@ -121,6 +124,15 @@ class ReportDict(TypedDict):
     error: str | None
     networkIsolation: IsolationDict | None  # null without --isolation-probe
     usage: UsageDict | None  # null when no program ran (it could not start, or no warm request came)
+
+
+class BindingsFileDict(TypedDict):
+    """The --bindings-file (/code/bindings.json): how the program reaches the broker; exactly these keys."""
+
+    url: str  # http://<broker Service clusterIP>:<port>: sandboxes have no DNS
+    token: str  # the Execution's binding token
+    execution: str  # "<namespace>/<name>"
+    bindings: dict[str, str]  # spec.bindings: binding name -> type ("db")
 
 
 class WarmRequestDict(TypedDict):
