@@ -98,6 +98,7 @@ def run_runner(tmp_path: Path, runner: Path) -> RunFn:
         stdin: bytes | None = None,
         input: Any = NO_INPUT,
         env: dict[str, str] | None = None,
+        bindings: Any = None,
         runner_env: dict[str, str] | None = None,
         prefix: list[str] | None = None,
         files: dict[str, str] | None = None,
@@ -113,6 +114,9 @@ def run_runner(tmp_path: Path, runner: Path) -> RunFn:
         if env is not None:
             (tmp_path / "env.json").write_text(json.dumps(env))
             args += ["--env-file", str(tmp_path / "env.json")]
+        if bindings is not None:  # a BindingsFileDict, or anything else to see the runner refuse it
+            (tmp_path / "bindings.json").write_text(json.dumps(bindings))
+            args += ["--bindings-file", str(tmp_path / "bindings.json")]
         for name, text in (files or {}).items():
             (tmp_path / name).write_text(text)
         started = time.monotonic()

@@ -24,6 +24,7 @@ class Config:
     stdin_path: str | None
     input_path: str | None
     env_file: str | None
+    bindings_file: str | None
     command: list[str]
     isolation_probe: tuple[str, int] | None
     isolation_wait_seconds: float
@@ -38,6 +39,7 @@ def parse_args(argv: list[str]) -> Config:
     parser.add_argument(contract.STDIN_FLAG, dest="stdin_path")
     parser.add_argument(contract.INPUT_FLAG, dest="input_path")
     parser.add_argument(contract.ENV_FILE_FLAG, dest="env_file")
+    parser.add_argument(contract.BINDINGS_FILE_FLAG, dest="bindings_file")
     parser.add_argument(contract.ISOLATION_PROBE_FLAG, dest="isolation_probe", metavar="HOST:PORT")
     parser.add_argument(
         contract.ISOLATION_WAIT_SECONDS_FLAG,
@@ -66,6 +68,7 @@ def parse_args(argv: list[str]) -> Config:
         args.stdin_path,
         args.input_path,
         args.env_file,
+        args.bindings_file,
         command,
         probe,
         args.isolation_wait_seconds,
@@ -75,7 +78,8 @@ def parse_args(argv: list[str]) -> Config:
 
 
 def check_mode(args: argparse.Namespace) -> None:
-    """Cold mode needs the timeout; warm mode takes the timeout and the files from its request, never from flags."""
+    """Cold mode needs the timeout; warm mode takes the timeout and the files from its request, never from flags,
+    and has no bindings."""
     if not args.warm:
         if args.timeout_seconds is None:
             # argparse's own wording, as when the flag was `required`.
@@ -90,6 +94,8 @@ def check_mode(args: argparse.Namespace) -> None:
             (contract.STDIN_FLAG, args.stdin_path),
             (contract.INPUT_FLAG, args.input_path),
             (contract.ENV_FILE_FLAG, args.env_file),
+            # Executions with bindings always go cold: a pool pod's policy has no egress to the broker.
+            (contract.BINDINGS_FILE_FLAG, args.bindings_file),
         )
         if value is not None
     ]

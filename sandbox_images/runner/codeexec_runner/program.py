@@ -63,7 +63,7 @@ class Ending:
 def run(config: Config) -> Outcome:
     """The cold path: the program's files are named by the flags; it starts with them at once."""
     assert config.timeout_seconds is not None  # parse_args requires it without --warm
-    env = build_env(config.input_path, config.env_file)
+    env = build_env(config.input_path, config.env_file, config.bindings_file)
     executable = resolve_command(config.command, env)
     signals = watch_signals()
     program = spawn(config, executable, env, signals, open_stdin(config.stdin_path))

@@ -77,7 +77,7 @@ def run_warm(config: Config) -> Outcome:
     files = prepare(config.warm_dir)
     # Until its request the program reads an empty file; the runner fills that file before the request.
     stdin_fd = os.open(files.path(STDIN_NAME), os.O_RDONLY)
-    env = {**build_env(None, None), REQUEST_FD_ENV: str(REQUEST_FD)}
+    env = {**build_env(None, None, None), REQUEST_FD_ENV: str(REQUEST_FD)}
     executable = resolve_command(config.command, env)
     signals = watch_signals()
     request_r, request_w = os.pipe()

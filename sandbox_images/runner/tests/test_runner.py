@@ -188,6 +188,31 @@ def test_invalid_env_file_is_reported(run_runner):
     assert "env file" in r.report["error"]
 
 
+def test_bindings_file_gives_the_program_four_variables_and_nothing_else(run_runner, tmp_path):
+    bindings = {"url": "http://10.96.0.57:8080", "token": "T" * 43, "execution": "ns/ex", "bindings": {"notes": "db"}}
+    r = run_runner(py("import json, os; print(json.dumps(dict(os.environ)))"), bindings=bindings)
+    env = json.loads(r.report["stdout"]["text"])
+    assert env == {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONUNBUFFERED": "1",
+        "CODEEXEC_CHANNEL_FD": "3",
+        "CODEEXEC_BROKER_URL": "http://10.96.0.57:8080",
+        "CODEEXEC_BINDING_TOKEN": "T" * 43,
+        "CODEEXEC_EXECUTION": "ns/ex",
+        "CODEEXEC_BINDINGS": '{"notes":"db"}',
+    }
+
+
+def test_invalid_bindings_file_is_reported_and_nothing_runs(run_runner, tmp_path):
+    r = run_runner(py("open('ran', 'w')"), bindings={"url": "http://10.96.0.57:8080", "token": "T" * 43})
+    assert r.returncode == 125 and r.report["exitCode"] == 125
+    assert "bindings file" in r.report["error"] and r.report["usage"] is None
+    assert not (tmp_path / "ran").exists()
+
+
 def test_stdin_is_delivered(run_runner):
     r = run_runner(py("import sys; print(sys.stdin.read().upper())"), stdin=b"hello\nstdin")
     assert r.report["stdout"]["text"] == "HELLO\nSTDIN\n"

@@ -16,6 +16,7 @@ def test_every_flag_is_read() -> None:
         [
             *REQUIRED,
             *("--stdin", "/code/stdin", "--input", "/code/input.json", "--env-file", "/code/env.json"),
+            *("--bindings-file", "/code/bindings.json"),
             *("--isolation-probe", "10.96.0.1:443", "--isolation-wait-seconds", "3"),
             *("--", "python3", "/code/main.py", "--not-a-runner-flag"),
         ]
@@ -26,13 +27,20 @@ def test_every_flag_is_read() -> None:
         "/code/input.json",
         "/code/env.json",
     )
+    assert config.bindings_file == "/code/bindings.json"
     assert config.isolation_probe == ("10.96.0.1", 443) and config.isolation_wait_seconds == 3
     assert config.command == ["python3", "/code/main.py", "--not-a-runner-flag"]
 
 
 def test_optional_flags_default_to_none_and_the_contract_wait() -> None:
     config = parse_args([*REQUIRED, "--", "true"])
-    assert (config.stdin_path, config.input_path, config.env_file, config.isolation_probe) == (None, None, None, None)
+    assert (config.stdin_path, config.input_path, config.env_file, config.bindings_file, config.isolation_probe) == (
+        None,
+        None,
+        None,
+        None,
+        None,
+    )
     assert config.isolation_wait_seconds == contract.ISOLATION_WAIT_SECONDS
     assert parse_args([*REQUIRED, "true"]).command == ["true"]  # "--" is optional
 
@@ -54,6 +62,7 @@ def test_warm_mode_takes_no_timeout_and_defaults_to_the_contract_directory() -> 
             "--stdin, --input cannot",
         ),
         (["--warm", "--max-output-bytes", "1", "--env-file", "/e", "--", "true"], "--env-file cannot be used"),
+        (["--warm", "--max-output-bytes", "1", "--bindings-file", "/b", "--", "true"], "--bindings-file cannot be"),
         (["--timeout-seconds", "soon", "--max-output-bytes", "1", "--", "true"], "invalid float value"),
         ([*REQUIRED, "--"], "no command after --"),
         (["--timeout-seconds", "0", "--max-output-bytes", "1", "--", "true"], "--timeout-seconds must be positive"),
