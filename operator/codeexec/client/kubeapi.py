@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import ssl
@@ -151,15 +152,7 @@ class KubeApi:
             "timeoutSeconds": str(max(1, seconds)),
         }
         timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=seconds + READ_TIMEOUT)
-        async with self._session.get(
-            self.connection.server + self._executions(),
-            params=params,
-            ssl=self.connection.ssl,
-            headers=self._headers(),
-            timeout=timeout,
-        ) as response:
-            if response.status >= 400:
-                raise await _error(response)
+        async with self._open("GET", self._executions(), params, timeout) as response:
             async for line in response.content:
                 if not line.strip():
                     continue
@@ -178,15 +171,7 @@ class KubeApi:
         params = {"follow": "true", "container": container}
         timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT)
         try:
-            async with self._session.get(
-                self.connection.server + path,
-                params=params,
-                ssl=self.connection.ssl,
-                headers=self._headers(),
-                timeout=timeout,
-            ) as response:
-                if response.status >= 400:
-                    raise await _error(response)
+            async with self._open("GET", path, params, timeout) as response:
                 async for line in response.content:
                     yield line
         except aiohttp.ClientError as error:
@@ -203,21 +188,34 @@ class KubeApi:
     ) -> dict[str, Any]:
         timeout = aiohttp.ClientTimeout(sock_connect=CONNECT_TIMEOUT, sock_read=READ_TIMEOUT)
         try:
-            async with self._session.request(
-                method,
-                self.connection.server + path,
-                params=params or {},
-                json=body,
-                ssl=self.connection.ssl,
-                headers=self._headers(),
-                timeout=timeout,
-            ) as response:
-                if response.status >= 400:
-                    raise await _error(response)
+            async with self._open(method, path, params or {}, timeout, body) as response:
                 answer: dict[str, Any] = await response.json(content_type=None)
                 return answer
         except (TimeoutError, aiohttp.ClientError) as error:
             raise errors.Unavailable(f"the Kubernetes API server did not answer: {error}") from error
+
+    @contextlib.asynccontextmanager
+    async def _open(
+        self,
+        method: str,
+        path: str,
+        params: Mapping[str, str],
+        timeout: aiohttp.ClientTimeout,
+        body: Any = None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """The API server's response, as the connection's user; an error status is raised as its exception."""
+        async with self._session.request(
+            method,
+            self.connection.server + path,
+            params=params,
+            json=body,
+            ssl=self.connection.ssl,
+            headers=self._headers(),
+            timeout=timeout,
+        ) as response:
+            if response.status >= 400:
+                raise await _error(response)
+            yield response
 
 
 async def _error(response: aiohttp.ClientResponse) -> errors.CodeExecError:
