@@ -301,3 +301,8 @@ done
 if [[ -f operator/Dockerfile ]]; then
   build_dockerfile operator operator/Dockerfile .
 fi
+# Servers the e2e tests run beside the sandboxes (not shipped): localhost/codeexec/e2e-<dir>.
+for dockerfile in tests/e2e/images/*/Dockerfile; do
+  dir=$(dirname "$dockerfile")
+  build_dockerfile "e2e-$(basename "$dir")" "$dockerfile" "$dir"
+done
