@@ -30,6 +30,8 @@ DERIVED_SETTINGS = {
     "webhook_port": "webhook.port",
     "webhook_cert_dir": "(the webhook Secret's mount)",
     "peering": "(the release's ClusterKopfPeering)",
+    "broker_service": "broker.enabled",
+    "binding_token_key_file": "(the binding token key Secret's mount)",
 }
 # The values of a bundled Runtime that are fields of its spec (the rest is the chart's own).
 RUNTIME_SPEC_VALUES = ("defaultTimeoutSeconds", "maxTimeoutSeconds", "defaultResources", "maxResources")

@@ -180,6 +180,23 @@ class OperatorConfig(BaseModel):
         ),
     )
 
+    broker_service: str = Field(
+        default="",
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9]*[a-z0-9])?)?$",
+        description=(
+            "The bindings broker's Service as namespace/name: a sandbox of an Execution with bindings may "
+            "reach its pods (nothing else of the cluster), at its cluster IP. Empty: no broker; Executions that "
+            "name bindings are Rejected (BindingsUnavailable)."
+        ),
+    )
+    binding_token_key_file: str = Field(
+        default="/var/run/codeexec/binding-token-key/key",
+        description=(
+            "File with the key (at least 32 bytes) the binding tokens are derived from, shared with the broker; "
+            "read once, at the first Execution with bindings."
+        ),
+    )
+
     @field_validator("allowed_private_cidrs", "cluster_cidrs", "namespaces", mode="before")
     @classmethod
     def _split_commas(cls, value: Any) -> Any:

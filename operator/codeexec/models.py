@@ -1,11 +1,12 @@
-"""Pydantic models of the Execution, Runtime and WarmPool resources: the single source of the CRD schemas."""
+"""Pydantic models of the Execution, Runtime, WarmPool and SandboxBinding resources: the single source of the CRD
+schemas."""
 
 from __future__ import annotations
 
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 from codeexec.vocabulary import Phase, Sandbox
@@ -44,11 +45,20 @@ CPU_PATTERN = r"^([0-9]+m|[0-9]+(\.[0-9]+)?)$"
 MEMORY_PATTERN = r"^[0-9]+(Ki|Mi|Gi|k|K|M|G)?$"
 FILE_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$"
 # The runner contract puts these next to the code file: in /code (cold), in its warm directory (warm: ready).
-RESERVED_FILE_NAMES = ("input.json", "stdin", "env.json", "ready")
+RESERVED_FILE_NAMES = ("input.json", "stdin", "env.json", "bindings.json", "ready")
+# An object name (DNS-1123 subdomain), as a SandboxBinding's; a DNS label, as a SQLite database's name.
+OBJECT_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+MAX_OBJECT_NAME_LENGTH = 253
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
+MAX_BINDINGS = 8
+# status.usedBy of a SandboxBinding names at most this many Executions (inUse counts them all).
+MAX_USED_BY = 20
+MAX_BINDING_ERROR_LENGTH = 1024
 
 CpuQuantity = Annotated[str, StringConstraints(pattern=CPU_PATTERN, max_length=32)]
 MemoryQuantity = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN, max_length=32)]
 LanguageName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
+ObjectName = Annotated[str, StringConstraints(max_length=MAX_OBJECT_NAME_LENGTH, pattern=OBJECT_NAME_PATTERN)]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
 ANY_JSON: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
@@ -218,6 +228,17 @@ class ExecutionSpec(Model):
             "configured); above the operator's maximum: Rejected (QueueTimeoutTooLong)."
         ),
     )
+    bindings: list[ObjectName] = Field(
+        default_factory=list,
+        max_length=MAX_BINDINGS,
+        description=(
+            "Names of SandboxBindings of this namespace (kubectl get sandboxbindings) whose capabilities the code "
+            "may use, through the broker: no credential ever reaches the sandbox. A name with no SandboxBinding: "
+            "Rejected (BindingNotFound); no broker installed: Rejected (BindingsUnavailable). An Execution with "
+            "bindings always gets a new sandbox (never a warm pool's)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
 
     @field_validator("input")
     @classmethod
@@ -230,11 +251,14 @@ class ExecutionSpec(Model):
     @field_validator("env")
     @classmethod
     def _unique_env_names(cls, env: list[EnvVar]) -> list[EnvVar]:
-        names = [var.name for var in env]
-        duplicates = sorted({name for name in names if names.count(name) > 1})
-        if duplicates:
-            raise ValueError(f"duplicate names: {', '.join(duplicates)}")
+        _refuse_duplicates([var.name for var in env])
         return env
+
+    @field_validator("bindings")
+    @classmethod
+    def _unique_bindings(cls, bindings: list[str]) -> list[str]:
+        _refuse_duplicates(bindings)
+        return bindings
 
     # The sandbox's input.json and env.json: one definition, so the size limits measure exactly what ships.
     def input_json(self) -> str:
@@ -242,6 +266,12 @@ class ExecutionSpec(Model):
 
     def env_json(self) -> str:
         return json.dumps({var.name: var.value for var in self.env})
+
+
+def _refuse_duplicates(names: list[str]) -> None:
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise ValueError(f"duplicate names: {', '.join(duplicates)}")
 
 
 def json_depth(value: Any) -> int:
@@ -275,7 +305,7 @@ class LogEntry(Model):
 class Condition(Model):
     """A Kubernetes-style condition."""
 
-    type: str = Field(description="Accepted or Finished (an Execution); Ready (a WarmPool).")
+    type: str = Field(description="Accepted or Finished (an Execution); Ready (a WarmPool, a SandboxBinding).")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
     reason: str = Field(description="Stable CamelCase reason.")
     message: str = Field(default="", description="Human-readable detail.")
@@ -299,6 +329,25 @@ class Usage(Model):
             "once are not added up, and files in the in-memory /tmp, which count toward the memory limit, are "
             "not included."
         ),
+    )
+
+
+class BindingUsage(Model):
+    """What the code did with one binding, counted by the broker."""
+
+    name: ObjectName = Field(description="The SandboxBinding's name, as in spec.bindings.")
+    type: Literal["db"] = Field(description="The binding's type: db.")
+    calls: int = Field(default=0, ge=0, description="Calls the broker answered for this binding, refused ones too.")
+    errors: int = Field(
+        default=0, ge=0, description="Calls that failed: SQL errors, timeouts, limits hit, backend unavailable."
+    )
+    refused: int = Field(default=0, ge=0, description="Calls refused: not granted, or a write to a readOnly binding.")
+    rows_read: int = Field(default=0, ge=0, description="Rows returned to the code over all calls.")
+    rows_written: int = Field(default=0, ge=0, description="Rows inserted, updated or deleted over all calls.")
+    last_error: str | None = Field(
+        default=None,
+        max_length=MAX_BINDING_ERROR_LENGTH,
+        description="The last error's code and message, as the code got it.",
     )
 
 
@@ -371,6 +420,17 @@ class ExecutionStatus(Model):
     )
     observed_generation: int | None = Field(
         default=None, description="metadata.generation the status was computed from."
+    )
+    bindings: list[BindingUsage] | None = Field(
+        default=None,
+        description=(
+            "Use of each binding named in spec.bindings, written by the broker (never by the operator) while the "
+            "code runs and once more when its calls stop."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name"],
+        },
     )
 
 
@@ -476,6 +536,121 @@ class WarmPoolStatus(Model):
             "The Ready condition: True (reason Ready) once readyReplicas equals spec.replicas; False with "
             "Filling, ReplicasTooLarge, CreateRefused, UnknownRuntime, ResourcesTooLarge, InvalidSpec or "
             "RuntimeClassMissing."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["type"],
+        },
+    )
+    observed_generation: int | None = Field(
+        default=None, description="metadata.generation the status was computed from."
+    )
+
+
+class SecretKeyRef(Model):
+    """One key of a Secret in the SandboxBinding's namespace."""
+
+    name: ObjectName = Field(description="The Secret's name.")
+    key: str = Field(
+        min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$", description="The key in the Secret's data."
+    )
+
+
+_POSTGRES = "has(self.engine) && self.engine == 'postgres'"
+
+
+class DbBinding(Model):
+    """A SQL database the code may use through the broker, with what it may do there."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"({_POSTGRES}) == has(self.dsnSecretRef)",
+                    "message": "dsnSecretRef is required with engine postgres and not allowed with engine sqlite",
+                },
+                {
+                    "rule": f"!({_POSTGRES} && has(self.database))",
+                    "message": "database is for engine sqlite only (a postgres database is named by its DSN)",
+                },
+            ]
+        }
+    )
+
+    engine: Literal["sqlite", "postgres"] = Field(
+        default="sqlite",
+        description=(
+            "sqlite (the default): a database file the broker keeps on its volume, made on first use; postgres: "
+            "the PostgreSQL database the DSN in dsnSecretRef names."
+        ),
+    )
+    database: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description=(
+            "sqlite only: the database's name within this namespace (a DNS label). Absent: the SandboxBinding's "
+            "name. Two bindings naming the same database share it (e.g. one readOnly, one not)."
+        ),
+    )
+    dsn_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "postgres only, required then: the Secret key holding the DSN (postgresql://user:password@host/db). "
+            "Only the broker reads it; the code never sees it."
+        ),
+    )
+    read_only: bool = Field(default=False, description="Refuse every write (INSERT, UPDATE, DDL, ATTACH, ...).")
+    statement_timeout_ms: int = Field(
+        default=5000, ge=1, le=60000, description="Longest one statement may run, in ms; then it is cancelled."
+    )
+    max_rows_per_call: int = Field(
+        default=1000, ge=1, le=100000, description="Most rows one call may return; more: the call fails (413)."
+    )
+    max_bytes_per_call: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Most bytes of one call's JSON result; more: the call fails (413).",
+    )
+    max_rows_per_execution: int = Field(
+        default=100000,
+        ge=1,
+        le=100_000_000,
+        description="Most rows returned to one Execution over all its calls; beyond: its calls fail (413).",
+    )
+
+    @model_validator(mode="after")
+    def _engine_fields(self) -> DbBinding:
+        postgres = self.engine == "postgres"
+        if postgres != (self.dsn_secret_ref is not None):
+            raise ValueError("dsnSecretRef is required with engine postgres and not allowed with engine sqlite")
+        if postgres and self.database is not None:
+            raise ValueError("database is for engine sqlite only (a postgres database is named by its DSN)")
+        return self
+
+
+class SandboxBindingSpec(Model):
+    """A capability this namespace grants to every Execution of it that names the binding in spec.bindings."""
+
+    db: DbBinding = Field(description="A SQL database (the only type of binding for now).")
+
+
+class SandboxBindingStatus(Model):
+    """Whether the binding can serve and who uses it now, written by the operator."""
+
+    in_use: int | None = Field(default=None, ge=0, description="Running Executions that name this binding.")
+    used_by: list[str] | None = Field(
+        default=None,
+        max_length=MAX_USED_BY,
+        description=f"Names of those Executions, sorted (at most {MAX_USED_BY}; inUse counts them all).",
+    )
+    conditions: list[Condition] | None = Field(
+        default=None,
+        description=(
+            "The Ready condition: True (reason Ready) when the spec is valid and, for postgres, its Secret key "
+            "exists; False with InvalidSpec or SecretMissing. Checked when the binding changes and when an "
+            "Execution naming it starts or ends (a Secret made later is seen then)."
         ),
         json_schema_extra={
             "x-kubernetes-list-type": "map",

@@ -49,6 +49,9 @@ NETWORK_NOT_ISOLATED = "NetworkNotIsolated"  # Failed: the NetworkPolicy was not
 QUEUED = "Queued"  # Pending: accepted, waiting in the queue for capacity (status.queuePosition says where).
 QUEUE_TIMEOUT = "QueueTimeout"  # Failed: still queued when spec.queueTimeoutSeconds had passed since creation.
 QUEUE_TIMEOUT_TOO_LONG = "QueueTimeoutTooLong"  # Rejected: spec.queueTimeoutSeconds above the operator's maximum.
+BINDING_NOT_FOUND = "BindingNotFound"  # Rejected: a name in spec.bindings has no SandboxBinding in the namespace.
+# Rejected: spec.bindings names some but the operator has no broker (none installed, its Service or token key missing).
+BINDINGS_UNAVAILABLE = "BindingsUnavailable"
 
 # Condition types in status.conditions.
 CONDITION_ACCEPTED = "Accepted"  # True once the spec is valid; False with the rejection's reason.
@@ -93,6 +96,11 @@ POOL_CREATE_REFUSED = "CreateRefused"  # Ready=False: the quota or LimitRange re
 # Ready=False, the pool keeps no pods: its spec.runtime names no installed Runtime or alias. RESOURCES_TOO_LARGE,
 # INVALID_SPEC and RUNTIME_CLASS_MISSING (above) mean the same for a pool as for an Execution.
 UNKNOWN_RUNTIME = "UnknownRuntime"
+
+# SandboxBinding status: the Ready condition (CONDITION_READY) with a stable reason; INVALID_SPEC (above) when its
+# spec fails the model.
+BINDING_READY = "Ready"  # Ready=True: the broker can serve it (as far as the operator can tell).
+SECRET_MISSING = "SecretMissing"  # Ready=False: the Secret or key of a postgres binding's dsnSecretRef is absent.
 
 # The sandbox pod's one container: status reads its state, the report is read from its log.
 SANDBOX_CONTAINER = "sandbox"

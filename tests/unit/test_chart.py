@@ -212,6 +212,7 @@ def test_package_holds_the_crd_files_and_no_examples(tmp_path: Path) -> None:
             "clusterkopfpeerings.kopf.dev",
             "executions.codeexec.io",
             "runtimes.codeexec.io",
+            "sandboxbindings.codeexec.io",
             "warmpools.codeexec.io",
         ], chart
 
@@ -360,9 +361,32 @@ def test_operator_environment_is_every_setting() -> None:
     assert config.runtime_class == "gvisor"
     assert (config.webhook_port, config.metrics_port) == (9443, 9090)
     expected = OperatorConfig(
-        runtime_class="gvisor", webhook_port=9443, metrics_port=9090, peering="code-exec-code-exec"
+        runtime_class="gvisor",
+        webhook_port=9443,
+        metrics_port=9090,
+        peering="code-exec-code-exec",
+        broker_service="code-exec/code-exec-broker",
     )
     assert config == expected
+
+
+@needs_helm
+def test_operator_reads_the_binding_token_key_from_its_mount() -> None:
+    """The key the operator mints binding tokens with: the broker's Secret (or the one named), read-only, at the
+    file its setting names; optional, so a missing Secret refuses bindings only, not every Execution."""
+    pod = find(render(), "Deployment", "code-exec")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "binding-token-key"]
+    assert mount == {"name": "binding-token-key", "mountPath": "/var/run/codeexec/binding-token-key", "readOnly": True}
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "binding-token-key"]
+    assert volume["secret"] == {
+        "secretName": "code-exec-binding-token-key",
+        "optional": True,
+        "defaultMode": 0o440,
+        "items": [{"key": "key", "path": "key"}],
+    }
+    key_file = OperatorConfig.from_env(literal_env(container)).binding_token_key_file
+    assert key_file == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
 
 
 @needs_helm

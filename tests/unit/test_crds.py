@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from codeexec import crdgen
 from codeexec.__main__ import main
-from codeexec.models import ExecutionSpec, RuntimeSpec
+from codeexec.models import ExecutionSpec, RuntimeSpec, SandboxBindingSpec
 from tests.unit.factories import POD_LEVEL_FIELDS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +40,7 @@ def test_command_line_writes_the_crds(tmp_path: Path, capsys: pytest.CaptureFixt
         str(tmp_path / "execution.yaml"),
         str(tmp_path / "runtime.yaml"),
         str(tmp_path / "warmpool.yaml"),
+        str(tmp_path / "sandboxbinding.yaml"),
     ]
     assert (tmp_path / "execution.yaml").read_text() == (CRD_DIR / "execution.yaml").read_text()
 
@@ -47,19 +49,30 @@ def test_generation_is_deterministic(tmp_path: Path) -> None:
     first = {path.name: path.read_text() for path in crdgen.write(tmp_path / "a")}
     second = {path.name: path.read_text() for path in crdgen.write(tmp_path / "b")}
     assert first == second
-    assert sorted(first) == ["execution.yaml", "runtime.yaml", "warmpool.yaml"]
+    assert sorted(first) == ["execution.yaml", "runtime.yaml", "sandboxbinding.yaml", "warmpool.yaml"]
 
 
 @pytest.mark.parametrize(
     "crd",
-    [crdgen.execution_crd(), crdgen.runtime_crd(), crdgen.warmpool_crd()],
-    ids=["execution", "runtime", "warmpool"],
+    [crdgen.execution_crd(), crdgen.runtime_crd(), crdgen.warmpool_crd(), crdgen.sandboxbinding_crd()],
+    ids=["execution", "runtime", "warmpool", "sandboxbinding"],
 )
 def test_schema_is_structural(crd: dict[str, Any]) -> None:
     for path, node in nodes(schema_of(crd)):
         preserves = node.get("x-kubernetes-preserve-unknown-fields") is True
         assert "type" in node or preserves, f"{path} has no type"
-        for key in ("$ref", "$defs", "anyOf", "oneOf", "allOf", "not", "title", "nullable", "additionalProperties"):
+        for key in (
+            "$ref",
+            "$defs",
+            "anyOf",
+            "oneOf",
+            "allOf",
+            "not",
+            "title",
+            "nullable",
+            "additionalProperties",
+            "const",
+        ):
             assert key not in node, f"{path} has {key}"
         assert node.get("default", "absent") is not None, f"{path} defaults to null"
         assert set(node.get("required", [])) <= set(node.get("properties", {})), path
@@ -76,7 +89,7 @@ def test_only_free_form_json_preserves_unknown_fields() -> None:
         if node.get("x-kubernetes-preserve-unknown-fields")
     ]
     assert preserving == [".spec.input", ".status.result"]
-    for crd in (crdgen.runtime_crd(), crdgen.warmpool_crd()):
+    for crd in (crdgen.runtime_crd(), crdgen.warmpool_crd(), crdgen.sandboxbinding_crd()):
         assert not [path for path, node in nodes(schema_of(crd)) if "x-kubernetes-preserve-unknown-fields" in node]
 
 
@@ -184,6 +197,108 @@ def test_warmpool_crd_shape() -> None:
     assert sorted(spec["properties"]["resources"]["properties"]) == ["cpu", "memory"]
     status = schema_of(crd)["properties"]["status"]["properties"]
     assert sorted(status) == ["conditions", "observedGeneration", "readyReplicas", "replicas"]
+
+
+def test_sandboxbinding_crd_shape() -> None:
+    """What `kubectl get sandboxbindings` (sbd) shows, the db binding's defaults and bounds, and CEL rules that
+    the model mirrors (the API server refuses what the operator would call InvalidSpec)."""
+    crd = crdgen.sandboxbinding_crd()
+    assert crd["metadata"]["name"] == "sandboxbindings.codeexec.io"
+    assert crd["spec"]["scope"] == "Namespaced"
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["singular"], names["shortNames"]) == (
+        "SandboxBinding",
+        "sandboxbindings",
+        "sandboxbinding",
+        ["sbd"],
+    )
+    version = crd["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    columns = [(c["name"], c["jsonPath"], c.get("priority", 0)) for c in version["additionalPrinterColumns"]]
+    assert [(name, path) for name, path, priority in columns if priority == 0] == [
+        ("Engine", ".spec.db.engine"),
+        ("ReadOnly", ".spec.db.readOnly"),
+        ("In Use", ".status.inUse"),
+        ("Age", ".metadata.creationTimestamp"),
+    ]
+    spec = schema_of(crd)["properties"]["spec"]
+    assert spec["required"] == ["db"]
+    db = spec["properties"]["db"]
+    defaults = {name: node.get("default") for name, node in db["properties"].items()}
+    assert defaults == {
+        "engine": "sqlite",
+        "database": None,
+        "dsnSecretRef": None,
+        "readOnly": False,
+        "statementTimeoutMs": 5000,
+        "maxRowsPerCall": 1000,
+        "maxBytesPerCall": 1048576,
+        "maxRowsPerExecution": 100000,
+    }
+    assert db["properties"]["engine"]["enum"] == ["sqlite", "postgres"]
+    bounds = {name: (node.get("minimum"), node.get("maximum")) for name, node in db["properties"].items()}
+    assert bounds["statementTimeoutMs"] == (1, 60000)
+    assert bounds["maxRowsPerCall"] == (1, 100000)
+    assert bounds["maxBytesPerCall"] == (1024, 16 * 1024 * 1024)
+    assert [rule["rule"] for rule in db["x-kubernetes-validations"]] == [
+        "(has(self.engine) && self.engine == 'postgres') == has(self.dsnSecretRef)",
+        "!(has(self.engine) && self.engine == 'postgres' && has(self.database))",
+    ]
+    status = schema_of(crd)["properties"]["status"]["properties"]
+    assert sorted(status) == ["conditions", "inUse", "observedGeneration", "usedBy"]
+    assert status["usedBy"]["maxItems"] == 20
+
+
+@pytest.mark.parametrize(
+    ("db", "valid"),
+    [
+        ({}, True),
+        ({"engine": "sqlite", "database": "notes"}, True),
+        ({"engine": "postgres", "dsnSecretRef": {"name": "pg", "key": "dsn"}}, True),
+        ({"engine": "postgres"}, False),  # no DSN
+        ({"dsnSecretRef": {"name": "pg", "key": "dsn"}}, False),  # sqlite with a DSN
+        ({"engine": "postgres", "dsnSecretRef": {"name": "pg", "key": "dsn"}, "database": "x"}, False),
+        ({"database": "Not_A_Label"}, False),
+        ({"engine": "mysql"}, False),
+        ({"statementTimeoutMs": 60001}, False),
+        ({"maxBytesPerCall": 1023}, False),
+        ({"ai": {}}, False),  # the only type is db
+    ],
+)
+def test_sandboxbinding_spec_rules(db: dict[str, Any], valid: bool) -> None:
+    """The model says what the CRD's schema and CEL rules say."""
+    try:
+        SandboxBindingSpec.model_validate({"db": db})
+    except ValidationError:
+        assert not valid
+    else:
+        assert valid
+
+
+def test_execution_bindings_and_their_usage() -> None:
+    """spec.bindings: a bounded set of object names; status.bindings: the broker's counts, a map by name."""
+    schema = schema_of(crdgen.execution_crd())["properties"]
+    bindings = schema["spec"]["properties"]["bindings"]
+    assert (bindings["maxItems"], bindings["x-kubernetes-list-type"]) == (8, "set")
+    assert bindings["items"]["maxLength"] == 253
+    usage = schema["status"]["properties"]["bindings"]
+    assert (usage["x-kubernetes-list-type"], usage["x-kubernetes-list-map-keys"]) == ("map", ["name"])
+    assert sorted(usage["items"]["properties"]) == [
+        "calls",
+        "errors",
+        "lastError",
+        "name",
+        "refused",
+        "rowsRead",
+        "rowsWritten",
+        "type",
+    ]
+    assert usage["items"]["properties"]["type"]["enum"] == ["db"]
+    assert usage["items"]["properties"]["lastError"]["maxLength"] == 1024
+    with pytest.raises(ValidationError, match="duplicate names: notes"):
+        ExecutionSpec.model_validate({"language": "python", "code": "", "bindings": ["notes", "notes"]})
+    with pytest.raises(ValidationError):
+        ExecutionSpec.model_validate({"language": "python", "code": "", "bindings": ["Notes"]})
 
 
 @pytest.mark.parametrize("path", sorted((CRD_DIR / "examples").glob("*.yaml")), ids=lambda path: path.name)
