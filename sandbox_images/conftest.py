@@ -6,6 +6,7 @@ import http.server
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import tempfile
 import threading
@@ -296,4 +297,131 @@ def http_base() -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+        thread.join(5)
+
+
+@dataclass
+class FakeBroker:
+    """A stand-in for the bindings broker, for the harnesses' `db` clients: NOT the broker (operator/codeexec/broker;
+    the e2e tests exercise that one). It checks each request's wire format (path, headers, JSON body) as the
+    broker's API defines it, records it, runs the SQL on an in-memory sqlite3 and answers in the broker's format.
+    The binding `notes` is granted, any other name is 403 NotGranted; a wrong token or execution is 401
+    Unauthorized; a malformed request is 400 BadRequest naming what was wrong."""
+
+    url: str
+    token: str
+    execution: str
+    requests: list[dict[str, Any]]  # {"path", "headers" (lower-case names), "body"} of every request
+
+    def bindings_file(self, bindings: dict[str, str]) -> dict[str, Any]:
+        """A bindings file (contract.BindingsFileDict) pointing at this broker."""
+        return {"url": self.url, "token": self.token, "execution": self.execution, "bindings": bindings}
+
+
+class _FakeBrokerHandler(http.server.BaseHTTPRequestHandler):
+    server: _FakeBrokerServer
+
+    def do_POST(self) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        self.server.broker.requests.append(
+            {"path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}, "body": body}
+        )
+        try:
+            self._send(200, self._answer(body))
+        except _Refusal as refusal:
+            self._send(refusal.status, {"error": {"code": refusal.code, "message": refusal.message}})
+
+    def _answer(self, body: Any) -> dict[str, Any]:
+        broker = self.server.broker
+        if self.headers.get("Authorization") != f"Bearer {broker.token}":
+            raise _Refusal(401, "Unauthorized", "not authorized")
+        if self.headers.get("X-Codeexec-Execution") != broker.execution:
+            raise _Refusal(401, "Unauthorized", "not authorized")
+        if self.headers.get("Content-Type") != "application/json":
+            raise _Refusal(400, "BadRequest", f"Content-Type {self.headers.get('Content-Type')!r}")
+        prefix, _, rest = self.path.partition("/v1/db/")
+        binding, _, action = rest.partition("/")
+        if prefix or action not in ("query", "exec"):
+            raise _Refusal(404, "BadRequest", f"no such path {self.path}")
+        if binding != "notes":
+            raise _Refusal(403, "NotGranted", f"binding {binding!r} is not granted to this Execution")
+        keys = {"sql", "params", "mode"} if action == "query" else {"sql"}
+        if not isinstance(body, dict) or set(body) != keys or not isinstance(body["sql"], str):
+            raise _Refusal(400, "BadRequest", f"the body must be a JSON object with exactly {sorted(keys)}")
+        if action == "exec":
+            return self._exec(body["sql"])
+        if body["mode"] not in ("all", "first", "run") or not isinstance(body["params"], list):
+            raise _Refusal(400, "BadRequest", "mode must be all, first or run; params a list")
+        return self._query(body["sql"], body["params"], body["mode"])
+
+    def _query(self, sql: str, params: list[Any], mode: str) -> dict[str, Any]:
+        database = self.server.database
+        try:
+            cursor = database.execute(sql, params)
+            rows = cursor.fetchmany(1) if mode == "first" else cursor.fetchall()
+            database.commit()
+        except sqlite3.Error as error:
+            raise _Refusal(400, "SqlError", str(error)) from None
+        columns = [column[0] for column in cursor.description or ()]
+        results = [] if mode == "run" else [dict(zip(columns, row, strict=True)) for row in rows]
+        changes = max(cursor.rowcount, 0)
+        meta = {
+            "changes": changes,
+            "lastRowId": cursor.lastrowid,
+            "rowsRead": len(rows),
+            "rowsWritten": changes,
+            "durationMs": 0.5,
+        }
+        return {"results": results, "meta": meta}
+
+    def _exec(self, sql: str) -> dict[str, Any]:
+        try:
+            self.server.database.executescript(sql)
+        except sqlite3.Error as error:
+            raise _Refusal(400, "SqlError", str(error)) from None
+        return {"count": sum(1 for statement in sql.split(";") if statement.strip()), "durationMs": 0.5}
+
+    def _send(self, status: int, answer: dict[str, Any]) -> None:
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+class _Refusal(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class _FakeBrokerServer(http.server.HTTPServer):
+    """One request at a time, like the calls of one program; one sqlite3 database per test."""
+
+    def __init__(self, broker_token: str, execution: str) -> None:
+        super().__init__(("127.0.0.1", 0), _FakeBrokerHandler)
+        self.database = sqlite3.connect(":memory:", check_same_thread=False)
+        self.broker = FakeBroker(f"http://127.0.0.1:{self.server_address[1]}", broker_token, execution, [])
+
+
+@pytest.fixture
+def fake_broker() -> Iterator[FakeBroker]:
+    """A FakeBroker on 127.0.0.1 (see its docstring: a wire-format stand-in, not the real broker)."""
+    server = _FakeBrokerServer("T" * 43, "team-a/ex-a")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.broker
+    finally:
+        server.shutdown()
+        server.server_close()
+        server.database.close()
         thread.join(5)

@@ -1,4 +1,5 @@
-"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, `api`, top-level return and await.
+"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, `api`, `bindings` (and `db`), top-level
+return and await.
 
 Usage: python3 harness.py CODE_FILE [ARGS...]; the contract is sandbox_images/README.md. Started by a warm
 runner (CODEEXEC_REQUEST_FD set) it preloads, says so on the channel, and takes CODE_FILE, ARGS and the
@@ -122,9 +123,6 @@ class Api:
         headers: dict[str, str] | None = None,
         timeout: float = 30,
     ) -> Any:
-        import urllib.error  # imported on first use: most code never needs them
-        import urllib.request
-
         all_headers = {"Accept": "application/json, text/plain;q=0.9, */*;q=0.8", **(headers or {})}
         data = None
         if body is not None:
@@ -136,19 +134,34 @@ class Api:
                 data, content_type = json.dumps(body).encode(), "application/json"
             if not any(name.lower() == "content-type" for name in all_headers):
                 all_headers["Content-Type"] = content_type
-        request = urllib.request.Request(url, data=data, headers=all_headers, method=method.upper())
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return _decode(response.headers, response.read())
-        except urllib.error.HTTPError as error:
-            body = _decode(error.headers, error.read(), lenient=True)  # an error page may lie about its type
-            raise HTTPError(method.upper(), url, error.code, error.reason, body) from None
+        status, reason, response_headers, raw = _exchange(method.upper(), url, data, all_headers, timeout)
+        if status >= 400:
+            body = _decode(response_headers, raw, lenient=True)  # an error page may lie about its type
+            raise HTTPError(method.upper(), url, status, reason, body)
+        return _decode(response_headers, raw)
 
     def get(self, url: str, headers: dict[str, str] | None = None, timeout: float = 30) -> Any:
         return self.request("GET", url, headers=headers, timeout=timeout)
 
     def post(self, url: str, body: Any = None, headers: dict[str, str] | None = None, timeout: float = 30) -> Any:
         return self.request("POST", url, body, headers, timeout)
+
+
+def _exchange(
+    method: str, url: str, data: bytes | None, headers: dict[str, str], timeout: float, proxies: bool = True
+) -> tuple[int, str, Any, bytes]:
+    """One HTTP exchange with urllib: (status, reason, headers, body); an HTTP error status is returned, not raised.
+    Without `proxies` the *_proxy variables (which spec.env may set) are ignored."""
+    import urllib.error  # imported on first use: most code never needs them
+    import urllib.request
+
+    opener = urllib.request.build_opener() if proxies else urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with opener.open(request, timeout=timeout) as response:
+            return response.status, response.reason, response.headers, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.reason, error.headers, error.read()
 
 
 def _decode(headers: Any, raw: bytes, lenient: bool = False) -> Any:
@@ -165,6 +178,101 @@ def _decode(headers: Any, raw: bytes, lenient: bool = False) -> Any:
             if not lenient:
                 raise
     return text
+
+
+class BindingError(Exception):
+    """A binding call that failed: `code` (the broker's: SqlError, ReadOnly, LimitExceeded, StatementTimeout,
+    NotGranted, Unauthorized, BadRequest, BackendUnavailable; BrokerUnreachable when no answer came, BrokerError
+    when the answer was not the broker's), `status` (HTTP, 0 without an answer) and `message`."""
+
+    def __init__(self, code: str, status: int, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.status = status
+        self.message = message
+
+
+class Broker:
+    """Calls the bindings broker for this Execution (CODEEXEC_BROKER_URL, with its token): JSON in, JSON out."""
+
+    TIMEOUT_SECONDS = 120  # the broker's statement timeout (at most 60 s) ends a call first
+
+    def __init__(self, url: str, token: str, execution: str) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {
+            "Authorization": f"Bearer {token}",
+            "X-Codeexec-Execution": execution,
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+
+    def call(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body, allow_nan=False).encode()
+        try:
+            # Never through a proxy spec.env names: the token goes to the broker only.
+            status, reason, _, raw = _exchange("POST", self.url + path, data, self.headers, self.TIMEOUT_SECONDS, False)
+        except OSError as error:  # URLError, timeouts: the broker was not reached
+            raise BindingError("BrokerUnreachable", 0, f"{self.url}: {getattr(error, 'reason', error)}") from None
+        try:
+            answer = json.loads(raw)
+        except ValueError:
+            answer = None
+        if status == 200 and isinstance(answer, dict):
+            return answer
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if isinstance(error, dict) and isinstance(error.get("code"), str):
+            raise BindingError(error["code"], status, str(error.get("message", "")))
+        raise BindingError("BrokerError", status, f"HTTP {status} {reason}: not an answer of the broker")
+
+
+class Database:
+    """A `db` binding: `execute(sql, params=())` (also `query`) -> rows as dicts, `first(...)` -> a row or None,
+    `run(...)` -> meta {changes, lastRowId, rowsRead, rowsWritten, durationMs}, `exec(sql)` -> statements run (several,
+    no params). Params are bound by the database, never interpolated: `?` (SQLite) or `$1` (PostgreSQL)."""
+
+    Error = BindingError
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self._broker = broker
+        self._path = f"/v1/db/{name}"
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<db binding {self.name!r}>"
+
+    def _query(self, sql: str, params: list[Any] | tuple[Any, ...], mode: str) -> dict[str, Any]:
+        if not isinstance(params, (list, tuple)):
+            raise TypeError(f"params must be a list or tuple, not {type(params).__name__}")
+        return self._broker.call(self._path + "/query", {"sql": sql, "params": list(params), "mode": mode})
+
+    def execute(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        results: list[dict[str, Any]] = self._query(sql, params, "all")["results"]
+        return results
+
+    query = execute
+
+    def first(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any] | None:
+        results = self._query(sql, params, "first")["results"]
+        return results[0] if results else None
+
+    def run(self, sql: str, params: list[Any] | tuple[Any, ...] = ()) -> dict[str, Any]:
+        meta: dict[str, Any] = self._query(sql, params, "run")["meta"]
+        return meta
+
+    def exec(self, sql: str) -> int:
+        count: int = self._broker.call(self._path + "/exec", {"sql": sql})["count"]
+        return count
+
+
+def read_bindings() -> dict[str, Database]:
+    """The clients of the bindings the runner announced (CODEEXEC_BINDINGS: name -> type); {} without any."""
+    kinds = json.loads(os.environ.get("CODEEXEC_BINDINGS") or "{}")
+    if not kinds:
+        return {}
+    broker = Broker(
+        os.environ["CODEEXEC_BROKER_URL"], os.environ["CODEEXEC_BINDING_TOKEN"], os.environ["CODEEXEC_EXECUTION"]
+    )
+    return {name: Database(broker, name) for name, kind in kinds.items() if kind == "db"}
 
 
 def channel_fd() -> int | None:
@@ -215,7 +323,19 @@ def main() -> int:
 
     module = types.ModuleType("__main__")
     module.__file__ = code_path
-    module.__dict__.update({"input": read_input(), "console": Console(channel), "api": Api(), RETURN_NAME: CodeReturn})
+    bindings = read_bindings()
+    module.__dict__.update(
+        {
+            "input": read_input(),
+            "console": Console(channel),
+            "api": Api(),
+            "bindings": bindings,
+            "BindingError": BindingError,
+            RETURN_NAME: CodeReturn,
+        }
+    )
+    if len(bindings) == 1:  # with several, `db` would be a guess: the code picks from `bindings`
+        module.__dict__["db"] = next(iter(bindings.values()))
     sys.modules["__main__"] = module  # pickle, dataclasses and `if __name__ == "__main__"` work
 
     try:

@@ -180,6 +180,114 @@ def test_code_may_define_its_own_api(run_runner):
     assert r.report["result"] == "mine"
 
 
+def test_db_calls_send_the_broker_wire_format_and_return_rows_meta_and_counts(run_runner, fake_broker):
+    """The `db` client against the FakeBroker (a wire-format stand-in; the real broker is the e2e tests' job)."""
+    code = (
+        "count = db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t (name) VALUES (\\'a\\')')\n"
+        "meta = db.run('INSERT INTO t (name) VALUES (?)', ['b\\'); DROP TABLE t; --'])\n"
+        "return {'count': count, 'meta': meta, 'rows': db.execute('SELECT id, name FROM t ORDER BY id'),\n"
+        "        'query': db.query('SELECT name FROM t WHERE id > ?', (1,)),\n"
+        "        'first': db.first('SELECT id, name FROM t ORDER BY id'),\n"
+        "        'none': db.first('SELECT * FROM t WHERE id = ?', [9]),\n"
+        "        'same': bindings['notes'] is db, 'error': db.Error is BindingError, 'repr': repr(db)}\n"
+    )
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    injected = "b'); DROP TABLE t; --"
+    assert r.report["result"] == {
+        "count": 2,
+        "meta": {"changes": 1, "lastRowId": 2, "rowsRead": 0, "rowsWritten": 1, "durationMs": 0.5},
+        "rows": [{"id": 1, "name": "a"}, {"id": 2, "name": injected}],
+        "query": [{"name": injected}],
+        "first": {"id": 1, "name": "a"},
+        "none": None,
+        "same": True,
+        "error": True,
+        "repr": "<db binding 'notes'>",
+    }
+    assert [(request["path"], request["body"]) for request in fake_broker.requests] == [
+        (
+            "/v1/db/notes/exec",
+            {"sql": "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t (name) VALUES ('a')"},
+        ),
+        ("/v1/db/notes/query", {"sql": "INSERT INTO t (name) VALUES (?)", "params": [injected], "mode": "run"}),
+        ("/v1/db/notes/query", {"sql": "SELECT id, name FROM t ORDER BY id", "params": [], "mode": "all"}),
+        ("/v1/db/notes/query", {"sql": "SELECT name FROM t WHERE id > ?", "params": [1], "mode": "all"}),
+        ("/v1/db/notes/query", {"sql": "SELECT id, name FROM t ORDER BY id", "params": [], "mode": "first"}),
+        ("/v1/db/notes/query", {"sql": "SELECT * FROM t WHERE id = ?", "params": [9], "mode": "first"}),
+    ]
+    for request in fake_broker.requests:
+        assert request["headers"]["authorization"] == f"Bearer {fake_broker.token}"
+        assert request["headers"]["x-codeexec-execution"] == "team-a/ex-a"
+        assert request["headers"]["content-type"] == "application/json"
+
+
+def test_db_errors_raise_one_class_with_the_brokers_code_and_status(run_runner, fake_broker):
+    code = (
+        "def attempt(call):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except BindingError as error:\n"
+        "        return [error.code, error.status, error.message, str(error)]\n"
+        "notes, other = bindings['notes'], bindings['other']\n"
+        "return [attempt(lambda: notes.execute('SELEKT 1')), attempt(lambda: other.exec('SELECT 1')),\n"
+        "        'db' in globals(), sorted(bindings), notes.Error is BindingError]\n"
+    )
+    bindings_file = fake_broker.bindings_file({"notes": "db", "other": "db"})
+    r = run_code(run_runner, code, bindings=bindings_file)
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    sql_error, not_granted, has_db, names, one_class = r.report["result"]
+    assert sql_error == ["SqlError", 400, 'near "SELEKT": syntax error', 'SqlError: near "SELEKT": syntax error']
+    assert not_granted[:2] == ["NotGranted", 403] and "'other'" in not_granted[2]
+    assert (has_db, names, one_class) == (False, ["notes", "other"], True)  # two db bindings: no `db`
+
+
+def test_db_refused_token_is_unauthorized_and_uncaught_errors_end_the_code(run_runner, fake_broker):
+    bindings_file = {**fake_broker.bindings_file({"notes": "db"}), "token": "stolen"}
+    r = run_code(run_runner, "db.execute('SELECT 1')\n", bindings=bindings_file)
+    assert r.report["exitCode"] == 1
+    assert r.report["stderr"]["text"].endswith("BindingError: Unauthorized: not authorized\n")
+    assert fake_broker.requests[0]["headers"]["authorization"] == "Bearer stolen"
+
+
+def test_db_broker_unreachable_is_a_binding_error_with_status_0(run_runner, fake_broker):
+    import socket
+
+    code = "try:\n    db.first('SELECT 1')\nexcept db.Error as e:\n    return [e.code, e.status, e.message]\n"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        r = run_code(run_runner, code, bindings={**fake_broker.bindings_file({"notes": "db"}), "url": url})
+    error_code, status, message = r.report["result"]
+    assert (
+        (error_code, status) == ("BrokerUnreachable", 0) and message.startswith(url) and "Connection refused" in message
+    )
+
+
+def test_db_calls_ignore_proxies_that_spec_env_names(run_runner, fake_broker):
+    """The token goes to the broker only, never to a proxy (whose address the code's spec.env could set)."""
+    proxy = "http://127.0.0.1:9"  # nothing listens there: a call through it would fail
+    r = run_code(
+        run_runner,
+        "return db.first('SELECT 1 AS one')\n",
+        bindings=fake_broker.bindings_file({"notes": "db"}),
+        env={"http_proxy": proxy, "HTTP_PROXY": proxy, "all_proxy": proxy},
+    )
+    assert r.report["result"] == {"one": 1}, r.report["stderr"]["text"]
+
+
+def test_db_params_must_be_a_list_or_tuple(run_runner, fake_broker):
+    code = "try:\n    db.execute('SELECT :a', {'a': 1})\nexcept TypeError as error:\n    return str(error)\n"
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db"}))
+    assert r.report["result"] == "params must be a list or tuple, not dict"
+    assert fake_broker.requests == []
+
+
+def test_without_bindings_db_is_undefined_and_bindings_empty(run_runner):
+    r = run_code(run_runner, "return [bindings, 'db' in globals()]\n")
+    assert r.report["result"] == [{}, False]
+
+
 def test_warm_hello(start_warm, warm_request):
     """Warm mode: pre-started, ready before the request, then the same globals and result as cold."""
     warm = start_warm(["python3", HARNESS])
