@@ -154,23 +154,7 @@ def from_pod(
     queue_deadline: datetime | None = None,
 ) -> Patch | None:
     """What the pod says about the Execution; None when it changes nothing. A pod the scheduler cannot
-    place for lack of CPU or memory waits as Queued until `queue_deadline`. Whenever the pod is named,
-    so is the path that gave it (status.sandbox)."""
-    patch = _from_pod(status, pod, report, config, now, generation, queue_deadline)
-    if patch is not None and patch.get("podName") and status.get("sandbox") is None:
-        patch["sandbox"] = sandbox_kind(pod).value
-    return patch
-
-
-def _from_pod(
-    status: Status,
-    pod: Mapping[str, Any],
-    report: Report | None,
-    config: OperatorConfig,
-    now: datetime,
-    generation: int,
-    queue_deadline: datetime | None,
-) -> Patch | None:
+    place for lack of CPU or memory waits as Queued until `queue_deadline`."""
     if is_terminal(status.get("phase")):
         return None
     state = _container_status(pod).get("state", {})
@@ -183,7 +167,7 @@ def _from_pod(
         phase, reason, message = outcome
         if reason == NETWORK_NOT_ISOLATED:
             # The program never ran: no exit code, output or duration of its own to report.
-            fields: dict[str, Any] = {"podName": _pod_name(pod)}
+            fields = _pod_fields(status, pod)
             note = None
         else:
             fields, note = _outcome_fields(status, pod, terminated or {}, trusted, config, now)
@@ -197,7 +181,7 @@ def _from_pod(
             "The sandbox pod was deleted before the program finished.",
             now,
             generation,
-            podName=_pod_name(pod),
+            **_pod_fields(status, pod),
         )
 
     waiting = state.get("waiting", {})
@@ -209,7 +193,7 @@ def _from_pod(
             _join(waiting.get("reason"), waiting.get("message")),
             now,
             generation,
-            podName=_pod_name(pod),
+            **_pod_fields(status, pod),
         )
 
     running = state.get("running")
@@ -219,7 +203,7 @@ def _from_pod(
         return {
             "phase": Phase.RUNNING.value,
             "startedAt": _claimed_at(pod) or running.get("startedAt") or rfc3339(now),
-            "podName": _pod_name(pod),
+            **_pod_fields(status, pod),
             "observedGeneration": generation,
             **_left_queue(status),
         }
@@ -228,7 +212,7 @@ def _from_pod(
     if no_room is not None:
         message, since = no_room
         if queue_deadline is not None and now >= queue_deadline:
-            return {**queue_timeout(status, now, generation), "podName": _pod_name(pod)}
+            return {**queue_timeout(status, now, generation), **_pod_fields(status, pod)}
         patch = queued(None, f"waiting for capacity: {message}")
         # A moment without room (the pod before it is still stopping) is not worth a write; the timer looks again.
         brief = since is not None and (now - since).total_seconds() < NO_ROOM_NOTICE_SECONDS
@@ -236,7 +220,7 @@ def _from_pod(
     started = _start_clock(pod)
     if started and (now - started).total_seconds() > config.start_deadline_seconds:
         reason, message = _start_failure(pod.get("status", {}), waiting, config)
-        return _finished(status, Phase.FAILED, reason, message, now, generation, podName=_pod_name(pod))
+        return _finished(status, Phase.FAILED, reason, message, now, generation, **_pod_fields(status, pod))
     return None
 
 
@@ -319,7 +303,7 @@ def _outcome_fields(
 ) -> tuple[dict[str, Any], str | None]:
     """Status fields of a finished pod: the container's facts, then the trusted report's detail."""
     fields: dict[str, Any] = {
-        "podName": _pod_name(pod),
+        **_pod_fields(status, pod),
         "finishedAt": terminated.get("finishedAt") or rfc3339(now),
     }
     if "exitCode" in terminated:
@@ -501,9 +485,12 @@ def sandbox_kind(pod: Mapping[str, Any]) -> Sandbox:
     return Sandbox.WARM if _claimed_at(pod) else Sandbox.COLD
 
 
-def _pod_name(pod: Mapping[str, Any]) -> str:
+def _pod_fields(status: Status, pod: Mapping[str, Any]) -> Patch:
+    """The pod's name, with the path that gave it (status.sandbox) unless the status already says."""
     name: str = pod.get("metadata", {}).get("name", "")
-    return name
+    if name and status.get("sandbox") is None:
+        return {"podName": name, "sandbox": sandbox_kind(pod).value}
+    return {"podName": name}
 
 
 def _join(first: str | None, second: str | None) -> str:
