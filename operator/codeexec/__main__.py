@@ -1,4 +1,5 @@
-"""Command line: `run` starts the operator, `crds` writes the CRDs, `generate` rewrites every generated file."""
+"""Command line: `run` starts the operator, `broker` the bindings broker, `crds` writes the CRDs, `generate` rewrites
+every generated file."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> None:
         "generate", help="rewrite the files generated from the models: CRDs, chart values and schema, README table"
     )
     generate.add_argument("--root", type=Path, default=Path("."), help="the repository (default: here)")
+    commands.add_parser("broker", help="serve the bindings broker (as `codeexec broker`)")
     generate.add_argument("--check", action="store_true", help="write nothing; fail if a file is out of date")
     args = parser.parse_args(argv)
 
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             for path in chartgen.write(args.root):
                 print(path)
+    elif args.command == "broker":
+        from codeexec.broker.server import serve
+
+        serve()
     else:
         _run(args.liveness)
 

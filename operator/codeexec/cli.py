@@ -1,4 +1,5 @@
-"""The `codeexec` command: run code and read Executions through the SDK; `codeexec gateway` serves the HTTP API.
+"""The `codeexec` command: run code and read Executions through the SDK; `codeexec gateway` serves the HTTP API,
+`codeexec broker` the bindings broker.
 (The operator itself is `python -m codeexec run`, see __main__.py.)"""
 
 from __future__ import annotations
@@ -29,6 +30,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "gateway":
         _serve(args)
+        return
+    if args.command == "broker":
+        from codeexec.broker.server import serve
+
+        serve()
         return
     try:
         with _client(args) as client:
@@ -94,6 +100,9 @@ def _parser() -> argparse.ArgumentParser:
     languages = command("languages", "the installed languages")
     languages.set_defaults(handler=_languages)
 
+    commands.add_parser(
+        "broker", help="serve the bindings broker (in a pod: the chart runs it; settings: CODEEXEC_BROKER_* variables)"
+    )
     gateway = commands.add_parser("gateway", help="serve the HTTP gateway (in a pod: the chart runs it)")
     gateway.add_argument("--host", default="0.0.0.0")
     gateway.add_argument("--port", type=int, default=8080)

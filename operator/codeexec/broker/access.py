@@ -1,0 +1,89 @@
+"""The check of every call: token → Execution (GET, its uid) → bindingtoken.matches → phase Running → the binding
+named in its spec.bindings → that SandboxBinding exists. Nothing is cached: a token dies with its Execution."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from codeexec import bindingtoken
+from codeexec.broker.engine import Target
+from codeexec.broker.errors import BackendUnavailable, BrokerError, NotGranted, Unauthorized
+from codeexec.broker.kube import Kube, binding_path, execution_path
+from codeexec.models import MAX_OBJECT_NAME_LENGTH, OBJECT_NAME_PATTERN, SandboxBindingSpec
+from codeexec.vocabulary import Phase
+
+_NAME = re.compile(OBJECT_NAME_PATTERN)
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a call says it comes from: its bearer token and the Execution `<namespace>/<name>` it names."""
+
+    token: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def from_headers(cls, authorization: str | None, execution: str | None) -> Caller:
+        scheme, _, token = (authorization or "").partition(" ")
+        namespace, _, name = (execution or "").partition("/")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthorized("no bearer token")
+        if not (_object_name(namespace) and _object_name(name)):
+            raise Unauthorized("no X-Codeexec-Execution <namespace>/<name>")
+        return cls(token.strip(), namespace, name)
+
+
+def _object_name(text: str) -> bool:
+    return len(text) <= MAX_OBJECT_NAME_LENGTH and _NAME.match(text) is not None
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A call allowed: the Execution (as read now) and the binding it may use."""
+
+    execution: dict[str, Any]
+    target: Target
+
+    @property
+    def uid(self) -> str:
+        uid: str = self.execution["metadata"]["uid"]
+        return uid
+
+
+class Refused(Exception):
+    """The check said no: `error` is what the code gets; `execution` the Execution it named, when it exists
+    (the refusal is reported on it), and `binding` the refused binding when the Execution names it."""
+
+    def __init__(self, error: BrokerError, execution: dict[str, Any] | None, binding: str | None = None) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.execution = execution
+        self.binding = binding
+
+
+async def check(kube: Kube, key: bytes, caller: Caller, binding: str) -> Grant:
+    """The Grant, or Refused (401 Unauthorized / 403 NotGranted); BackendUnavailable when the API does not answer."""
+    execution = await kube.get(execution_path(caller.namespace, caller.name))
+    if execution is None:
+        raise Refused(Unauthorized(f"no Execution {caller.namespace}/{caller.name}"), None)
+    uid = execution["metadata"]["uid"]
+    if not bindingtoken.matches(key, caller.token, caller.namespace, caller.name, uid):
+        raise Refused(Unauthorized("the token is not this Execution's"), execution)
+    phase = (execution.get("status") or {}).get("phase")
+    if phase != Phase.RUNNING:
+        raise Refused(Unauthorized(f"the Execution is {phase or 'not started'}, not Running"), execution)
+    if binding not in ((execution.get("spec") or {}).get("bindings") or []):
+        raise Refused(NotGranted(f"the Execution does not name the binding {binding!r}"), execution)
+    found = await kube.get(binding_path(caller.namespace, binding))
+    if found is None:
+        raise Refused(NotGranted(f"no SandboxBinding {binding!r} in {caller.namespace}"), execution, binding)
+    try:
+        spec = SandboxBindingSpec.model_validate(found.get("spec") or {})
+    except ValidationError as error:
+        raise BackendUnavailable(f"the SandboxBinding {binding!r} is not valid: {error.errors()[0]['msg']}") from error
+    return Grant(execution, Target(caller.namespace, binding, spec.db))

@@ -1,0 +1,69 @@
+"""The broker's error codes: each a status and a stable code the sandbox libraries raise with the message."""
+
+from __future__ import annotations
+
+
+class BrokerError(Exception):
+    """A call's failure as the code sees it: `{"error": {"code": ..., "message": ...}}` with `status`."""
+
+    status = 500
+    code = "Internal"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def body(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class Unauthorized(BrokerError):
+    """No or a bad token, an unknown Execution or one not running: the message never says which (the detail
+    goes to the broker's log and the Execution's Event only)."""
+
+    status = 401
+    code = "Unauthorized"
+    MESSAGE = "the binding token is not valid for a running Execution"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(self.MESSAGE)
+        self.detail = detail
+
+
+class NotGranted(BrokerError):
+    status = 403
+    code = "NotGranted"
+
+
+class ReadOnly(BrokerError):
+    status = 403
+    code = "ReadOnly"
+
+
+class SqlError(BrokerError):
+    status = 400
+    code = "SqlError"
+
+
+class BadRequest(BrokerError):
+    status = 400
+    code = "BadRequest"
+
+
+class StatementTimeout(BrokerError):
+    status = 408
+    code = "StatementTimeout"
+
+
+class LimitExceeded(BrokerError):
+    status = 413
+    code = "LimitExceeded"
+
+
+class BackendUnavailable(BrokerError):
+    status = 503
+    code = "BackendUnavailable"
+
+
+# Refusals (counted as `refused`, reported as a BindingRefused Event); other errors count as `errors`.
+REFUSED_STATUSES = (401, 403)

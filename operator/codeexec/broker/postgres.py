@@ -1,0 +1,197 @@
+"""The PostgreSQL engine: the DSN read from the binding's Secret at call time (a pool per binding and Secret
+version), each call one transaction (READ ONLY for a readOnly binding) with SET LOCAL statement_timeout, and each
+statement sent alone through the extended protocol with PostgreSQL's own $1 placeholders."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
+
+from codeexec.broker import statements
+from codeexec.broker.engine import ExecRequest, ExecResult, QueryRequest, QueryResult, Target
+from codeexec.broker.errors import (
+    BackendUnavailable,
+    BadRequest,
+    BrokerError,
+    ReadOnly,
+    SqlError,
+    StatementTimeout,
+)
+from codeexec.broker.kube import Kube, secret_path
+from codeexec.broker.limits import CallLimits
+from codeexec.broker.results import Rows
+
+# Both results carry the call's duration, set once its transaction ended.
+Result = TypeVar("Result", QueryResult, ExecResult)
+
+# Connections one binding may hold at once; a call waits for one at most its statement timeout.
+POOL_SIZE = 4
+CONNECT_TIMEOUT_SECONDS = 5.0
+# The broker's own wait past statement_timeout before it cancels a statement itself: the server's timeout
+# normally ends it first, but a script can change statement_timeout with its own SET LOCAL.
+CANCEL_GRACE_SECONDS = 0.5
+FETCH_BATCH = 500
+# Statements whose status message ends with the number of rows they changed.
+WRITE_COMMANDS = ("INSERT", "UPDATE", "DELETE", "MERGE")
+ENDED_TRANSACTION = "transaction control (COMMIT, ROLLBACK, ...) is not allowed: each call is one transaction"
+
+
+class PostgresEngine:
+    def __init__(self, kube: Kube) -> None:
+        self._kube = kube
+        # (namespace, binding) → (the Secret's resourceVersion and key, the pool made from its DSN)
+        self._pools: dict[tuple[str, str], tuple[str, asyncpg.Pool]] = {}
+        self._lock = asyncio.Lock()
+
+    async def query(self, target: Target, request: QueryRequest, limits: CallLimits) -> QueryResult:
+        async def run(connection: asyncpg.Connection) -> QueryResult:
+            return await _query(connection, request, limits)
+
+        return await self._in_transaction(target, limits, run)
+
+    async def exec(self, target: Target, request: ExecRequest, limits: CallLimits) -> ExecResult:
+        async def run(connection: asyncpg.Connection) -> ExecResult:
+            count = written = 0
+            for statement in statements.split(request.sql, "postgres"):
+                result = await _query(connection, QueryRequest(sql=statement, mode="run"), limits)
+                _still_in_transaction(connection)
+                count += 1
+                written += result.rows_written
+            return ExecResult(count, written, 0.0)
+
+        return await self._in_transaction(target, limits, run)
+
+    async def close(self) -> None:
+        for _, pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
+    async def _in_transaction(
+        self, target: Target, limits: CallLimits, work: Callable[[asyncpg.Connection], Awaitable[Result]]
+    ) -> Result:
+        started = time.monotonic()
+        pool = await self._pool(target)
+        try:
+            async with pool.acquire(timeout=limits.timeout_ms / 1000) as connection:
+                await connection.execute("BEGIN READ ONLY" if limits.read_only else "BEGIN")
+                try:
+                    await connection.execute(f"SET LOCAL statement_timeout = {int(limits.timeout_ms)}")
+                    # A first query takes the transaction's snapshot: from then on PostgreSQL refuses to switch
+                    # it to read-write (SET TRANSACTION READ WRITE would otherwise undo READ ONLY).
+                    await connection.execute("SELECT 1")
+                    result = await work(connection)
+                    _still_in_transaction(connection)
+                    await connection.execute("COMMIT")
+                finally:
+                    if connection.is_in_transaction():
+                        await connection.execute("ROLLBACK")
+        except BrokerError:
+            raise
+        except Exception as error:
+            raise _translated(error, limits) from error
+        result.duration_ms = (time.monotonic() - started) * 1000
+        return result
+
+    async def _pool(self, target: Target) -> asyncpg.Pool:
+        dsn, version = await self._dsn(target)
+        key = (target.namespace, target.name)
+        async with self._lock:
+            found = self._pools.get(key)
+            if found is not None and found[0] == version:
+                return found[1]
+            pool = asyncpg.create_pool(
+                dsn,
+                min_size=0,
+                max_size=POOL_SIZE,
+                max_inactive_connection_lifetime=60,
+                timeout=CONNECT_TIMEOUT_SECONDS,
+                server_settings={"application_name": "codeexec-broker"},
+            )
+            try:
+                await pool
+            except Exception as error:
+                raise _unavailable(error) from error
+            self._pools[key] = (version, pool)
+        if found is not None:
+            # Calls still on the old DSN's connections finish; close() waits for them.
+            asyncio.get_running_loop().create_task(found[1].close())
+        return pool
+
+    async def _dsn(self, target: Target) -> tuple[str, str]:
+        """The DSN and what identifies this version of it (the Secret's resourceVersion and key)."""
+        ref = target.spec.dsn_secret_ref
+        if ref is None:
+            raise BackendUnavailable(f"the binding {target.name!r} names no dsnSecretRef")
+        secret = await self._kube.get(secret_path(target.namespace, ref.name))
+        encoded = ((secret or {}).get("data") or {}).get(ref.key)
+        if secret is None or encoded is None:
+            raise BackendUnavailable(f"the binding {target.name!r}: Secret {ref.name} has no key {ref.key}")
+        try:
+            dsn = base64.b64decode(encoded, validate=True).decode().strip()
+        except (binascii.Error, UnicodeDecodeError) as error:
+            raise BackendUnavailable(f"the binding {target.name!r}: Secret key {ref.key} is not a DSN") from error
+        return dsn, f"{secret['metadata'].get('resourceVersion')}/{ref.key}"
+
+
+async def _query(connection: asyncpg.Connection, request: QueryRequest, limits: CallLimits) -> QueryResult:
+    if statements.first_word(request.sql, "postgres") == "COPY":
+        # COPY talks its own protocol (and COPY TO/FROM a file or program would act on the server itself).
+        message = "COPY is not allowed through the broker"
+        raise ReadOnly(message) if limits.read_only else BadRequest(message)
+    timeout = limits.timeout_ms / 1000 + CANCEL_GRACE_SECONDS
+    statement = await connection.prepare(request.sql, timeout=timeout)
+    rows = Rows(limits)
+    if not statement.get_attributes():
+        await statement.fetch(*request.params, timeout=timeout)
+        command, _, count = (statement.get_statusmsg() or "").rpartition(" ")
+        changes = int(count) if command.split(" ")[0] in WRITE_COMMANDS and count.isdigit() else 0
+        return QueryResult([], changes, None, 0, changes)
+    # Rows come through a cursor, a batch at a time: a huge result fails at the row limit instead of filling
+    # the broker's memory. A portal has no status message: a write's RETURNING rows are its changes.
+    write = statements.first_word(request.sql, "postgres") in WRITE_COMMANDS
+    columns = [attribute.name for attribute in statement.get_attributes()]
+    cursor = await statement.cursor(*request.params, timeout=timeout)
+    read = 0
+    while True:
+        batch = await cursor.fetch(FETCH_BATCH, timeout=timeout)
+        for record in batch:
+            read += 1
+            if request.mode == "all" or (request.mode == "first" and read == 1):
+                rows.add(columns, list(record.values()))
+        if len(batch) < FETCH_BATCH or (request.mode == "first" and not write):
+            break
+    changes = read if write else 0
+    return QueryResult(rows.rows, changes, None, read, changes)
+
+
+def _still_in_transaction(connection: asyncpg.Connection) -> None:
+    """A statement that ended the call's transaction (COMMIT, ROLLBACK, ...) ends the call: what followed would
+    run outside it, without READ ONLY and the statement timeout."""
+    if not connection.is_in_transaction():
+        raise BadRequest(ENDED_TRANSACTION)
+
+
+def _translated(error: Exception, limits: CallLimits) -> BrokerError:
+    if isinstance(error, asyncpg.ReadOnlySQLTransactionError):
+        return ReadOnly(f"the binding is readOnly ({error})")
+    if isinstance(error, (asyncpg.QueryCanceledError, TimeoutError)):
+        return StatementTimeout(f"the statement ran longer than {limits.timeout_ms} ms (statementTimeoutMs)")
+    if isinstance(error, (asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError, OSError)):
+        return _unavailable(error)
+    if isinstance(error, asyncpg.PostgresError):
+        return SqlError(str(error))
+    if isinstance(error, asyncpg.InterfaceError):
+        # Parameters that do not fit the statement's placeholders or types, a statement asyncpg cannot run.
+        return BadRequest(str(error))
+    return _unavailable(error)
+
+
+def _unavailable(error: Exception) -> BackendUnavailable:
+    """The kind of failure only: a connection error's text may name the server and user of the DSN."""
+    return BackendUnavailable(f"the PostgreSQL server cannot be used ({type(error).__name__})")

@@ -1,0 +1,240 @@
+"""The SQLite engine: `<data dir>/<namespace>/<database>.sqlite3`, one connection and one transaction per call,
+parameters bound, and an authorizer that decides what a statement may touch before it runs."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from codeexec.broker import statements
+from codeexec.broker.engine import ExecRequest, ExecResult, QueryRequest, QueryResult, Target
+from codeexec.broker.errors import BadRequest, BrokerError, ReadOnly, SqlError, StatementTimeout
+from codeexec.broker.limits import CallLimits
+from codeexec.broker.results import Rows
+
+# PRAGMAs that only read the schema: everything else (writable_schema, journal_mode, foreign_keys=..., a
+# database_list that shows the broker's paths, ...) is refused, whatever the binding.
+READ_ONLY_PRAGMAS = frozenset(
+    {
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_list",
+        "index_info",
+        "index_xinfo",
+        "foreign_key_list",
+        "foreign_key_check",
+    }
+)
+# What a readOnly binding may not do (SQLITE_* action codes).
+WRITES = frozenset(
+    {
+        sqlite3.SQLITE_INSERT,
+        sqlite3.SQLITE_UPDATE,
+        sqlite3.SQLITE_DELETE,
+        sqlite3.SQLITE_CREATE_INDEX,
+        sqlite3.SQLITE_CREATE_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_INDEX,
+        sqlite3.SQLITE_CREATE_TEMP_TABLE,
+        sqlite3.SQLITE_CREATE_TEMP_TRIGGER,
+        sqlite3.SQLITE_CREATE_TEMP_VIEW,
+        sqlite3.SQLITE_CREATE_TRIGGER,
+        sqlite3.SQLITE_CREATE_VIEW,
+        sqlite3.SQLITE_CREATE_VTABLE,
+        sqlite3.SQLITE_DROP_INDEX,
+        sqlite3.SQLITE_DROP_TABLE,
+        sqlite3.SQLITE_DROP_TEMP_INDEX,
+        sqlite3.SQLITE_DROP_TEMP_TABLE,
+        sqlite3.SQLITE_DROP_TEMP_TRIGGER,
+        sqlite3.SQLITE_DROP_TEMP_VIEW,
+        sqlite3.SQLITE_DROP_TRIGGER,
+        sqlite3.SQLITE_DROP_VIEW,
+        sqlite3.SQLITE_DROP_VTABLE,
+        sqlite3.SQLITE_ALTER_TABLE,
+        sqlite3.SQLITE_REINDEX,
+        sqlite3.SQLITE_ANALYZE,
+    }
+)
+ATTACH_REFUSAL = "ATTACH, DETACH and VACUUM are not allowed"
+# Both results carry the call's duration, set once its transaction ended.
+Result = TypeVar("Result", QueryResult, ExecResult)
+# SQLite virtual machine instructions between two checks of the statement's deadline.
+PROGRESS_STEPS = 10_000
+
+
+class Authorizer:
+    """The sqlite3 authorizer of one call. Always refused: ATTACH and DETACH (VACUUM, VACUUM INTO included: SQLite
+    runs them as an ATTACH of the target file, which reaches the authorizer as SQLITE_ATTACH), load_extension(),
+    BEGIN/COMMIT/ROLLBACK (the broker makes each call one transaction) and PRAGMAs beyond READ_ONLY_PRAGMAS; with
+    readOnly, every write. `refusal` says why the last statement was refused."""
+
+    def __init__(self, read_only: bool) -> None:
+        self.read_only = read_only
+        self.refusal: str | None = None
+
+    def __call__(
+        self, action: int, arg1: str | None, arg2: str | None, database: str | None, source: str | None
+    ) -> int:
+        refusal = self._refusal(action, arg1, arg2)
+        if refusal is None:
+            return sqlite3.SQLITE_OK
+        self.refusal = refusal
+        return sqlite3.SQLITE_DENY
+
+    def _refusal(self, action: int, arg1: str | None, arg2: str | None) -> str | None:
+        if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
+            return ATTACH_REFUSAL
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
+            return "load_extension() is not allowed"
+        if action == sqlite3.SQLITE_TRANSACTION:
+            return "BEGIN, COMMIT and ROLLBACK are not allowed: each call is one transaction"
+        if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in READ_ONLY_PRAGMAS:
+            return f"PRAGMA {arg1} is not allowed"
+        if self.read_only and action in WRITES:
+            return "the binding is readOnly"
+        return None
+
+
+class SqliteEngine:
+    """Runs calls in worker threads (sqlite3 blocks); SQLite's file locks order concurrent writers."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+
+    def path(self, target: Target) -> Path:
+        return self.data_dir / target.namespace / f"{target.spec.database or target.name}.sqlite3"
+
+    async def query(self, target: Target, request: QueryRequest, limits: CallLimits) -> QueryResult:
+        return await asyncio.to_thread(self._in_transaction, target, limits, lambda call: call.query(request))
+
+    async def exec(self, target: Target, request: ExecRequest, limits: CallLimits) -> ExecResult:
+        def run(call: _Call) -> ExecResult:
+            count = 0
+            for statement in statements.split(request.sql, "sqlite"):
+                call.run(statement, [])
+                count += 1
+            return ExecResult(count, call.changes(), 0.0)
+
+        return await asyncio.to_thread(self._in_transaction, target, limits, run)
+
+    async def close(self) -> None:
+        """Nothing stays open between calls."""
+
+    def _in_transaction(self, target: Target, limits: CallLimits, work: Callable[[_Call], Result]) -> Result:
+        started = time.monotonic()
+        connection = self._connect(self.path(target), limits)
+        try:
+            connection.execute("BEGIN IMMEDIATE" if not limits.read_only else "BEGIN")
+            call = _Call(connection, limits)
+            connection.set_authorizer(call.authorizer)
+            try:
+                result = work(call)
+            finally:
+                connection.set_authorizer(None)
+                connection.set_progress_handler(None, 0)
+            connection.commit()
+        except BrokerError:
+            raise
+        except sqlite3.Error as error:
+            raise SqlError(str(error)) from error
+        finally:
+            connection.rollback()
+            connection.close()
+        result.duration_ms = (time.monotonic() - started) * 1000
+        return result
+
+    def _connect(self, path: Path, limits: CallLimits) -> sqlite3.Connection:
+        if not path.exists():
+            # Made on first use, by a writable connection even for a readOnly binding (an empty database).
+            path.parent.mkdir(parents=True, exist_ok=True)
+            made = sqlite3.connect(path)
+            # Readers and one writer at once (the mode stays with the file).
+            made.execute("PRAGMA journal_mode = WAL")
+            made.close()
+        mode = "ro" if limits.read_only else "rw"
+        # The busy wait (another call holds the write lock) counts against the statement's timeout too.
+        connection = sqlite3.connect(
+            f"{path.as_uri()}?mode={mode}",
+            uri=True,
+            timeout=limits.timeout_ms / 1000,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+        # A second fence behind the authorizer: no database can be attached at all.
+        connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        # As in D1: foreign keys enforced.
+        connection.execute("PRAGMA foreign_keys = ON")
+        return connection
+
+
+class _Call:
+    """The statements of one call on its connection, each with its deadline."""
+
+    def __init__(self, connection: sqlite3.Connection, limits: CallLimits) -> None:
+        self.connection = connection
+        self.limits = limits
+        self.authorizer = Authorizer(limits.read_only)
+        self._changes_before = connection.total_changes
+        self._deadline = 0.0
+
+    def changes(self) -> int:
+        return self.connection.total_changes - self._changes_before
+
+    def query(self, request: QueryRequest) -> QueryResult:
+        before = self.connection.total_changes
+        cursor = self.run(request.sql, request.params)
+        rows = Rows(self.limits)
+        columns = [column[0] for column in cursor.description or ()]
+        read = 0
+        try:
+            for values in cursor:
+                read += 1
+                if request.mode == "all" or (request.mode == "first" and read == 1):
+                    rows.add(columns, values)
+                if request.mode == "first":
+                    break
+        except sqlite3.OperationalError as error:
+            raise self._translated(error) from error
+        finally:
+            cursor.close()
+        changes = self.connection.total_changes - before
+        last_row_id = cursor.lastrowid if changes else None
+        return QueryResult(rows.rows, changes, last_row_id, read, changes)
+
+    def run(self, sql: str, params: list[Any]) -> sqlite3.Cursor:
+        self._deadline = time.monotonic() + self.limits.timeout_ms / 1000
+        self.authorizer.refusal = None
+        if statements.first_word(sql, "sqlite") == "VACUUM":
+            # Refused by name, clearly: inside the call's transaction SQLite would only say "cannot VACUUM
+            # from within a transaction", and behind that stand the authorizer and the attach limit.
+            raise self._refused(ATTACH_REFUSAL)
+        self.connection.set_progress_handler(self._past_deadline, PROGRESS_STEPS)
+        try:
+            return self.connection.execute(sql, params)
+        except sqlite3.ProgrammingError as error:
+            # More than one statement, or parameters that do not fit the placeholders.
+            raise BadRequest(str(error)) from error
+        except sqlite3.Error as error:
+            raise self._translated(error) from error
+
+    def _past_deadline(self) -> int:
+        """Non-zero interrupts the statement (sqlite3.OperationalError "interrupted")."""
+        return int(time.monotonic() > self._deadline)
+
+    def _refused(self, refusal: str) -> BrokerError:
+        return ReadOnly(refusal) if self.limits.read_only else SqlError(f"not authorized: {refusal}")
+
+    def _translated(self, error: sqlite3.Error) -> BrokerError:
+        refusal = self.authorizer.refusal
+        code = getattr(error, "sqlite_errorcode", None)
+        if refusal is not None:
+            return self._refused(refusal)
+        if code == sqlite3.SQLITE_READONLY:
+            return ReadOnly(f"the binding is readOnly ({error})")
+        if code == sqlite3.SQLITE_INTERRUPT:
+            return StatementTimeout(f"the statement ran longer than {self.limits.timeout_ms} ms (statementTimeoutMs)")
+        return SqlError(str(error))
