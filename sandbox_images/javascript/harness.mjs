@@ -1,5 +1,6 @@
 // JavaScript/TypeScript harness: runs the code as the body of an async function (input, console, require, process)
-// with a global `api` (a small HTTP helper on fetch).
+// with a global `api` (a small HTTP helper on fetch) and, when the Execution names bindings, the globals `bindings`
+// and `db` (Cloudflare D1's shape, through the bindings broker).
 //
 // Usage: node harness.mjs [--typescript] CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
 // With --typescript the code is first transpiled by the `typescript` package installed next to this file.
@@ -55,48 +56,184 @@ class HttpError extends Error {
   }
 }
 
-// `api.get(url)`, `api.post(url, body)`, `api.request(method, url, { body, headers, timeoutMs })` on fetch:
-// an object or array body is sent as JSON; the response comes back parsed when it is JSON, else as text;
-// an HTTP error status throws api.HttpError (.status, .body). Only the allowedDomains are reachable.
-function httpApi() {
-  async function request(method, url, { body, headers = {}, timeoutMs = 30000 } = {}) {
-    const init = { method, headers: { accept: "application/json, text/plain;q=0.9, */*;q=0.8", ...headers } };
-    if (body !== undefined && typeof body !== "string" && !(body instanceof Uint8Array)) {
-      init.body = JSON.stringify(body);
-      if (!Object.keys(headers).some((name) => name.toLowerCase() === "content-type")) {
-        init.headers["content-type"] = "application/json";
-      }
-    } else if (body !== undefined) {
-      init.body = body;
+// `api.request(method, url, { body, headers, timeoutMs })` on fetch: an object or array body is sent as JSON; the
+// response comes back parsed when it is JSON, else as text; an HTTP error status throws HttpError (.status, .body).
+async function httpRequest(method, url, { body, headers = {}, timeoutMs = 30000 } = {}) {
+  const init = { method, headers: { accept: "application/json, text/plain;q=0.9, */*;q=0.8", ...headers } };
+  if (body !== undefined && typeof body !== "string" && !(body instanceof Uint8Array)) {
+    init.body = JSON.stringify(body);
+    if (!Object.keys(headers).some((name) => name.toLowerCase() === "content-type")) {
+      init.headers["content-type"] = "application/json";
     }
-    init.signal = AbortSignal.timeout(timeoutMs);
-    let response;
-    let text;
-    try {
-      response = await fetch(url, init);
-      text = await response.text();
-    } catch (error) {
-      // fetch says only "fetch failed"; the cause says why (ECONNREFUSED, EAI_AGAIN, ...).
-      throw new Error(`${method} ${url} failed: ${error.cause?.message ?? error.message}`, { cause: error });
-    }
-    const mime = (response.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();
-    const isJson = mime === "application/json" || mime.endsWith("+json");
-    const parse = () => (text.trim() === "" ? null : JSON.parse(text));
-    if (!response.ok) {
-      let errorBody = text;
-      try {
-        if (isJson) errorBody = parse();
-      } catch {} // an error page may lie about its type
-      throw new HttpError(method, url, response, errorBody);
-    }
-    return isJson ? parse() : text;
+  } else if (body !== undefined) {
+    init.body = body;
   }
+  init.signal = AbortSignal.timeout(timeoutMs);
+  let response;
+  let text;
+  try {
+    response = await fetch(url, init);
+    text = await response.text();
+  } catch (error) {
+    // fetch says only "fetch failed"; the cause says why (ECONNREFUSED, EAI_AGAIN, ...).
+    throw new Error(`${method} ${url} failed: ${error.cause?.message ?? error.message}`, { cause: error });
+  }
+  const mime = (response.headers.get("content-type") ?? "").split(";")[0].trim().toLowerCase();
+  const isJson = mime === "application/json" || mime.endsWith("+json");
+  const parse = () => (text.trim() === "" ? null : JSON.parse(text));
+  if (!response.ok) {
+    let errorBody = text;
+    try {
+      if (isJson) errorBody = parse();
+    } catch {} // an error page may lie about its type
+    throw new HttpError(method, url, response, errorBody);
+  }
+  return isJson ? parse() : text;
+}
+
+// `api.get(url)`, `api.post(url, body)`, `api.request(...)` (httpRequest). Only the allowedDomains are reachable.
+function httpApi() {
   return {
-    request,
-    get: (url, options) => request("GET", url, options),
-    post: (url, body, options) => request("POST", url, { ...options, body }),
+    request: httpRequest,
+    get: (url, options) => httpRequest("GET", url, options),
+    post: (url, body, options) => httpRequest("POST", url, { ...options, body }),
     HttpError,
   };
+}
+
+// A binding call that failed: .code is the broker's (SqlError, ReadOnly, LimitExceeded, StatementTimeout, NotGranted,
+// Unauthorized, BadRequest, BackendUnavailable), or BrokerUnreachable (no answer), BrokerError (an answer that was
+// not the broker's), ColumnNotFound (first(column) of a row without it); .status is HTTP's, 0 without an answer.
+class BindingError extends Error {
+  constructor(code, status, message) {
+    super(`${code}: ${message}`);
+    this.name = "BindingError";
+    this.code = code;
+    this.status = status;
+  }
+}
+
+// Returns call(path, body): one POST to the broker with the Execution's token, its answer or a BindingError.
+function brokerCaller(url, token, execution) {
+  const headers = { authorization: `Bearer ${token}`, "x-codeexec-execution": execution };
+  return async (path, body) => {
+    let answer;
+    try {
+      // The broker's statement timeout (at most 60 s) ends a call first.
+      answer = await httpRequest("POST", url + path, { body, headers, timeoutMs: 120000 });
+    } catch (error) {
+      if (!(error instanceof HttpError)) {
+        const code = error instanceof SyntaxError ? "BrokerError" : "BrokerUnreachable";
+        throw new BindingError(code, 0, error.message);
+      }
+      const refusal = error.body?.error;
+      if (typeof refusal?.code === "string") {
+        throw new BindingError(refusal.code, error.status, String(refusal.message));
+      }
+      throw new BindingError("BrokerError", error.status, `HTTP ${error.status}: not an answer of the broker`);
+    }
+    if (typeof answer !== "object" || answer === null) {
+      throw new BindingError("BrokerError", 200, "not an answer of the broker");
+    }
+    return answer;
+  };
+}
+
+// D1's meta names for the broker's meta.
+function d1Meta(meta) {
+  return {
+    duration: meta.durationMs,
+    changes: meta.changes,
+    last_row_id: meta.lastRowId,
+    rows_read: meta.rowsRead,
+    rows_written: meta.rowsWritten,
+  };
+}
+
+// A D1 prepared statement: immutable; bind() returns a new one. Parameters are bound by the database, never
+// interpolated: `?` (SQLite) or `$1` (PostgreSQL).
+class PreparedStatement {
+  #call;
+  #sql;
+  #params;
+
+  constructor(call, sql, params) {
+    this.#call = call;
+    this.#sql = sql;
+    this.#params = params;
+  }
+
+  bind(...values) {
+    values.forEach((value, index) => {
+      const ok = value === null || ["string", "boolean"].includes(typeof value) || Number.isFinite(value);
+      // JSON would turn undefined and NaN into null without a word.
+      if (!ok) {
+        const what = `bind(): parameter ${index + 1} is ${inspect(value)}`;
+        throw new TypeError(`${what}: only null, booleans, finite numbers and strings can be bound`);
+      }
+    });
+    return new PreparedStatement(this.#call, this.#sql, values);
+  }
+
+  #query(mode) {
+    return this.#call("/query", { sql: this.#sql, params: this.#params, mode });
+  }
+
+  async all() {
+    const { results, meta } = await this.#query("all");
+    return { results, success: true, meta: d1Meta(meta) };
+  }
+
+  async first(column) {
+    const row = (await this.#query("first")).results[0] ?? null;
+    if (column === undefined || row === null) return row;
+    if (!Object.hasOwn(row, column)) {
+      throw new BindingError("ColumnNotFound", 0, `no column ${inspect(column)} in the row`);
+    }
+    return row[column];
+  }
+
+  async run() {
+    return { success: true, meta: d1Meta((await this.#query("run")).meta) };
+  }
+
+  // Rows as arrays of their values, in the columns' order (columns of the same name are one in the broker's rows).
+  async raw() {
+    return (await this.#query("all")).results.map((row) => Object.values(row));
+  }
+}
+
+// A `db` binding (D1Database's shape): prepare(sql) -> a PreparedStatement; exec(sql) runs several statements
+// without parameters -> { count, duration }.
+class Database {
+  #call;
+
+  constructor(broker, name) {
+    const path = `/v1/db/${encodeURIComponent(name)}`;
+    this.#call = (action, body) => broker(path + action, body);
+  }
+
+  prepare(sql) {
+    return new PreparedStatement(this.#call, sql, []);
+  }
+
+  async exec(sql) {
+    const { count, durationMs } = await this.#call("/exec", { sql });
+    return { count, duration: durationMs };
+  }
+}
+
+// The globals `bindings` (name -> client) and `db` (the only db binding) from what the runner announced
+// (CODEEXEC_BINDINGS: name -> type); neither exists when the Execution names no binding.
+function installBindings() {
+  const kinds = JSON.parse(process.env.CODEEXEC_BINDINGS || "{}");
+  const names = Object.keys(kinds).filter((name) => kinds[name] === "db");
+  if (names.length === 0) return;
+  const { CODEEXEC_BROKER_URL: url, CODEEXEC_BINDING_TOKEN: token, CODEEXEC_EXECUTION: execution } = process.env;
+  const broker = brokerCaller(url.replace(/\/+$/, ""), token, execution);
+  globalThis.bindings = Object.fromEntries(names.map((name) => [name, new Database(broker, name)]));
+  // With several, `db` would be a guess: the code picks from `bindings`.
+  if (names.length === 1) globalThis.db = globalThis.bindings[names[0]];
 }
 
 function quietFetchWarning() {
@@ -173,6 +310,7 @@ async function main() {
   quietFetchWarning();
   // A global rather than a parameter: code that declares its own `api` keeps working.
   globalThis.api = httpApi();
+  installBindings();
 
   let value;
   try {

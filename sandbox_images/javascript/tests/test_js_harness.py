@@ -176,6 +176,110 @@ def test_code_may_declare_its_own_api(run_runner):
     assert r.report["exitCode"] == 0 and r.report["result"] == "mine"
 
 
+def test_db_d1_calls_send_the_broker_wire_format_and_return_d1_shapes(run_runner, fake_broker):
+    """The `db` client against the FakeBroker (a wire-format stand-in; the real broker is the e2e tests' job)."""
+    code = (
+        "const created = await db.exec(input.schema);\n"
+        "const insert = db.prepare('INSERT INTO t (name) VALUES (?)');\n"
+        'const run = await insert.bind("b\'); DROP TABLE t; --").run();\n'
+        "const select = db.prepare('SELECT id, name FROM t WHERE id >= ? ORDER BY id');\n"
+        "const fromTwo = select.bind(2);\n"
+        "return { created, run, all: await select.bind(1).all(), fromTwo: await fromTwo.all(),\n"
+        "  unbound: await db.prepare('SELECT count(*) AS n FROM t').first(),\n"
+        "  first: await select.bind(1).first(), name: await fromTwo.first('name'),\n"
+        "  none: await select.bind(9).first(),\n"
+        "  noneColumn: await select.bind(9).first('name'), raw: await select.bind(1).raw(),\n"
+        "  same: bindings.notes === db, rebound: fromTwo.bind(1) !== fromTwo };\n"
+    )
+    schema = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT); INSERT INTO t (name) VALUES ('a')"
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db"}), input={"schema": schema})
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    injected = "b'); DROP TABLE t; --"
+    meta = {"duration": 0.5, "changes": 0, "last_row_id": 2, "rows_read": 2, "rows_written": 0}
+    assert r.report["result"] == {
+        "created": {"count": 2, "duration": 0.5},
+        "run": {"success": True, "meta": {**meta, "changes": 1, "rows_read": 0, "rows_written": 1}},
+        "all": {"results": [{"id": 1, "name": "a"}, {"id": 2, "name": injected}], "success": True, "meta": meta},
+        "fromTwo": {"results": [{"id": 2, "name": injected}], "success": True, "meta": {**meta, "rows_read": 1}},
+        "unbound": {"n": 2},
+        "first": {"id": 1, "name": "a"},
+        "name": injected,
+        "none": None,
+        "noneColumn": None,
+        "raw": [[1, "a"], [2, injected]],
+        "same": True,
+        "rebound": True,
+    }
+    select = "SELECT id, name FROM t WHERE id >= ? ORDER BY id"
+    assert [(request["path"], request["body"]) for request in fake_broker.requests] == [
+        ("/v1/db/notes/exec", {"sql": schema}),
+        ("/v1/db/notes/query", {"sql": "INSERT INTO t (name) VALUES (?)", "params": [injected], "mode": "run"}),
+        ("/v1/db/notes/query", {"sql": select, "params": [1], "mode": "all"}),
+        ("/v1/db/notes/query", {"sql": select, "params": [2], "mode": "all"}),
+        ("/v1/db/notes/query", {"sql": "SELECT count(*) AS n FROM t", "params": [], "mode": "first"}),
+        ("/v1/db/notes/query", {"sql": select, "params": [1], "mode": "first"}),
+        ("/v1/db/notes/query", {"sql": select, "params": [2], "mode": "first"}),  # bind(1) left fromTwo alone
+        ("/v1/db/notes/query", {"sql": select, "params": [9], "mode": "first"}),
+        ("/v1/db/notes/query", {"sql": select, "params": [9], "mode": "first"}),
+        ("/v1/db/notes/query", {"sql": select, "params": [1], "mode": "all"}),
+    ]
+    for request in fake_broker.requests:
+        assert request["headers"]["authorization"] == f"Bearer {fake_broker.token}"
+        assert request["headers"]["x-codeexec-execution"] == "team-a/ex-a"
+        assert request["headers"]["content-type"] == "application/json"
+
+
+def test_db_errors_reject_with_the_brokers_code_and_status(run_runner, fake_broker):
+    code = (
+        "const attempt = (promise) => promise.then(\n"
+        "  () => 'resolved', (e) => [e instanceof Error, e.name, e.code, e.status, e.message]);\n"
+        "const { notes, other } = bindings;\n"
+        "return [await attempt(notes.prepare('SELEKT 1').all()), await attempt(other.exec('SELECT 1')),\n"
+        "  await attempt(notes.prepare('SELECT 1 AS one').first('two')), typeof db, Object.keys(bindings)];\n"
+    )
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db", "other": "db"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    sql_error, not_granted, no_column, db_type, names = r.report["result"]
+    assert sql_error == [True, "BindingError", "SqlError", 400, 'SqlError: near "SELEKT": syntax error']
+    assert not_granted[:4] == [True, "BindingError", "NotGranted", 403] and "'other'" in not_granted[4]
+    assert no_column == [True, "BindingError", "ColumnNotFound", 0, "ColumnNotFound: no column 'two' in the row"]
+    assert (db_type, names) == ("undefined", ["notes", "other"])  # two db bindings: no `db`
+
+
+def test_db_refused_token_is_unauthorized_and_uncaught_rejections_end_the_code(run_runner, fake_broker):
+    bindings_file = {**fake_broker.bindings_file({"notes": "db"}), "token": "stolen"}
+    r = run_code(run_runner, "await db.prepare('SELECT 1').all();\n", bindings=bindings_file)
+    assert r.report["exitCode"] == 1
+    assert r.report["stderr"]["text"].startswith("BindingError: Unauthorized: not authorized\n")
+    assert fake_broker.requests[0]["headers"]["authorization"] == "Bearer stolen"
+
+
+def test_db_broker_unreachable_rejects_with_status_0(run_runner, fake_broker):
+    import socket
+
+    code = "return await db.exec('SELECT 1').catch((e) => [e.code, e.status, e.message]);\n"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        r = run_code(run_runner, code, bindings={**fake_broker.bindings_file({"notes": "db"}), "url": url})
+    error_code, status, message = r.report["result"]
+    assert (error_code, status) == ("BrokerUnreachable", 0) and "ECONNREFUSED" in message
+
+
+@pytest.mark.parametrize("value", ["undefined", "NaN", "10n", "{}", "[1]"])
+def test_db_bind_refuses_what_json_would_change(run_runner, fake_broker, value):
+    code = f"try {{ db.prepare('SELECT ?').bind('ok', {value}); }} catch (e) {{ return [e.name, e.message]; }}\n"
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db"}))
+    name, message = r.report["result"]
+    assert name == "TypeError" and message.startswith("bind(): parameter 2 is ") and "can be bound" in message
+    assert fake_broker.requests == []
+
+
+def test_without_bindings_db_and_bindings_are_absent(run_runner):
+    r = run_code(run_runner, "return [typeof db, typeof bindings, 'bindings' in globalThis];\n")
+    assert r.report["result"] == ["undefined", "undefined", False]
+
+
 def test_warm_hello(start_warm, warm_request):
     """Warm mode: node pre-started with the harness loaded; the same parameters and result as cold."""
     warm = start_warm(["node", HARNESS])
