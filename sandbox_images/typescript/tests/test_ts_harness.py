@@ -95,6 +95,23 @@ def test_api_helper_is_available(run_runner, ts_harness, http_base):
     assert r.report["exitCode"] == 0 and r.report["result"] == "world", r.report["stderr"]["text"]
 
 
+def test_db_binding_is_available_in_typescript(run_runner, ts_harness, fake_broker):
+    """D1-style typed code (type arguments included) runs unchanged: TypeScript is transpiled, not type-checked, so
+    the globals need no declarations. Against the FakeBroker (a wire-format stand-in, not the broker)."""
+    code = (
+        "interface Row { id: number; name: string }\n"
+        "await db.exec('CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)');\n"
+        "await db.prepare('INSERT INTO t (name) VALUES (?)').bind('ts').run();\n"
+        "const row = await db.prepare('SELECT id, name FROM t WHERE id = ?').bind(1).first<Row>();\n"
+        "const { results } = await bindings.notes.prepare('SELECT name FROM t').all<Pick<Row, 'name'>>();\n"
+        "return [row, results];\n"
+    )
+    r = run_code(run_runner, ts_harness, code, bindings=fake_broker.bindings_file({"notes": "db"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    assert r.report["result"] == [{"id": 1, "name": "ts"}, [{"name": "ts"}]]
+    assert len(fake_broker.requests) == 4
+
+
 def test_warm_hello(start_warm, warm_request, ts_harness):
     """Warm mode: the compiler is imported before the request; types stripped, return and input as cold."""
     warm = start_warm(["node", ts_harness, "--typescript"])
