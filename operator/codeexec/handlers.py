@@ -61,7 +61,11 @@ def _unfinished(body: kopf.Body, **_: Any) -> bool:
 
 
 def _needs_watching(body: kopf.Body, **_: Any) -> bool:
-    # Limits kopf's timer finalizer to Executions that still need the operator.
+    # Limits kopf's timer finalizer to Executions that still need the operator. One being deleted needs nothing
+    # more: Kopf then drops the finalizer at once. Kept, it would wait for the timer to exit, and a timer call
+    # still in flight (a thread, slow on a busy node) puts the next look 60 s later (cancellation_polling).
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return False
     return _unfinished(body) or body.get("spec", {}).get("ttlSecondsAfterFinished") is not None
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, cast
 
 import kopf
+import pytest
 
 import codeexec.handlers
 
@@ -96,3 +97,24 @@ def test_kopf_keeps_its_bookkeeping_out_of_status_and_sets_timeouts() -> None:
     # Settings are plain dataclasses: a misspelt name would be set silently, so compare.
     for group in (settings.persistence, settings.watching, settings.networking, settings.posting):
         assert set(vars(group)) <= {field.name for field in dataclasses.fields(group)}
+
+
+@pytest.mark.parametrize(
+    ("phase", "ttl", "deleting", "timer"),
+    [
+        ("Running", None, False, True),
+        ("Succeeded", None, False, False),
+        ("Succeeded", 120, False, True),  # its TTL counts
+        ("Succeeded", 120, True, False),
+        ("Running", None, True, False),
+    ],
+)
+def test_the_timer_and_its_finalizer_end_with_the_deletion(
+    phase: str, ttl: int | None, deleting: bool, timer: bool
+) -> None:
+    """Kopf keeps the timer's finalizer while this filter matches. Matching an Execution being deleted, it waits for
+    the timer to exit, and a call still in flight then held the finalizer 60 s (tests/e2e/test_ttl.py)."""
+    (watch,) = [h for h in kopf.get_default_registry()._spawning.get_all_handlers() if h.id == "watch_execution"]
+    metadata = {"deletionTimestamp": "2026-12-02T03:00:00Z"} if deleting else {}
+    raw = {"metadata": metadata, "spec": {"ttlSecondsAfterFinished": ttl}, "status": {"phase": phase}}
+    assert watch.when(body=kopf.Body(cast(kopf.RawBody, raw))) is timer
