@@ -64,6 +64,7 @@ def _run(liveness: str | None) -> None:
 
     import codeexec.handlers  # registers the handlers with Kopf
     from codeexec import admission, metrics
+    from codeexec.bindings import BindingKeeper
     from codeexec.config import OperatorConfig
     from codeexec.dispatch import Dispatcher
     from codeexec.k8s import Cluster
@@ -94,6 +95,7 @@ def _run(liveness: str | None) -> None:
             cluster=cluster,
             dispatcher=Dispatcher(cluster, config),
             pools=PoolKeeper(cluster.pools, cluster.facts, config),
+            bindings=BindingKeeper(cluster.bindings),
         ),
     )
 

@@ -105,6 +105,15 @@ class ClusterFacts(Protocol):
         labels, node, phase, resources); may be some seconds old."""
         ...
 
+    def sandbox_bindings(self, namespace: str) -> list[Body]:
+        """The SandboxBindings of a namespace, as the API has them now (an Execution may name one made a moment
+        before it)."""
+        ...
+
+    def broker_service(self, namespace: str, name: str) -> Body | None:
+        """The broker's Service, as the API has it now; None when it does not exist."""
+        ...
+
 
 class WarmPools(Protocol):
     """The WarmPool resources and what keeps them: their pods and the namespace's pool NetworkPolicy."""
@@ -132,6 +141,22 @@ class WarmPools(Protocol):
 
     def ensure_networkpolicy(self, policy: Body) -> None:
         """Creates the NetworkPolicy unless one of its name exists."""
+        ...
+
+
+class SandboxBindings(Protocol):
+    """The SandboxBinding resources, whose status the operator keeps, and whether a binding's Secret key exists."""
+
+    def read(self, namespace: str, name: str) -> Body | None:
+        """None when it does not exist."""
+        ...
+
+    def patch_status(self, namespace: str, name: str, status: Body) -> None:
+        """Merge-patches .status; a binding gone meanwhile is fine."""
+        ...
+
+    def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        """The data keys of a Secret (never its values); None when it does not exist."""
         ...
 
 

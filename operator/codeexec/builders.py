@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from codeexec.bindings import Broker, BrokerAccess
 from codeexec.config import OperatorConfig
 from codeexec.egress import PinnedHost
 from codeexec.models import DEFAULT_DOMAIN_PORTS, GROUP, VERSION, RuntimeSpec
@@ -77,26 +78,47 @@ def labels(execution: ExecutionRef) -> dict[str, str]:
     }
 
 
-def configmap(execution: ExecutionRef, plan: Plan) -> dict[str, Any]:
-    """The files of the runner contract, mounted read-only at /code."""
+def configmap(execution: ExecutionRef, plan: Plan, broker: BrokerAccess | None = None) -> dict[str, Any]:
+    """The files of the runner contract, mounted read-only at /code; with `broker` (an Execution with bindings),
+    bindings.json too."""
     spec = plan.spec
+    data = {
+        plan.runtime.file_name: spec.code,
+        "input.json": spec.input_json(),
+        "stdin": spec.stdin or "",
+        "env.json": spec.env_json(),
+    }
+    if broker is not None:
+        data["bindings.json"] = bindings_json(execution, plan, broker)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(execution),
         "immutable": True,
-        "data": {
-            plan.runtime.file_name: spec.code,
-            "input.json": spec.input_json(),
-            "stdin": spec.stdin or "",
-            "env.json": spec.env_json(),
-        },
+        "data": data,
     }
 
 
-def networkpolicy(execution: ExecutionRef, pinned: Sequence[PinnedHost] = ()) -> dict[str, Any]:
+def bindings_json(execution: ExecutionRef, plan: Plan, access: BrokerAccess) -> str:
+    """How the program reaches the broker: its address, the Execution's token and name, its bindings' types."""
+    body: contract.BindingsFileDict = {
+        "url": access.broker.url,
+        "token": access.token,
+        "execution": f"{execution.namespace}/{execution.name}",
+        "bindings": dict(plan.bindings),
+    }
+    return json.dumps(body)
+
+
+def networkpolicy(
+    execution: ExecutionRef, pinned: Sequence[PinnedHost] = (), broker: Broker | None = None
+) -> dict[str, Any]:
     """No ingress at all; egress only to the pinned addresses and their TCP ports (none: no egress,
-    no DNS). Selected by the execution's uid label, which only the operator sets."""
+    no DNS), and with `broker` to the broker's pods on their port. Selected by the execution's uid label,
+    which only the operator sets."""
+    egress = [_egress_rule(host) for host in pinned]
+    if broker is not None:
+        egress.append(_broker_rule(broker))
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
@@ -105,7 +127,7 @@ def networkpolicy(execution: ExecutionRef, pinned: Sequence[PinnedHost] = ()) ->
             "podSelector": {"matchLabels": {EXECUTION_UID_LABEL: execution.uid}},
             "policyTypes": ["Ingress", "Egress"],
             "ingress": [],
-            "egress": [_egress_rule(host) for host in pinned],
+            "egress": egress,
         },
     }
 
@@ -330,6 +352,7 @@ def runner_args(plan: Plan, config: OperatorConfig, *, isolation_probe: str) -> 
         f"{CODE_DIR}/input.json",
         contract.ENV_FILE_FLAG,
         f"{CODE_DIR}/env.json",
+        *([contract.BINDINGS_FILE_FLAG, f"{CODE_DIR}/bindings.json"] if plan.bindings else []),
         "--",
         *plan.runtime.command,
         f"{CODE_DIR}/{plan.runtime.file_name}",
@@ -366,6 +389,20 @@ def _label_value(name: str) -> str:
     if len(name) <= MAX_LABEL_VALUE:
         return name
     return "sha256-" + hashlib.sha256(name.encode()).hexdigest()[:40]
+
+
+def _broker_rule(broker: Broker) -> dict[str, Any]:
+    # The broker's pods by their namespace and the Service's selector, on their own port: the policy applies
+    # after the Service's address is translated to a pod's. Nothing else of the broker (its metrics port).
+    return {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": broker.namespace}},
+                "podSelector": {"matchLabels": dict(broker.selector)},
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": broker.target_port}],
+    }
 
 
 def _egress_rule(host: PinnedHost) -> dict[str, Any]:

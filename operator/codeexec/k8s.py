@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.stream import stream
 
-from codeexec.api import BAD_REQUEST, CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi, WarmPools
+from codeexec.api import BAD_REQUEST, CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi, SandboxBindings, WarmPools
 from codeexec.models import GROUP, VERSION
 from codeexec.report import Report, ReportScanner
 from codeexec.vocabulary import EXECUTION_UID_LABEL, POOL_LABEL, SANDBOX_CONTAINER, TEMPLATE_HASH_LABEL
@@ -297,7 +297,8 @@ class KubeSandboxes:
 
 
 class KubeClusterFacts:
-    """Runtimes, the RuntimeClass, the cluster's pods and own networks; pods and network facts cached for a while."""
+    """Runtimes, the RuntimeClass, the cluster's pods and own networks (pods and network facts cached for a while),
+    a namespace's SandboxBindings and the broker's Service."""
 
     def __init__(self, api_client: client.ApiClient) -> None:
         self._custom = client.CustomObjectsApi(api_client)
@@ -327,6 +328,14 @@ class KubeClusterFacts:
 
     def pods(self) -> list[Body]:
         return self._pods_cache.get("pods", self._list_pods)
+
+    @_api_errors
+    def sandbox_bindings(self, namespace: str) -> list[Body]:
+        return _items(self._custom.list_namespaced_custom_object, GROUP, VERSION, namespace, "sandboxbindings")
+
+    @_api_errors
+    def broker_service(self, namespace: str, name: str) -> Body | None:
+        return _read_if_present(self._core.read_namespaced_service, name, namespace)
 
     @_api_errors
     def _list_pods(self) -> list[Body]:
@@ -412,6 +421,43 @@ class KubeWarmPools:
                 raise
 
 
+class KubeSandboxBindings:
+    """The SandboxBinding resources and the Secrets their postgres DSNs are in (keys only)."""
+
+    def __init__(self, api_client: client.ApiClient) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    @_api_errors
+    def read(self, namespace: str, name: str) -> Body | None:
+        return _read_if_present(
+            self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, "sandboxbindings", name
+        )
+
+    @_api_errors
+    def patch_status(self, namespace: str, name: str, status: Body) -> None:
+        try:
+            _send(
+                self._custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                "sandboxbindings",
+                name,
+                {"status": status},
+                _content_type="application/merge-patch+json",
+            )
+        except ApiException as error:
+            if error.status != NOT_FOUND:
+                raise
+
+    @_api_errors
+    def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        secret = _read_if_present(self._core.read_namespaced_secret, name, namespace)
+        # The values are dropped here: the operator never keeps, logs or passes on a credential.
+        return None if secret is None else frozenset(secret.get("data") or {})
+
+
 class Cluster:
     """The ClusterApi: its parts share one API client (and its connection pool)."""
 
@@ -420,6 +466,7 @@ class Cluster:
         self.sandboxes = KubeSandboxes(api_client)
         self.facts = KubeClusterFacts(api_client)
         self.pools = KubeWarmPools(api_client)
+        self.bindings = KubeSandboxBindings(api_client)
 
     @classmethod
     def connect(cls) -> Cluster:
@@ -431,6 +478,8 @@ class Cluster:
         return cls(client.ApiClient())
 
 
-# mypy checks here that Cluster offers everything the lifecycle uses, and its pools what warm pools use.
+# mypy checks here that Cluster offers everything the lifecycle uses, its pools what warm pools use, and its
+# bindings what the BindingKeeper uses.
 _IMPLEMENTS: type[ClusterApi] = Cluster
 _IMPLEMENTS_POOLS: type[WarmPools] = KubeWarmPools
+_IMPLEMENTS_BINDINGS: type[SandboxBindings] = KubeSandboxBindings

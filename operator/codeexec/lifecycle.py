@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -11,14 +12,14 @@ from typing import Any, cast
 
 import kopf
 
-from codeexec import builders, egress, metrics, milestones, queueing, resolver, status, warm
+from codeexec import bindings, bindingtoken, builders, egress, metrics, milestones, queueing, resolver, status, warm
 from codeexec.api import CONFLICT, NOT_FOUND, ApiError, ClusterApi, ClusterFacts
 from codeexec.builders import ExecutionRef
 from codeexec.config import OperatorConfig
 from codeexec.egress import PinnedHost
 from codeexec.models import GROUP, VERSION
 from codeexec.validation import Plan, Rejection, format_cpu, format_memory, parse_runtimes, plan_execution
-from codeexec.vocabulary import EXECUTION_UID_LABEL, QUEUED, Sandbox
+from codeexec.vocabulary import BINDINGS_UNAVAILABLE, EXECUTION_UID_LABEL, QUEUED, Sandbox
 
 API_RETRY_DELAY = 5
 # Tries of a pod sync whose status patch conflicts with a concurrent change of the Execution.
@@ -27,6 +28,10 @@ SYNC_ATTEMPTS = 3
 PERMANENT_CREATE_ERRORS = (400, 403, 422)
 
 Admitted = tuple[Plan, tuple[PinnedHost, ...]]
+
+# The binding token key, read at the first launch that needs it, then kept (a key that could not be read is
+# tried again at the next); a new key takes an operator restart, as it does the broker's.
+_token_key = functools.cache(bindingtoken.read_key)
 
 
 class Launch(enum.Enum):
@@ -43,7 +48,7 @@ def admit_new(api: ClusterApi, config: OperatorConfig, body: kopf.Body, logger: 
     latest = _fresh(api, execution_ref(body))
     if latest is None or latest.get("status", {}).get("phase") is not None:
         return None
-    admitted = _admit(api.facts, config, body.get("spec", {}))
+    admitted = _admit(api.facts, config, body["metadata"]["namespace"], body.get("spec", {}))
     if isinstance(admitted, Rejection):
         _reject(api, body, admitted, logger)
         return None
@@ -95,7 +100,7 @@ def launch(
         return Launch.ENDED, ""
     if current.get("podName"):
         return Launch.STARTED, ""
-    admitted = admitted_now or _admit(api.facts, config, latest.get("spec", {}))
+    admitted = admitted_now or _admit(api.facts, config, execution.namespace, latest.get("spec", {}))
     if existing is not None:
         # Created or claimed before a restart but not yet recorded: its pod events tell the outcome.
         _resume_sandbox(api, execution, existing, admitted)
@@ -193,11 +198,16 @@ def _fresh(api: ClusterApi, execution: ExecutionRef) -> dict[str, Any] | None:
     return latest
 
 
-def _admit(facts: ClusterFacts, config: OperatorConfig, spec: Mapping[str, Any]) -> Admitted | Rejection:
-    """The plan (runtime, timeout, resources) and the pinned allowed domains, or why the Execution cannot run."""
+def _admit(
+    facts: ClusterFacts, config: OperatorConfig, namespace: str, spec: Mapping[str, Any]
+) -> Admitted | Rejection:
+    """The plan (runtime, timeout, resources, bindings) and the pinned allowed domains, or why the Execution
+    cannot run. The namespace's SandboxBindings are listed once, only when it names some and there is a broker."""
     runtimes = parse_runtimes(facts.list_runtimes())
     class_exists = not config.runtime_class or facts.runtime_class_exists(config.runtime_class)
-    return pin_allowed_domains(facts, config, plan_execution(spec, runtimes, config, class_exists))
+    needs_bindings = bool(spec.get("bindings")) and bool(config.broker_service)
+    granted = bindings.granted(facts.sandbox_bindings(namespace)) if needs_bindings else {}
+    return pin_allowed_domains(facts, config, plan_execution(spec, runtimes, config, class_exists, granted))
 
 
 def pin_allowed_domains(facts: ClusterFacts, config: OperatorConfig, plan: Plan | Rejection) -> Admitted | Rejection:
@@ -238,11 +248,15 @@ def _create_sandbox(
     execution = execution_ref(latest)
     sandbox = builders.child_name(execution)  # the pod's, ConfigMap's and NetworkPolicy's name
     current = latest.get("status", {})
+    access = _broker_access(api, config, execution) if plan.bindings else None
+    if isinstance(access, Rejection):
+        _reject(api, latest, access, logger)
+        return Launch.ENDED, ""
     probe = egress.isolation_probe(api.facts.api_service())
     children = [
-        builders.configmap(execution, plan),
+        builders.configmap(execution, plan, access),
         # The NetworkPolicy exists before the pod, so the pod never runs unfenced.
-        builders.networkpolicy(execution, pinned),
+        builders.networkpolicy(execution, pinned, None if access is None else access.broker),
         builders.pod(execution, plan, config, pinned, isolation_probe=probe),
     ]
     try:
@@ -271,6 +285,22 @@ def _create_sandbox(
     _leave_queue(latest)
     _announce(latest, milestones.sandbox_created(sandbox))
     return Launch.STARTED, ""
+
+
+def _broker_access(
+    api: ClusterApi, config: OperatorConfig, execution: ExecutionRef
+) -> bindings.BrokerAccess | Rejection:
+    """The broker as the Execution's sandbox reaches it (one read of its Service) and the Execution's token; or
+    why it cannot (the Execution is then rejected: its code would find no broker)."""
+    try:
+        key = _token_key(config.binding_token_key_file)
+    except bindingtoken.TokenKeyError as error:
+        return Rejection(BINDINGS_UNAVAILABLE, str(error))
+    namespace, _, name = config.broker_service.partition("/")
+    broker = bindings.broker_of(config.broker_service, api.facts.broker_service(namespace, name))
+    if isinstance(broker, str):
+        return Rejection(BINDINGS_UNAVAILABLE, broker)
+    return bindings.BrokerAccess(broker, bindingtoken.mint(key, execution.namespace, execution.name, execution.uid))
 
 
 def _leave_queue(latest: Mapping[str, Any]) -> None:

@@ -72,7 +72,7 @@ def rejected(status: Status, reason: str, message: str, now: datetime, generatio
     """An Execution that will never run. A missing RuntimeClass is the cluster's fault, not the spec's."""
     phase = Phase.FAILED if reason == RUNTIME_CLASS_MISSING else Phase.REJECTED
     patch = _finished(status, phase, reason, message, now, generation)
-    patch["conditions"] = _with_condition(
+    patch["conditions"] = with_condition(
         patch["conditions"], CONDITION_ACCEPTED, "False", reason, message, now, generation
     )
     return patch
@@ -90,7 +90,7 @@ def pending(
         "phase": Phase.PENDING.value,
         "observedGeneration": generation,
         "resources": dict(resources),
-        "conditions": _with_condition(
+        "conditions": with_condition(
             status.get("conditions", []),
             CONDITION_ACCEPTED,
             "True",
@@ -424,7 +424,7 @@ def _finished(
         "reason": reason,
         "message": message,
         "observedGeneration": generation,
-        "conditions": _with_condition(
+        "conditions": with_condition(
             status.get("conditions", []),
             CONDITION_FINISHED,
             "True",
@@ -436,7 +436,7 @@ def _finished(
     }
 
 
-def _with_condition(
+def with_condition(
     conditions: list[Mapping[str, Any]],
     condition_type: str,
     condition_status: str,

@@ -1,10 +1,11 @@
-"""Decides, without I/O, whether an Execution can run and with which runtime, timeout and resources."""
+"""Decides, without I/O, whether an Execution can run and with which runtime, timeout, resources and bindings."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -24,6 +25,8 @@ from codeexec.models import (
     RuntimeSpec,
 )
 from codeexec.vocabulary import (
+    BINDING_NOT_FOUND,
+    BINDINGS_UNAVAILABLE,
     CODE_TOO_LARGE,
     INVALID_SPEC,
     QUEUE_TIMEOUT_TOO_LONG,
@@ -105,6 +108,8 @@ class Plan:
     cpu_millis: int
     memory_bytes: int
     queue_timeout_seconds: int
+    # spec.bindings → each binding's type, as found when admitted (empty: none named, or not checked).
+    bindings: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def parse_spec(raw: Mapping[str, Any]) -> ExecutionSpec | Rejection:
@@ -112,7 +117,7 @@ def parse_spec(raw: Mapping[str, Any]) -> ExecutionSpec | Rejection:
         return ExecutionSpec.model_validate(dict(raw))
     except ValidationError as error:
         first = error.errors()[0]
-        return Rejection(INVALID_SPEC, f"{_field_path(first['loc'])}: {first['msg']}")
+        return Rejection(INVALID_SPEC, f"{field_path(first['loc'])}: {first['msg']}")
 
 
 def parse_runtimes(items: Iterable[Mapping[str, Any]]) -> dict[str, RuntimeSpec]:
@@ -132,12 +137,15 @@ def plan_execution(
     runtimes: Mapping[str, RuntimeSpec],
     config: OperatorConfig,
     runtime_class_exists: bool,
+    granted: Mapping[str, str] | None = None,
 ) -> Plan | Rejection:
-    """The whole decision: parse, check every limit, resolve defaults."""
+    """The whole decision: parse, check every limit, resolve defaults. `granted`: the SandboxBindings of the
+    Execution's namespace (name → type); None leaves spec.bindings unchecked (the webhook: bindings are the
+    namespace's state, which the operator reads when it admits)."""
     spec = parse_spec(raw_spec)
     if isinstance(spec, Rejection):
         return spec
-    return _plan_parsed(spec, runtimes, config, runtime_class_exists)
+    return _plan_parsed(spec, runtimes, config, runtime_class_exists, granted)
 
 
 def _plan_parsed(
@@ -145,6 +153,7 @@ def _plan_parsed(
     runtimes: Mapping[str, RuntimeSpec],
     config: OperatorConfig,
     runtime_class_exists: bool,
+    granted: Mapping[str, str] | None,
 ) -> Plan | Rejection:
     """The runtime a parsed spec names, its limits checked and its defaults filled in."""
     found = find_runtime(spec.language, runtimes)
@@ -172,12 +181,34 @@ def _plan_parsed(
         return resources
     cpu, memory = resources
 
+    bindings = resolve_bindings(spec.bindings, config, granted)
+    if isinstance(bindings, Rejection):
+        return bindings
+
     if config.runtime_class and not runtime_class_exists:
         return Rejection(
             RUNTIME_CLASS_MISSING,
             f'RuntimeClass "{config.runtime_class}" does not exist; the operator runs no sandbox without it',
         )
-    return Plan(spec, runtime_name, runtime, timeout, cpu, memory, queue_timeout)
+    return Plan(spec, runtime_name, runtime, timeout, cpu, memory, queue_timeout, bindings)
+
+
+def resolve_bindings(
+    names: Sequence[str], config: OperatorConfig, granted: Mapping[str, str] | None
+) -> dict[str, str] | Rejection:
+    """spec.bindings → each binding's type, when the operator has a broker and the namespace every binding."""
+    if granted is None or not names:
+        return {}
+    if not config.broker_service:
+        return Rejection(
+            BINDINGS_UNAVAILABLE,
+            "spec.bindings names SandboxBindings, but this operator has no broker (installed without it)",
+        )
+    missing = [name for name in names if name not in granted]
+    if missing:
+        listed = ", ".join(f'"{name}"' for name in missing)
+        return Rejection(BINDING_NOT_FOUND, f"spec.bindings: no SandboxBinding {listed} in this namespace")
+    return {name: granted[name] for name in names}
 
 
 def find_runtime(language: str, runtimes: Mapping[str, RuntimeSpec]) -> tuple[str, RuntimeSpec] | None:
@@ -288,7 +319,7 @@ def _quantity(resources: Resources | None, field: Literal["cpu", "memory"]) -> s
     return resources.cpu if field == "cpu" else resources.memory
 
 
-def _field_path(loc: tuple[int | str, ...]) -> str:
+def field_path(loc: tuple[int | str, ...]) -> str:
     path = "spec"
     for part in loc:
         path += f"[{part}]" if isinstance(part, int) else f".{part}"

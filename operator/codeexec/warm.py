@@ -18,11 +18,12 @@ from codeexec_runner import contract
 
 
 def fits(plan: Plan, pinned: Sequence[PinnedHost]) -> bool:
-    """Whether a warm pod can serve the Execution exactly as a cold one would. Not with allowed domains: a
-    pool pod's NetworkPolicy denies all egress, and an allowance added at claim time could not be proven in
-    force before the code starts. Not with environment variables an interpreter reads at its start."""
+    """Whether a warm pod can serve the Execution exactly as a cold one would. Not with allowed domains or
+    bindings: a pool pod's NetworkPolicy denies all egress, and an allowance added at claim time (to the
+    domains, or to the broker) could not be proven in force before the code starts. Not with environment
+    variables an interpreter reads at its start."""
     env = {var.name: var.value for var in plan.spec.env}
-    return not pinned and contract.warm_compatible_env(env)
+    return not pinned and not plan.spec.bindings and contract.warm_compatible_env(env)
 
 
 def ready_candidates(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

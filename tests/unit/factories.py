@@ -57,8 +57,9 @@ def spec(**fields: Any) -> dict[str, Any]:
     return {"language": "python", "code": "print('hi')", **fields}
 
 
-def plan(config: OperatorConfig | None = None, **fields: Any) -> Plan:
-    result = plan_execution(spec(**fields), RUNTIMES, config or OperatorConfig(), runtime_class_exists=True)
+def plan(config: OperatorConfig | None = None, granted: dict[str, str] | None = None, **fields: Any) -> Plan:
+    """The plan of a spec with `fields`; `granted`: the namespace's SandboxBindings (None: bindings unchecked)."""
+    result = plan_execution(spec(**fields), RUNTIMES, config or OperatorConfig(), True, granted)
     assert isinstance(result, Plan), result
     return result
 

@@ -1,11 +1,12 @@
-"""The one fake of the ClusterApi for unit tests: Executions, their pods and the cluster's facts; records every call."""
+"""The one fake of the ClusterApi for unit tests: Executions, their pods and the cluster's facts; records every call.
+Also the fakes of the WarmPools and SandboxBindings APIs."""
 
 from __future__ import annotations
 
 import copy
 from typing import Any
 
-from codeexec.api import CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi, WarmPools
+from codeexec.api import CONFLICT, NOT_FOUND, ApiError, Body, ClusterApi, SandboxBindings, WarmPools
 from codeexec.report import Report
 from codeexec.vocabulary import EXECUTION_UID_LABEL, POOL_LABEL, TEMPLATE_HASH_LABEL
 from tests.unit import factories
@@ -15,6 +16,15 @@ POD_NAME = f"{NAME}-{factories.UID[:8]}"
 PYTHON_RUNTIME = {"metadata": {"name": "python"}, "spec": factories.PYTHON.model_dump(by_alias=True, exclude_none=True)}
 API_SERVICE = {"spec": {"clusterIP": "10.0.0.1", "ports": [{"port": 443}]}}
 CREATED = "2030-01-02T03:00:00Z"
+BROKER_SERVICE = "codeexec-system/code-exec-broker"
+BROKER = {
+    "metadata": {"namespace": "codeexec-system", "name": "code-exec-broker"},
+    "spec": {
+        "clusterIP": "10.96.0.57",
+        "ports": [{"name": "api", "port": 8080, "targetPort": 8080, "protocol": "TCP"}],
+        "selector": {"app.kubernetes.io/instance": "code-exec", "app.kubernetes.io/component": "broker"},
+    },
+}
 # One Ready node with room for four default sandboxes (500m, 256Mi each).
 NODE = {
     "metadata": {"name": "node-1"},
@@ -81,11 +91,12 @@ class FakeExecutions:
 
 class FakeSandboxes:
     """Holds pods by namespace and name (`pod`: the first Execution's); creating a pod stores it, or raises
-    `refusal` while it is set."""
+    `refusal` while it is set; `created` keeps every object created, by kind."""
 
     def __init__(self, calls: list[str], pod: Body | None) -> None:
         self._calls = calls
         self.pods: dict[tuple[str, str], Body] = {}
+        self.created: dict[str, Body] = {}
         if pod is not None:
             self.pods[NAMESPACE, POD_NAME] = pod
         self.refusal: ApiError | None = None
@@ -98,6 +109,7 @@ class FakeSandboxes:
 
     def create(self, child: Body) -> Body:
         self._calls.append(f"create_{child['kind'].lower()}")
+        self.created[child["kind"]] = child
         if child["kind"] == "Pod":
             if self.refusal is not None:
                 raise self.refusal
@@ -159,9 +171,20 @@ class FakeSandboxes:
         self.pods.pop((namespace, name), None)
 
 
+def sandbox_binding(name: str, namespace: str = NAMESPACE, **db: Any) -> Body:
+    """A SandboxBinding as the API returns it (a SQLite one unless `db` says otherwise)."""
+    return {
+        "apiVersion": "codeexec.io/v1alpha1",
+        "kind": "SandboxBinding",
+        "metadata": {"name": name, "namespace": namespace, "generation": 1, "resourceVersion": "1"},
+        "spec": {"db": db},
+    }
+
+
 class FakeClusterFacts:
-    """The Python Runtime (or `runtimes_error` when listing), a RuntimeClass, one node, other pods, and the
-    cluster's networks; counts the reads of network objects."""
+    """The Python Runtime (or `runtimes_error` when listing), a RuntimeClass, one node, other pods, the
+    cluster's networks, SandboxBindings and the broker's Service; counts the reads of network objects, the
+    listings of SandboxBindings and the reads of the broker's Service."""
 
     def __init__(self, runtimes: list[Body], runtimes_error: ApiError | None) -> None:
         self.runtimes = runtimes
@@ -171,6 +194,10 @@ class FakeClusterFacts:
         self.api_endpoint_slices: list[Body] = []
         self.service_cidr_objects: list[Body] = []
         self.network_reads = 0
+        self.bindings: list[Body] = []
+        self.binding_listings: list[str] = []  # the namespace of each listing
+        self.broker: Body | None = BROKER
+        self.broker_reads: list[tuple[str, str]] = []
 
     def list_runtimes(self) -> list[Body]:
         if self.runtimes_error is not None:
@@ -192,6 +219,14 @@ class FakeClusterFacts:
 
     def pods(self) -> list[Body]:
         return self.other_pods
+
+    def sandbox_bindings(self, namespace: str) -> list[Body]:
+        self.binding_listings.append(namespace)
+        return [item for item in self.bindings if item["metadata"]["namespace"] == namespace]
+
+    def broker_service(self, namespace: str, name: str) -> Body | None:
+        self.broker_reads.append((namespace, name))
+        return self.broker
 
 
 class FakeCluster:
@@ -273,3 +308,29 @@ class FakeWarmPools:
 
 
 _IMPLEMENTS_POOLS: type[WarmPools] = FakeWarmPools
+
+
+class FakeSandboxBindings:
+    """SandboxBindings by (namespace, name) and Secrets' keys; status patches are merged and recorded."""
+
+    def __init__(self, *items: Body) -> None:
+        self.items = {(item["metadata"]["namespace"], item["metadata"]["name"]): item for item in items}
+        self.secrets: dict[tuple[str, str], frozenset[str]] = {}
+        self.patches: list[tuple[str, Body]] = []  # (binding name, status patch)
+        self.reads: list[str] = []
+
+    def read(self, namespace: str, name: str) -> Body | None:
+        self.reads.append(name)
+        return self.items.get((namespace, name))
+
+    def patch_status(self, namespace: str, name: str, status: Body) -> None:
+        self.patches.append((name, status))
+        item = self.items.get((namespace, name))
+        if item is not None:
+            item["status"] = {**item.get("status", {}), **status}
+
+    def secret_keys(self, namespace: str, name: str) -> frozenset[str] | None:
+        return self.secrets.get((namespace, name))
+
+
+_IMPLEMENTS_BINDINGS: type[SandboxBindings] = FakeSandboxBindings

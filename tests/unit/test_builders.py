@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from codeexec import builders
+from codeexec import bindingtoken, builders
+from codeexec.bindings import Broker, BrokerAccess
 from codeexec.builders import ExecutionRef, PinnedHost, PoolRef
 from codeexec.config import OperatorConfig
 from codeexec.models import RuntimeSpec
@@ -18,6 +19,8 @@ from tests.unit.factories import PYTHON, UID, plan, python_runtime
 EXECUTION = ExecutionRef(namespace="team", name="hello", uid=UID)
 POOL = PoolRef(namespace="team", name="python-pool", uid="9a8b7c6d-0000-4000-8000-000000000001")
 PROBE = "10.0.0.1:443"
+BROKER = Broker("codeexec-system", "10.96.0.57", 8080, 8081, {"app": "broker", "instance": "code-exec"})
+WITH_BROKER = OperatorConfig(broker_service="codeexec-system/code-exec-broker")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
@@ -103,6 +106,53 @@ def test_configmap_defaults_for_absent_fields() -> None:
     assert json.loads(data["input.json"]) is None
     assert data["stdin"] == ""
     assert json.loads(data["env.json"]) == {}
+
+
+def test_configmap_of_an_execution_with_bindings_says_how_to_reach_the_broker() -> None:
+    token = bindingtoken.mint(b"k" * 32, "team", "hello", UID)
+    the_plan = plan(WITH_BROKER, {"notes": "db", "audit": "db"}, bindings=["notes", "audit"])
+    data = builders.configmap(EXECUTION, the_plan, BrokerAccess(BROKER, token))["data"]
+    assert sorted(data) == ["bindings.json", "env.json", "input.json", "main.py", "stdin"]
+    assert json.loads(data["bindings.json"]) == {
+        "url": "http://10.96.0.57:8080",  # the Service's address and port: sandboxes have no DNS
+        "token": token,
+        "execution": "team/hello",
+        "bindings": {"notes": "db", "audit": "db"},
+    }
+    assert len(token) == 43
+    assert "bindings.json" not in builders.configmap(EXECUTION, plan())["data"]
+
+
+def test_broker_url_of_an_ipv6_service_has_brackets() -> None:
+    assert Broker("ns", "fd00::57", 8080, 8080, {"a": "b"}).url == "http://[fd00::57]:8080"
+
+
+def test_networkpolicy_of_an_execution_with_bindings_adds_only_the_brokers_pods() -> None:
+    """One more egress rule: the broker's pods (its namespace by name, the Service's selector) on their own port;
+    nothing else of the cluster, no ingress."""
+    pinned = [PinnedHost("example.org", None, ("93.184.216.35",))]
+    spec = builders.networkpolicy(EXECUTION, pinned, BROKER)["spec"]
+    assert spec["ingress"] == []
+    assert spec["egress"][0] == builders.networkpolicy(EXECUTION, pinned)["spec"]["egress"][0]
+    assert spec["egress"][1:] == [
+        {
+            "to": [
+                {
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "codeexec-system"}},
+                    "podSelector": {"matchLabels": {"app": "broker", "instance": "code-exec"}},
+                }
+            ],
+            "ports": [{"protocol": "TCP", "port": 8081}],  # the pods' port, not the Service's
+        }
+    ]
+
+
+def test_runner_of_an_execution_with_bindings_reads_the_bindings_file() -> None:
+    the_plan = plan(WITH_BROKER, {"notes": "db"}, bindings=["notes"])
+    args = builders.runner_args(the_plan, WITH_BROKER, isolation_probe=PROBE)
+    without = builders.runner_args(plan(WITH_BROKER), WITH_BROKER, isolation_probe=PROBE)
+    at = without.index("--")
+    assert args == [*without[:at], "--bindings-file", "/code/bindings.json", *without[at:]]
 
 
 def test_networkpolicy_denies_everything_by_default() -> None:

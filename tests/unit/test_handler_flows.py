@@ -7,18 +7,39 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import kopf
 import pytest
 
-from codeexec import builders, dispatch, egress, handlers, lifecycle, milestones, queueing, resolver, status
+from codeexec import (
+    bindingtoken,
+    builders,
+    dispatch,
+    egress,
+    handlers,
+    lifecycle,
+    milestones,
+    queueing,
+    resolver,
+    status,
+)
 from codeexec.api import ApiError
 from codeexec.builders import ExecutionRef, PoolRef, child_name
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher
 from tests.unit import factories
-from tests.unit.fakes import API_SERVICE, NAME, NAMESPACE, POD_NAME, FakeCluster, execution
+from tests.unit.fakes import (
+    API_SERVICE,
+    BROKER_SERVICE,
+    NAME,
+    NAMESPACE,
+    POD_NAME,
+    FakeCluster,
+    execution,
+    sandbox_binding,
+)
 
 LOGGER = logging.getLogger("test")
 
@@ -500,3 +521,134 @@ def test_a_pool_pod_that_is_no_longer_ready_clears_its_index_entry() -> None:
         (NAMESPACE, ready["metadata"]["labels"]["codeexec.io/template-hash"]): "py-a"
     }
     assert handlers.warm_pods(body=kopf.Body(stopping)) == {}
+
+
+# --- Bindings ---------------------------------------------------------------------------------------------
+
+KEY = b"binding-token-key-of-48-bytes-for-the-unit-tests"
+
+
+def with_bindings(tmp_path: Path, names: list[str], granted: list[str] | None = None, **settings: Any) -> Operator:
+    """An Operator with a broker and its token key, whose Execution names `names`; the namespace has SandboxBindings
+    `granted` (default: those names)."""
+    key_file = tmp_path / "key"
+    key_file.write_bytes(KEY + b"\n")
+    settings = {"broker_service": BROKER_SERVICE, "binding_token_key_file": str(key_file), **settings}
+    operator = Operator(**settings)
+    operator.cluster.executions.execution["spec"]["bindings"] = names
+    operator.cluster.facts.bindings = [sandbox_binding(name) for name in (names if granted is None else granted)]
+    return operator
+
+
+def test_an_execution_with_bindings_reaches_the_broker_and_nothing_more(tmp_path: Path) -> None:
+    """Its namespace's SandboxBindings listed once (not once per name), the broker's Service read once, and the
+    sandbox made with the token, the broker's egress rule and the runner's flag."""
+    operator = with_pool(with_bindings(tmp_path, ["notes", "audit"]), pool_pod("py-a"))
+    operator.start()
+    facts = operator.cluster.facts
+    assert facts.binding_listings == [NAMESPACE]
+    assert facts.broker_reads == [("codeexec-system", "code-exec-broker")]
+    assert operator.cluster.sandboxes.deliveries == [], "never a warm pod: its fence denies all egress"
+    created = operator.cluster.sandboxes.created
+    assert json.loads(created["ConfigMap"]["data"]["bindings.json"]) == {
+        "url": "http://10.96.0.57:8080",
+        "token": bindingtoken.mint(KEY, NAMESPACE, NAME, factories.UID),
+        "execution": f"{NAMESPACE}/{NAME}",
+        "bindings": {"notes": "db", "audit": "db"},
+    }
+    broker_rule = {
+        "to": [
+            {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "codeexec-system"}},
+                "podSelector": {
+                    "matchLabels": {"app.kubernetes.io/instance": "code-exec", "app.kubernetes.io/component": "broker"}
+                },
+            }
+        ],
+        "ports": [{"protocol": "TCP", "port": 8080}],
+    }
+    assert created["NetworkPolicy"]["spec"]["egress"] == [broker_rule]
+    assert created["NetworkPolicy"]["spec"]["ingress"] == []
+    args = created["Pod"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--bindings-file") + 1] == "/code/bindings.json"
+
+
+def test_an_execution_without_bindings_lists_none_and_never_reads_the_broker(tmp_path: Path) -> None:
+    operator = with_bindings(tmp_path, [])
+    operator.start()
+    assert operator.cluster.facts.binding_listings == [] and operator.cluster.facts.broker_reads == []
+    assert "bindings.json" not in operator.cluster.sandboxes.created["ConfigMap"]["data"]
+    assert operator.cluster.sandboxes.created["NetworkPolicy"]["spec"]["egress"] == []
+
+
+def test_a_binding_the_namespace_lacks_is_rejected_by_name(tmp_path: Path) -> None:
+    operator = with_bindings(tmp_path, ["notes", "gone"], granted=["notes"])
+    operator.start()
+    current = operator.status()
+    assert (current["phase"], current["reason"]) == ("Rejected", "BindingNotFound")
+    assert '"gone"' in current["message"]
+    assert operator.pods() == [] and operator.cluster.facts.broker_reads == []
+
+
+def test_bindings_without_a_broker_are_rejected_without_a_listing(tmp_path: Path) -> None:
+    operator = with_bindings(tmp_path, ["notes"], broker_service="")
+    operator.start()
+    assert (operator.status()["phase"], operator.status()["reason"]) == ("Rejected", "BindingsUnavailable")
+    assert operator.cluster.facts.binding_listings == []
+
+
+@pytest.mark.parametrize(
+    ("broker", "words"),
+    [
+        (None, "does not exist"),
+        ({"spec": {"clusterIP": "None", "ports": [{"port": 8080}], "selector": {"a": "b"}}}, "no cluster IP"),
+        (
+            {
+                "spec": {
+                    "clusterIP": "10.96.0.57",
+                    "ports": [{"port": 8080, "targetPort": "api"}],
+                    "selector": {"a": "b"},
+                }
+            },
+            "must be a number",
+        ),
+    ],
+)
+def test_a_broker_the_sandbox_cannot_reach_rejects_the_execution(
+    tmp_path: Path, broker: dict[str, Any] | None, words: str
+) -> None:
+    operator = with_bindings(tmp_path, ["notes"])
+    operator.cluster.facts.broker = broker
+    operator.start()
+    current = operator.status()
+    assert (current["phase"], current["reason"]) == ("Rejected", "BindingsUnavailable")
+    assert words in current["message"]
+    assert creates(operator.cluster) == []
+
+
+def test_an_unreadable_token_key_rejects_only_executions_with_bindings(tmp_path: Path) -> None:
+    operator = with_bindings(tmp_path, ["notes"], binding_token_key_file=str(tmp_path / "absent"))
+    operator.start()
+    assert (operator.status()["phase"], operator.status()["reason"]) == ("Rejected", "BindingsUnavailable")
+    assert "binding token key" in operator.status()["message"]
+    assert operator.cluster.facts.broker_reads == [], "the key first: no API call for a launch that cannot be"
+
+
+def test_status_writes_leave_the_brokers_usage_alone(tmp_path: Path) -> None:
+    """status.bindings is the broker's: no status patch of the operator names it, so a merge patch keeps it
+    (seen failing with a status write that sent the whole current status back)."""
+    operator = with_bindings(tmp_path, ["notes"])
+    usage = [{"name": "notes", "type": "db", "calls": 3, "errors": 0, "refused": 0, "rowsRead": 2, "rowsWritten": 1}]
+    operator.cluster.executions.execution["status"] = {"bindings": usage}
+    operator.start()
+    pod = owned_pod(phase="Running", state={"running": {"startedAt": factories.timestamp(factories.NOW)}})
+    pod["metadata"]["ownerReferences"] = [
+        {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": NAME, "uid": factories.UID}
+    ]
+    kwargs = {handlers.QUEUE_INDEX: operator.index, handlers.WARM_INDEX: operator.warm_index}
+    handlers.pod_event(event={"type": "MODIFIED"}, body=kopf.Body(pod), memo=operator.memo, logger=LOGGER, **kwargs)
+    operator.finish()
+    patches = operator.cluster.executions.patches
+    assert [patch.get("phase") for patch in patches if "phase" in patch] == ["Pending", "Running", "Succeeded"]
+    assert not [patch for patch in patches if "bindings" in patch]
+    assert operator.status()["bindings"] == usage

@@ -280,6 +280,42 @@ def test_negative_ttl_is_invalid() -> None:
     assert rejection(ttlSecondsAfterFinished=-1).message.startswith("spec.ttlSecondsAfterFinished: ")
 
 
+WITH_BROKER = OperatorConfig(broker_service="codeexec-system/code-exec-broker")
+
+
+def test_bindings_named_and_granted_are_planned_with_their_types() -> None:
+    planned = plan_execution(
+        spec(bindings=["notes", "audit"]), RUNTIMES, WITH_BROKER, True, {"audit": "db", "notes": "db", "x": "db"}
+    )
+    assert isinstance(planned, Plan)
+    assert planned.bindings == {"notes": "db", "audit": "db"}
+    assert accepted(config=WITH_BROKER).bindings == {}
+
+
+def test_a_binding_without_its_sandboxbinding_is_rejected_by_name() -> None:
+    refused = plan_execution(spec(bindings=["notes", "gone", "lost"]), RUNTIMES, WITH_BROKER, True, {"notes": "db"})
+    assert refused == Rejection(
+        vocabulary.BINDING_NOT_FOUND, 'spec.bindings: no SandboxBinding "gone", "lost" in this namespace'
+    )
+
+
+def test_bindings_without_a_broker_are_unavailable() -> None:
+    refused = plan_execution(spec(bindings=["notes"]), RUNTIMES, OperatorConfig(), True, {"notes": "db"})
+    assert isinstance(refused, Rejection)
+    assert refused.reason == vocabulary.BINDINGS_UNAVAILABLE
+    assert "no broker" in refused.message
+
+
+def test_bindings_are_left_unchecked_without_the_namespaces_bindings() -> None:
+    """The webhook's case: the operator checks them when it admits (phase Rejected, with the reason)."""
+    assert accepted(bindings=["notes"]).bindings == {}
+
+
+@pytest.mark.parametrize("bindings", [["Notes"], ["a", "a"], [f"b{i}" for i in range(9)], ["x" * 254]])
+def test_bad_binding_names_are_invalid(bindings: list[str]) -> None:
+    assert rejection(bindings=bindings).reason == vocabulary.INVALID_SPEC
+
+
 def test_parse_runtimes_skips_broken_objects() -> None:
     items = [
         {"metadata": {"name": "python"}, "spec": PYTHON.model_dump(by_alias=True, exclude_none=True)},

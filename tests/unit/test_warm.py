@@ -39,6 +39,8 @@ def test_fits_only_what_a_pre_started_fenced_pod_honours() -> None:
     assert warm.fits(plan(env=[{"name": "GREETING", "value": "hi"}]), ())
     assert not warm.fits(plan(env=[{"name": "PYTHONPATH", "value": "/tmp"}]), ())
     assert not warm.fits(plan(), (PinnedHost("example.com", ("93.184.215.14",), None),))
+    # A pool pod is fenced deny-all: its code could not reach the broker.
+    assert not warm.fits(plan(bindings=["notes"]), ())
 
 
 def test_only_ready_running_pods_not_being_deleted_are_offered_oldest_first() -> None:
