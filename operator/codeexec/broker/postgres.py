@@ -39,6 +39,9 @@ CANCEL_GRACE_SECONDS = 0.5
 FETCH_BATCH = 500
 # Statements whose status message ends with the number of rows they changed.
 WRITE_COMMANDS = ("INSERT", "UPDATE", "DELETE", "MERGE")
+# Statements that end the call's transaction (PREPARE TRANSACTION too; a PREPARE of a statement is refused with
+# it, which the extended protocol does not need).
+TRANSACTION_CONTROL = frozenset({"COMMIT", "END", "ROLLBACK", "ABORT", "PREPARE"})
 ENDED_TRANSACTION = "transaction control (COMMIT, ROLLBACK, ...) is not allowed: each call is one transaction"
 
 
@@ -48,6 +51,8 @@ class PostgresEngine:
         # (namespace, binding) → (the Secret's resourceVersion and key, the pool made from its DSN)
         self._pools: dict[tuple[str, str], tuple[str, asyncpg.Pool]] = {}
         self._lock = asyncio.Lock()
+        # Pools of an earlier Secret version, closing once their calls finish.
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def query(self, target: Target, request: QueryRequest, limits: CallLimits) -> QueryResult:
         async def run(connection: asyncpg.Connection) -> QueryResult:
@@ -71,6 +76,7 @@ class PostgresEngine:
         for _, pool in self._pools.values():
             await pool.close()
         self._pools.clear()
+        await asyncio.gather(*self._closing)
 
     async def _in_transaction(
         self, target: Target, limits: CallLimits, work: Callable[[asyncpg.Connection], Awaitable[Result]]
@@ -78,23 +84,30 @@ class PostgresEngine:
         started = time.monotonic()
         pool = await self._pool(target)
         try:
-            async with pool.acquire(timeout=limits.timeout_ms / 1000) as connection:
-                await connection.execute("BEGIN READ ONLY" if limits.read_only else "BEGIN")
-                try:
-                    await connection.execute(f"SET LOCAL statement_timeout = {int(limits.timeout_ms)}")
-                    # A first query takes the transaction's snapshot: from then on PostgreSQL refuses to switch
-                    # it to read-write (SET TRANSACTION READ WRITE would otherwise undo READ ONLY).
-                    await connection.execute("SELECT 1")
-                    result = await work(connection)
-                    _still_in_transaction(connection)
-                    await connection.execute("COMMIT")
-                finally:
-                    if connection.is_in_transaction():
-                        await connection.execute("ROLLBACK")
+            # Connections are made here (the pool keeps none idle for long): a failure is the server's, not the
+            # SQL's (a database that does not exist is a PostgresError too).
+            connection = await pool.acquire(timeout=limits.timeout_ms / 1000)
+        except Exception as error:
+            raise _unavailable(error) from error
+        try:
+            await connection.execute("BEGIN READ ONLY" if limits.read_only else "BEGIN")
+            try:
+                await connection.execute(f"SET LOCAL statement_timeout = {int(limits.timeout_ms)}")
+                # A first query takes the transaction's snapshot: from then on PostgreSQL refuses to switch
+                # it to read-write (SET TRANSACTION READ WRITE would otherwise undo READ ONLY).
+                await connection.execute("SELECT 1")
+                result = await work(connection)
+                _still_in_transaction(connection)
+                await connection.execute("COMMIT")
+            finally:
+                if connection.is_in_transaction():
+                    await connection.execute("ROLLBACK")
         except BrokerError:
             raise
         except Exception as error:
             raise _translated(error, limits) from error
+        finally:
+            await pool.release(connection)
         result.duration_ms = (time.monotonic() - started) * 1000
         return result
 
@@ -120,7 +133,9 @@ class PostgresEngine:
             self._pools[key] = (version, pool)
         if found is not None:
             # Calls still on the old DSN's connections finish; close() waits for them.
-            asyncio.get_running_loop().create_task(found[1].close())
+            closing = asyncio.get_running_loop().create_task(found[1].close())
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
         return pool
 
     async def _dsn(self, target: Target) -> tuple[str, str]:
@@ -140,10 +155,14 @@ class PostgresEngine:
 
 
 async def _query(connection: asyncpg.Connection, request: QueryRequest, limits: CallLimits) -> QueryResult:
-    if statements.first_word(request.sql, "postgres") == "COPY":
+    first_word = statements.first_word(request.sql, "postgres")
+    if first_word == "COPY":
         # COPY talks its own protocol (and COPY TO/FROM a file or program would act on the server itself).
         message = "COPY is not allowed through the broker"
         raise ReadOnly(message) if limits.read_only else BadRequest(message)
+    if first_word in TRANSACTION_CONTROL:
+        # Refused before it runs: a COMMIT would already have committed the call's earlier statements.
+        raise BadRequest(ENDED_TRANSACTION)
     timeout = limits.timeout_ms / 1000 + CANCEL_GRACE_SECONDS
     statement = await connection.prepare(request.sql, timeout=timeout)
     rows = Rows(limits)

@@ -1,0 +1,104 @@
+"""status.bindings writes: at most one per interval per Execution, the last counts always written, counters
+going on from what the status already holds, only status.bindings in the patch; Events on refusals throttled."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import Any
+
+from codeexec.broker.errors import NotGranted, SqlError
+from codeexec.broker.refusals import RefusalEvents
+from codeexec.broker.usage import UsageWriter
+
+INTERVAL = 0.2
+
+
+class RecordingKube:
+    def __init__(self) -> None:
+        self.patches: list[tuple[float, str, dict[str, Any]]] = []
+        self.events: list[dict[str, Any]] = []
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        return None
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        self.patches.append((time.monotonic(), name, patch))
+
+    async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
+        self.events.append(event)
+
+
+def execution(name: str, uid: str, written: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    status: dict[str, Any] = {"phase": "Running"}
+    if written is not None:
+        status["bindings"] = written
+    return {"metadata": {"name": name, "namespace": "team-a", "uid": uid}, "status": status}
+
+
+def test_a_burst_is_written_at_once_then_once_per_interval_with_the_last_counts() -> None:
+    async def scenario() -> RecordingKube:
+        kube = RecordingKube()
+        writer = UsageWriter(kube, INTERVAL)
+        ex = execution("ex-a", "uid-a")
+        for _ in range(50):
+            writer.record(ex, "notes", rows_read=2, rows_written=1)
+            await asyncio.sleep(0.01)  # 0.5 s of calls
+        await writer.flush()
+        return kube
+
+    kube = asyncio.run(scenario())
+    times = [at for at, _, _ in kube.patches]
+    assert all(later - earlier >= INTERVAL * 0.95 for earlier, later in itertools.pairwise(times))
+    assert 2 <= len(kube.patches) <= 4  # not one per call
+    (last,) = kube.patches[-1][2]["status"]["bindings"]
+    assert kube.patches[-1][2] == {"status": {"bindings": [last]}}
+    assert (last["calls"], last["rowsRead"], last["rowsWritten"]) == (50, 100, 50)
+
+
+def test_executions_are_throttled_apart_and_counts_continue_from_the_status() -> None:
+    async def scenario() -> RecordingKube:
+        kube = RecordingKube()
+        writer = UsageWriter(kube, INTERVAL)
+        earlier = [
+            {"name": "notes", "type": "db", "calls": 7, "errors": 1, "refused": 0, "rowsRead": 3, "rowsWritten": 0}
+        ]
+        writer.record(execution("ex-a", "uid-a", earlier), "notes", error=SqlError("no such table: x"))
+        writer.record(execution("ex-b", "uid-b"), "notes", rows_read=1)
+        writer.record(execution("ex-b", "uid-b"), "other", error=NotGranted("no"), refused=True)
+        await writer.flush()
+        return kube
+
+    kube = asyncio.run(scenario())
+    last = {name: patch["status"]["bindings"] for _, name, patch in kube.patches}
+    assert last["ex-a"] == [
+        {
+            "name": "notes",
+            "type": "db",
+            "calls": 8,
+            "errors": 2,
+            "refused": 0,
+            "rowsRead": 3,
+            "rowsWritten": 0,
+            "lastError": "SqlError: no such table: x",
+        }
+    ]
+    assert [(entry["name"], entry["calls"], entry["refused"]) for entry in last["ex-b"]] == [
+        ("notes", 1, 0),
+        ("other", 1, 1),
+    ]
+
+
+def test_refusal_events_are_throttled_per_execution() -> None:
+    async def scenario() -> RecordingKube:
+        kube = RecordingKube()
+        events = RefusalEvents(kube, interval_seconds=60)
+        for _ in range(20):
+            events.report(execution("ex-a", "uid-a"), "notes", "not granted")
+        events.report(execution("ex-b", "uid-b"), "notes", "not granted")
+        await asyncio.sleep(0.05)
+        return kube
+
+    kube = asyncio.run(scenario())
+    assert sorted(event["involvedObject"]["name"] for event in kube.events) == ["ex-a", "ex-b"]
