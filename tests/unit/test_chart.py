@@ -267,6 +267,7 @@ def test_default_install_objects() -> None:
     assert kinds(objects) == [
         ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
+        ("ClusterRole", "code-exec-code-exec-binding-admin", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
         ("ClusterRole", "code-exec-code-exec-gateway-readiness", None),
         ("ClusterRole", "code-exec-code-exec-pool-admin", None),
@@ -281,9 +282,11 @@ def test_default_install_objects() -> None:
         ("Deployment", "code-exec-gateway", "code-exec"),
         ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
         ("PodDisruptionBudget", "code-exec", "code-exec"),
+        ("Role", "code-exec-broker-service", "code-exec"),
         ("Role", "code-exec-code-exec-apiserver", "default"),
         ("Role", "code-exec-gateway-readiness", "code-exec"),
         ("Role", "code-exec-test", "code-exec"),
+        ("RoleBinding", "code-exec-broker-service", "code-exec"),
         ("RoleBinding", "code-exec-code-exec-apiserver", "default"),
         ("RoleBinding", "code-exec-gateway-readiness", "code-exec"),
         ("RoleBinding", "code-exec-test", "code-exec"),
@@ -619,6 +622,9 @@ def test_operator_rules_are_least_privilege() -> None:
         ("codeexec.io", "warmpools"): {"get", "list", "watch", "patch"},
         ("codeexec.io", "warmpools/status"): {"patch"},
         ("codeexec.io", "warmpools/finalizers"): {"update"},
+        ("codeexec.io", "sandboxbindings"): {"get", "list", "watch"},
+        ("codeexec.io", "sandboxbindings/status"): {"patch"},
+        ("", "secrets"): {"get"},
         ("", "pods"): {"create", "get", "list", "watch", "delete", "patch"},
         ("", "pods/attach"): {"create", "get"},
         ("", "pods/log"): {"get"},
@@ -628,6 +634,16 @@ def test_operator_rules_are_least_privilege() -> None:
     }
     apiserver = find(objects, "Role", "code-exec-code-exec-apiserver")
     assert apiserver["rules"][0]["resourceNames"] == ["kubernetes"]
+    # The broker's Service, in the release's namespace, by name: what CODEEXEC_BROKER_SERVICE names.
+    broker = find(objects, "Role", "code-exec-broker-service")
+    assert broker["rules"] == [
+        {"apiGroups": [""], "resources": ["services"], "resourceNames": ["code-exec-broker"], "verbs": ["get"]}
+    ]
+    (container,) = find(objects, "Deployment", "code-exec")["spec"]["template"]["spec"]["containers"]
+    assert literal_env(container)["CODEEXEC_BROKER_SERVICE"] == f"{broker['metadata']['namespace']}/code-exec-broker"
+    binding = find(objects, "RoleBinding", "code-exec-broker-service")
+    assert binding["roleRef"]["name"] == "code-exec-broker-service"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "code-exec", "namespace": "code-exec"}]
     for obj in objects:
         for rule in obj.get("rules", []):
             assert "*" not in rule["verbs"] and "*" not in rule["resources"], obj["metadata"]["name"]
@@ -735,8 +751,19 @@ def test_user_roles_aggregate_into_edit_and_view() -> None:
     assert {tuple(rule["resources"]): set(rule["verbs"]) for rule in user["rules"]} == {
         ("executions",): {"create", "get", "list", "watch", "delete"},
         ("runtimes",): {"get", "list", "watch"},
+        ("sandboxbindings",): {"get", "list", "watch"},  # to name them; granting one is not running code
     }
     assert "warmpools" not in {resource for rule in user["rules"] for resource in rule["resources"]}
+    grants = find(objects, "ClusterRole", "code-exec-code-exec-binding-admin")
+    assert grants["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert "rbac.authorization.k8s.io/aggregate-to-edit" not in grants["metadata"]["labels"]
+    assert grants["rules"] == [
+        {
+            "apiGroups": ["codeexec.io"],
+            "resources": ["sandboxbindings"],
+            "verbs": ["create", "get", "list", "watch", "update", "patch", "delete"],
+        }
+    ]
     pools = find(objects, "ClusterRole", "code-exec-code-exec-pool-admin")
     assert pools["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
     assert "rbac.authorization.k8s.io/aggregate-to-edit" not in pools["metadata"]["labels"]
@@ -754,6 +781,7 @@ def test_user_roles_aggregate_into_edit_and_view() -> None:
         "executions",
         "runtimes",
         "warmpools",
+        "sandboxbindings",
     }
     # Runtimes are cluster-scoped: every authenticated user reads them through a ClusterRoleBinding.
     binding = find(objects, "ClusterRoleBinding", "code-exec-code-exec-runtime-reader")
