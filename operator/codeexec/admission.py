@@ -36,7 +36,8 @@ def validate(spec: Mapping[str, Any], facts: ClusterFacts, config: OperatorConfi
 
 def refusal(raw_spec: Mapping[str, Any], runtimes: Mapping[str, RuntimeSpec], config: OperatorConfig) -> str | None:
     """Why the API server should refuse this spec, naming the field and the stable reason; None: admit.
-    A missing RuntimeClass is the cluster's problem, not the spec's: it is left to the operator."""
+    A missing RuntimeClass is the cluster's problem, not the spec's: it is left to the operator. So are the
+    SandboxBindings spec.bindings names: the namespace's state, which the operator reads when it admits."""
     plan = plan_execution(raw_spec, runtimes, config, runtime_class_exists=True)
     if isinstance(plan, Rejection):
         return f"{plan.message} (reason {plan.reason})"

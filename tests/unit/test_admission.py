@@ -53,6 +53,14 @@ def test_a_missing_runtime_class_is_not_the_specs_fault() -> None:
     assert admission.refusal(spec(), RUNTIMES, OperatorConfig(runtime_class="no-such-class")) is None
 
 
+def test_bindings_are_left_to_the_operator_but_their_names_are_checked() -> None:
+    """A SandboxBinding is the namespace's state, made maybe in the same apply: the operator looks when it admits
+    (Rejected, BindingNotFound or BindingsUnavailable, visible in the history); a malformed name is the spec's."""
+    assert admission.refusal(spec(bindings=["not-there"]), RUNTIMES, CONFIG) is None
+    refusal = admission.refusal(spec(bindings=["Not_A_Name"]), RUNTIMES, CONFIG)
+    assert refusal is not None and refusal.startswith("spec.bindings[0]: ") and "(reason InvalidSpec)" in refusal
+
+
 def test_operator_limits_apply() -> None:
     config = OperatorConfig(max_timeout_seconds=60)
     refusal = admission.refusal(spec(timeoutSeconds=61), RUNTIMES, config)
