@@ -143,7 +143,7 @@ def test_schema_and_values_have_the_same_keys() -> None:
         if "properties" in node:
             assert node.get("additionalProperties") is False, f"{path} accepts unknown keys"
             expected = set(node["properties"]) - ({"global"} if not path else set())
-            if path in {".operator.resources", ".webhook.namespaceSelector"}:
+            if path in {".operator.resources", ".webhook.namespaceSelector", ".broker.image"}:
                 assert set(value) <= expected, path
             else:
                 assert set(value) == expected, f"{path}: values.yaml {sorted(value)} vs schema {sorted(expected)}"
@@ -267,6 +267,7 @@ def test_default_install_objects() -> None:
     assert kinds(objects) == [
         ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
+        ("ClusterRole", "code-exec-code-exec-broker", None),
         ("ClusterRole", "code-exec-code-exec-binding-admin", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
         ("ClusterRole", "code-exec-code-exec-gateway-readiness", None),
@@ -275,11 +276,14 @@ def test_default_install_objects() -> None:
         ("ClusterRole", "code-exec-code-exec-user", None),
         ("ClusterRole", "code-exec-code-exec-viewer", None),
         ("ClusterRoleBinding", "code-exec-code-exec", None),
+        ("ClusterRoleBinding", "code-exec-code-exec-broker", None),
         ("ClusterRoleBinding", "code-exec-code-exec-cluster", None),
         ("ClusterRoleBinding", "code-exec-code-exec-gateway-readiness", None),
         ("ClusterRoleBinding", "code-exec-code-exec-runtime-reader", None),
         ("Deployment", "code-exec", "code-exec"),
+        ("Deployment", "code-exec-broker", "code-exec"),
         ("Deployment", "code-exec-gateway", "code-exec"),
+        ("PersistentVolumeClaim", "code-exec-broker", "code-exec"),
         ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
         ("PodDisruptionBudget", "code-exec", "code-exec"),
         ("Role", "code-exec-broker-service", "code-exec"),
@@ -294,10 +298,13 @@ def test_default_install_objects() -> None:
         ("Runtime", "python", None),
         ("Runtime", "typescript", None),
         ("RuntimeClass", "gvisor", None),
+        ("Secret", "code-exec-binding-token-key", "code-exec"),
         ("Secret", "code-exec-webhook-tls", "code-exec"),
         ("Service", "code-exec", "code-exec"),
+        ("Service", "code-exec-broker", "code-exec"),
         ("Service", "code-exec-gateway", "code-exec"),
         ("ServiceAccount", "code-exec", "code-exec"),
+        ("ServiceAccount", "code-exec-broker", "code-exec"),
         ("ServiceAccount", "code-exec-gateway", "code-exec"),
         ("ServiceAccount", "code-exec-test", "code-exec"),
         ("ValidatingWebhookConfiguration", "code-exec-code-exec", None),
@@ -455,7 +462,8 @@ def test_values_reach_the_operator() -> None:
     assert env["CODEEXEC_LOG_LEVEL"] == "debug"
     assert (env["CODEEXEC_WEBHOOK_PORT"], env["CODEEXEC_METRICS_PORT"], env["CODEEXEC_RUNTIME_CLASS"]) == ("0", "0", "")
     assert "startupProbe" in container and "tcpSocket" not in container["startupProbe"]
-    present = {obj["kind"] for obj in objects if not obj["metadata"]["name"].endswith("-gateway")}
+    others = ("-gateway", "-broker", "-binding-token-key")  # not the operator's
+    present = {obj["kind"] for obj in objects if not obj["metadata"]["name"].endswith(others)}
     assert not present & {"ValidatingWebhookConfiguration", "Secret", "Service", "RuntimeClass"}
 
 
@@ -523,7 +531,7 @@ def test_webhook_configuration() -> None:
 @needs_helm
 def test_webhook_certificate_serves_the_service_name(tmp_path: Path) -> None:
     objects = render(namespace="ops")
-    secret = find(objects, "Secret")
+    secret = find(objects, "Secret", "code-exec-webhook-tls")
     (webhook,) = find(objects, "ValidatingWebhookConfiguration")["webhooks"]
     data = {key: base64.b64decode(value) for key, value in secret["data"].items()}
     assert secret["type"] == "kubernetes.io/tls"
@@ -650,7 +658,7 @@ def test_operator_rules_are_least_privilege() -> None:
 
 
 def test_every_rbac_rule_has_a_comment() -> None:
-    for template in ("rbac.yaml", "user-roles.yaml", "tests/test-execution.yaml", "gateway.yaml"):
+    for template in ("rbac.yaml", "user-roles.yaml", "tests/test-execution.yaml", "gateway.yaml", "broker.yaml"):
         lines = (CHART / "templates" / template).read_text().splitlines()
         for number, line in enumerate(lines):
             if line.strip().startswith("- apiGroups:"):
@@ -721,7 +729,7 @@ def test_gateway_reads_only_for_readiness() -> None:
         for volume in (o["spec"]["template"]["spec"] if o["kind"] == "Deployment" else o["spec"]).get("volumes", [])
         if any("serviceAccountToken" in source for source in volume.get("projected", {}).get("sources", []))
     ]
-    assert projected == [("code-exec-gateway", "readiness-token")]
+    assert sorted(projected) == [("code-exec-broker", "api-access"), ("code-exec-gateway", "readiness-token")]
     (volume,) = [v for v in pod["volumes"] if v["name"] == "readiness-token"]
     assert volume["projected"]["sources"] == [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]
     (gateway_container,) = pod["containers"]

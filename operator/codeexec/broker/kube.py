@@ -16,7 +16,6 @@ from codeexec.models import GROUP, VERSION
 
 NOT_FOUND = 404
 TIMEOUT = aiohttp.ClientTimeout(sock_connect=5, sock_read=10)
-SERVICE_ACCOUNT_CA = "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt"
 
 
 class Kube(Protocol):
@@ -42,8 +41,8 @@ def secret_path(namespace: str, name: str) -> str:
 
 
 class KubeClient:
-    """The API over aiohttp. In a pod: the API server's Service and the token file the chart projects, read
-    afresh on each call (the kubelet rotates it); elsewhere: the kubeconfig's user."""
+    """The API over aiohttp. In a pod: the API server's Service, the token file the chart projects (read afresh on
+    each call: the kubelet rotates it) and the CA beside it; elsewhere: the kubeconfig's user."""
 
     def __init__(self, session: aiohttp.ClientSession, connection: Connection, token_file: str | None) -> None:
         self._session = session
@@ -55,7 +54,9 @@ class KubeClient:
         if "KUBERNETES_SERVICE_HOST" in os.environ and Path(token_file).exists():
             host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
             host = f"[{host}]" if ":" in host else host
-            server = Connection(f"https://{host}:{port}", ssl.create_default_context(cafile=SERVICE_ACCOUNT_CA))
+            # The chart projects the cluster's CA next to the token.
+            ca_file = Path(token_file).parent / "ca.crt"
+            server = Connection(f"https://{host}:{port}", ssl.create_default_context(cafile=ca_file))
             return cls(session, server, token_file)
         return cls(session, Connection.load(), None)
 
