@@ -267,8 +267,8 @@ def test_default_install_objects() -> None:
     assert kinds(objects) == [
         ("ClusterKopfPeering", "code-exec-code-exec", None),
         ("ClusterRole", "code-exec-code-exec", None),
-        ("ClusterRole", "code-exec-code-exec-broker", None),
         ("ClusterRole", "code-exec-code-exec-binding-admin", None),
+        ("ClusterRole", "code-exec-code-exec-broker", None),
         ("ClusterRole", "code-exec-code-exec-cluster", None),
         ("ClusterRole", "code-exec-code-exec-gateway-readiness", None),
         ("ClusterRole", "code-exec-code-exec-pool-admin", None),
@@ -397,6 +397,26 @@ def test_operator_reads_the_binding_token_key_from_its_mount() -> None:
     }
     key_file = OperatorConfig.from_env(literal_env(container)).binding_token_key_file
     assert key_file == f"{mount['mountPath']}/{volume['secret']['items'][0]['path']}"
+
+
+@needs_helm
+def test_without_the_broker_the_operator_has_no_broker_and_no_key() -> None:
+    """broker.enabled=false: bindings are unavailable (an empty CODEEXEC_BROKER_SERVICE), nothing mounts a Secret
+    that no longer exists, and the operator may read no broker Service."""
+    objects = render("broker.enabled=false")
+    pod = find(objects, "Deployment", "code-exec")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert OperatorConfig.from_env(literal_env(container)).broker_service == ""
+    assert "binding-token-key" not in {v["name"] for v in pod["volumes"]}
+    assert "binding-token-key" not in {m["name"] for m in container["volumeMounts"]}
+    assert not [o for o in objects if o["metadata"]["name"] == "code-exec-broker-service"]
+
+
+@needs_helm
+def test_the_operator_mounts_an_existing_token_key_secret() -> None:
+    pod = find(render("broker.tokenKey.existingSecret=my-key"), "Deployment", "code-exec")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "binding-token-key"]
+    assert volume["secret"]["secretName"] == "my-key"
 
 
 @needs_helm

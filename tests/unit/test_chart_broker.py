@@ -1,0 +1,117 @@
+"""The chart's broker: least-privilege rights, a Service the operator can read (numeric targetPort, no metrics
+port), a restricted pod of its own selector, the token key Secret, the volume variants, nothing when disabled."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from codeexec import bindingtoken
+from codeexec.broker.config import BrokerConfig
+from tests.unit.test_chart import find, needs_helm, render
+
+BROKER = "code-exec-broker"
+
+
+def pod_spec(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = find(objects, "Deployment", BROKER)["spec"]["template"]["spec"]
+    return spec
+
+
+def merged_rules(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
+    merged: dict[tuple[str, str], set[str]] = {}
+    for rule in rules:
+        for resource in rule["resources"]:
+            merged.setdefault((rule["apiGroups"][0], resource), set()).update(rule["verbs"])
+    return merged
+
+
+BROKER_RIGHTS = {
+    ("codeexec.io", "executions"): {"get"},
+    ("codeexec.io", "executions/status"): {"patch"},
+    ("codeexec.io", "sandboxbindings"): {"get"},
+    ("", "secrets"): {"get"},
+    ("", "events"): {"create"},
+}
+
+
+@needs_helm
+def test_broker_rights_are_least_privilege() -> None:
+    objects = render()
+    assert merged_rules(find(objects, "ClusterRole", "code-exec-code-exec-broker")["rules"]) == BROKER_RIGHTS
+    binding = find(objects, "ClusterRoleBinding", "code-exec-code-exec-broker")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": BROKER, "namespace": "code-exec"}]
+    watched = render("operator.watchNamespaces={team-a,team-b}")
+    roles = [o for o in watched if o["kind"] == "Role" and o["metadata"]["name"] == BROKER]
+    assert sorted(role["metadata"]["namespace"] for role in roles) == ["team-a", "team-b"]
+    assert all(merged_rules(role["rules"]) == BROKER_RIGHTS for role in roles)
+    assert not [o for o in watched if o["kind"].startswith("Cluster") and o["metadata"]["name"].endswith("-broker")]
+
+
+@needs_helm
+def test_broker_service_is_what_the_operator_reads() -> None:
+    objects = render()
+    service = find(objects, "Service", BROKER)
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": 8080, "protocol": "TCP"}]
+    deployment = find(objects, "Deployment", BROKER)
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == selector
+    assert selector["app.kubernetes.io/component"] == "broker"
+    for other in ("code-exec", "code-exec-gateway"):
+        labels = find(objects, "Deployment", other)["spec"]["template"]["metadata"]["labels"]
+        assert not selector.items() <= labels.items(), other
+
+
+@needs_helm
+def test_broker_pod_is_restricted_and_holds_the_key_and_its_own_token() -> None:
+    objects = render()
+    deployment = find(objects, "Deployment", BROKER)
+    assert deployment["spec"]["replicas"] == 1 and deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = pod_spec(objects)
+    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == BROKER
+    assert find(objects, "ServiceAccount", BROKER)["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["image"] == "localhost/codeexec/operator:0.1.0"
+    assert (container["command"], container["args"]) == (["codeexec"], ["broker"])
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True and security["allowPrivilegeEscalation"] is False
+    assert security["runAsNonRoot"] is True and security["capabilities"] == {"drop": ["ALL"]}
+    assert container["resources"]["requests"] == container["resources"]["limits"]
+    env = {var["name"]: var["value"] for var in container["env"]}
+    config = BrokerConfig.from_env(env)
+    assert (config.port, config.metrics_port) == (8080, 9090)
+    mounts = {mount["name"]: mount["mountPath"] for mount in container["volumeMounts"]}
+    assert mounts["data"] == config.data_dir
+    assert f"{mounts['binding-token-key']}/key" == config.token_key_file
+    assert f"{mounts['api-access']}/token" == config.api_token_file
+    volumes = {volume["name"]: volume for volume in pod["volumes"]}
+    assert volumes["binding-token-key"]["secret"]["secretName"] == "code-exec-binding-token-key"
+    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == BROKER
+
+
+@needs_helm
+def test_token_key_secret(tmp_path: Any) -> None:
+    secret = find(render(), "Secret", "code-exec-binding-token-key")
+    key = base64.b64decode(secret["data"]["key"])
+    assert len(base64.b64decode(key)) == 48  # 48 random bytes as base64 text
+    (tmp_path / "key").write_bytes(key)
+    assert bindingtoken.read_key(tmp_path / "key") == key
+    own = render("broker.tokenKey.existingSecret=mine")
+    assert not [o for o in own if o["kind"] == "Secret" and "binding-token-key" in o["metadata"]["name"]]
+    assert {v["name"]: v for v in pod_spec(own)["volumes"]}["binding-token-key"]["secret"]["secretName"] == "mine"
+
+
+@needs_helm
+def test_broker_volume_variants_and_disabled() -> None:
+    claim = find(render("broker.persistence.storageClass=fast", "broker.persistence.size=5Gi"), "PersistentVolumeClaim")
+    assert claim["spec"]["storageClassName"] == "fast"
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    existing = render("broker.persistence.existingClaim=kept")
+    assert not [o for o in existing if o["kind"] == "PersistentVolumeClaim"]
+    assert {v["name"]: v for v in pod_spec(existing)["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "kept"
+    ephemeral = render("broker.persistence.enabled=false")
+    assert {v["name"]: v for v in pod_spec(ephemeral)["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+    image = render("broker.image.repository=other/broker", "broker.image.tag=1.2")
+    assert pod_spec(image)["containers"][0]["image"] == "localhost/other/broker:1.2"
+    off = render("broker.enabled=false")
+    assert not [o for o in off if "broker" in o["metadata"]["name"] or "binding-token" in o["metadata"]["name"]]
