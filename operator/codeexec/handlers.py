@@ -1,4 +1,5 @@
-"""Kopf wiring: which events reach the lifecycle, the warm pools and the webhook; Kopf's settings; the memo's parts."""
+"""Kopf wiring: which events reach the lifecycle, the warm pools, the bindings' status and the webhook; Kopf's
+settings; the memo's parts."""
 
 from __future__ import annotations
 
@@ -8,17 +9,26 @@ from typing import Any
 
 import kopf
 
-from codeexec import admission, lifecycle, peering, queueing, status, warm, warmpools
+from codeexec import admission, bindings, lifecycle, peering, queueing, status, warm, warmpools
 from codeexec.api import ApiError, ClusterApi
 from codeexec.config import OperatorConfig
 from codeexec.dispatch import Dispatcher, Snapshot
 from codeexec.models import GROUP, VERSION
 from codeexec.persistence import DigestDiffBaseStorage
-from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, TEMPLATE_HASH_LABEL
+from codeexec.vocabulary import (
+    EXECUTION_UID_LABEL,
+    MANAGED_BY,
+    MANAGED_BY_LABEL,
+    POOL_LABEL,
+    TEMPLATE_HASH_LABEL,
+    Phase,
+)
 
 EXECUTIONS = (GROUP, VERSION, "executions")
 WARMPOOLS = (GROUP, VERSION, "warmpools")
 RUNTIMES = (GROUP, VERSION, "runtimes")
+SANDBOXBINDINGS = (GROUP, VERSION, "sandboxbindings")
+BINDING_USERS_INDEX = "binding_users"  # the index's id: handlers get it as a keyword argument of this name
 POOLS = "pools"
 POOL_INDEX = "warm_pools"  # the index's id: handlers get it as a keyword argument of this name
 WATCH_INTERVAL = 5
@@ -185,6 +195,40 @@ def pool_pod_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwar
             _dispatcher(memo).dispatch(logger, _snapshot(kwargs))
 
 
+def _names_bindings(body: kopf.Body, **_: Any) -> bool:
+    return bool(body.get("spec", {}).get("bindings"))
+
+
+def _running_with_bindings(body: kopf.Body, **_: Any) -> bool:
+    return body.get("status", {}).get("phase") == Phase.RUNNING and _names_bindings(body)
+
+
+@kopf.index(*EXECUTIONS, id=BINDING_USERS_INDEX, when=_running_with_bindings)
+def binding_users(body: kopf.Body, **_: Any) -> dict[bindings.BindingKey, str]:
+    """The running Executions by each SandboxBinding they name (namespace, binding name): its inUse and usedBy.
+    An Execution leaves the index when it stops running (the filter no longer matches) or goes."""
+    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    return {(namespace, binding): name for binding in body["spec"]["bindings"]}
+
+
+# Event handlers, not on.create/on.update: no Kopf annotations, and no finalizer, on anyone's SandboxBinding
+# (a finalizer there would make deleting a namespace or uninstalling wait for the operator).
+@kopf.on.event(*EXECUTIONS, when=_names_bindings)
+def binding_use_changed(body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """An Execution with bindings changed or went: the bindings whose running users changed say so."""
+    metadata = body["metadata"]
+    _bindings(memo).users_changed(metadata["namespace"], body["spec"]["bindings"], _binding_users(kwargs))
+
+
+@kopf.on.event(*SANDBOXBINDINGS)
+def binding_changed(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **kwargs: Any) -> None:
+    """A SandboxBinding created, changed or listed at start-up: its status (Ready, inUse, usedBy)."""
+    if event.get("type") == "DELETED":
+        _bindings(memo).forget(body["metadata"]["namespace"], body["metadata"]["name"])
+    else:
+        _bindings(memo).reconcile(dict(body), _binding_users(kwargs))
+
+
 def validate_execution(spec: kopf.Spec, memo: kopf.Memo, warnings: list[str], **_: Any) -> None:
     """Admission webhook (registered by register_webhook only when enabled): admission.validate."""
     admission.validate(spec, _cluster(memo).facts, _config(memo), warnings)
@@ -209,6 +253,16 @@ def _dispatcher(memo: kopf.Memo) -> Dispatcher:
 def _pools(memo: kopf.Memo) -> warmpools.PoolKeeper:
     pools: warmpools.PoolKeeper = memo["pools"]
     return pools
+
+
+def _bindings(memo: kopf.Memo) -> bindings.BindingKeeper:
+    keeper: bindings.BindingKeeper = memo["bindings"]
+    return keeper
+
+
+def _binding_users(kwargs: Mapping[str, Any]) -> bindings.Users:
+    index: kopf.Index[bindings.BindingKey, str] = kwargs[BINDING_USERS_INDEX]
+    return lambda key: list(index.get(key, ()))
 
 
 def _snapshot(kwargs: Mapping[str, Any]) -> Snapshot:

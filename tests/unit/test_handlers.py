@@ -23,7 +23,7 @@ def handlers_of(resource: str) -> dict[str, Any]:
 
 def test_executions_are_started_and_watched_without_deletion_handlers() -> None:
     handlers = handlers_of("executions")
-    assert set(handlers) == {"start_execution", "watch_execution"}
+    assert set(handlers) == {"start_execution", "watch_execution", "binding_use_changed"}
     # No on.delete: nothing to clean up that owner references do not, and no finalizer for it.
     reasons = {handler.reason for handler in _changing("executions")}
     assert reasons == {"create", None}  # None: on.resume
@@ -58,6 +58,62 @@ def test_a_runtime_change_reaches_every_pool() -> None:
     assert reconciled == []  # the start-up listing: pools resume by themselves
     codeexec.handlers.runtime_changed(event={"type": "MODIFIED"}, memo=memo, warm_pools=index)
     assert reconciled == [("team", "py"), ("other", "js")]
+
+
+def test_bindings_are_kept_from_events_without_a_finalizer_or_annotations() -> None:
+    """Only event handlers on SandboxBindings (no on.create/update: Kopf would annotate every binding; no timer
+    or on.delete: a finalizer would make deleting a binding or its namespace wait for the operator)."""
+    assert set(handlers_of("sandboxbindings")) == {"binding_changed"}
+    registry = kopf.get_default_registry()
+    for kind in (registry._changing, registry._spawning):
+        assert not [h for h in kind.get_all_handlers() if h.selector.any_name == "sandboxbindings"]
+    indices = {h.id: h for h in registry._indexing.get_all_handlers()}
+    assert indices[codeexec.handlers.BINDING_USERS_INDEX].selector.any_name == "executions"
+
+
+def test_binding_handlers_pass_the_running_users_by_binding() -> None:
+    calls: list[tuple[Any, ...]] = []
+
+    class Keeper:
+        def users_changed(self, namespace: str, names: list[str], users: Any) -> None:
+            calls.append(("users_changed", namespace, names, users(("team", "notes"))))
+
+        def reconcile(self, binding: dict[str, Any], users: Any) -> None:
+            calls.append(("reconcile", binding["metadata"]["name"], users(("team", "other"))))
+
+        def forget(self, namespace: str, name: str) -> None:
+            calls.append(("forget", namespace, name))
+
+    memo = kopf.Memo(bindings=Keeper())
+    index = {("team", "notes"): ["ex-a", "ex-b"]}
+    running = {"metadata": {"namespace": "team", "name": "ex-a"}, "spec": {"bindings": ["notes", "other"]}}
+    assert codeexec.handlers.binding_users(body={**running, "status": {"phase": "Running"}}) == {
+        ("team", "notes"): "ex-a",
+        ("team", "other"): "ex-a",
+    }
+    codeexec.handlers.binding_use_changed(body=running, memo=memo, binding_users=index)
+    binding = {"metadata": {"namespace": "team", "name": "other"}}
+    codeexec.handlers.binding_changed(event={"type": None}, body=binding, memo=memo, binding_users=index)
+    codeexec.handlers.binding_changed(event={"type": "DELETED"}, body=binding, memo=memo, binding_users=index)
+    assert calls == [
+        ("users_changed", "team", ["notes", "other"], ["ex-a", "ex-b"]),
+        ("reconcile", "other", []),
+        ("forget", "team", "other"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("phase", "bindings", "indexed"),
+    [
+        ("Running", ["notes"], True),
+        ("Pending", ["notes"], False),
+        ("Succeeded", ["notes"], False),
+        ("Running", [], False),
+    ],
+)
+def test_only_running_executions_with_bindings_use_them(phase: str, bindings: list[str], indexed: bool) -> None:
+    body = kopf.Body(cast(kopf.RawBody, {"spec": {"bindings": bindings}, "status": {"phase": phase}}))
+    assert codeexec.handlers._running_with_bindings(body=body) is indexed
 
 
 def test_only_sandbox_and_pool_pods_are_watched() -> None:
