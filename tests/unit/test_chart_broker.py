@@ -86,7 +86,7 @@ def test_broker_pod_is_restricted_and_holds_the_key_and_its_own_token() -> None:
     assert f"{mounts['api-access']}/token" == config.api_token_file
     volumes = {volume["name"]: volume for volume in pod["volumes"]}
     assert volumes["binding-token-key"]["secret"]["secretName"] == "code-exec-binding-token-key"
-    assert volumes["data"]["persistentVolumeClaim"]["claimName"] == BROKER
+    assert volumes["data"] == {"name": "data", "emptyDir": {}}  # the default: no claim (persistence off)
 
 
 @needs_helm
@@ -103,14 +103,20 @@ def test_token_key_secret(tmp_path: Any) -> None:
 
 @needs_helm
 def test_broker_volume_variants_and_disabled() -> None:
-    claim = find(render("broker.persistence.storageClass=fast", "broker.persistence.size=5Gi"), "PersistentVolumeClaim")
+    default = render()
+    assert not [o for o in default if o["kind"] == "PersistentVolumeClaim"]
+    assert {v["name"]: v for v in pod_spec(default)["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
+    claim = find(
+        render(
+            "broker.persistence.enabled=true", "broker.persistence.storageClass=fast", "broker.persistence.size=5Gi"
+        ),
+        "PersistentVolumeClaim",
+    )
     assert claim["spec"]["storageClassName"] == "fast"
     assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
     existing = render("broker.persistence.existingClaim=kept")
     assert not [o for o in existing if o["kind"] == "PersistentVolumeClaim"]
     assert {v["name"]: v for v in pod_spec(existing)["volumes"]}["data"]["persistentVolumeClaim"]["claimName"] == "kept"
-    ephemeral = render("broker.persistence.enabled=false")
-    assert {v["name"]: v for v in pod_spec(ephemeral)["volumes"]}["data"] == {"name": "data", "emptyDir": {}}
     image = render("broker.image.repository=other/broker", "broker.image.tag=1.2")
     assert pod_spec(image)["containers"][0]["image"] == "localhost/other/broker:1.2"
     off = render("broker.enabled=false")
