@@ -14,6 +14,8 @@ DEBIAN_PACKAGES=(runc containernetworking-plugins buildah debootstrap iptables i
   iproute2 openssl curl gcc libc6-dev)
 # Not the cluster's: headless Chromium renders the gateway's /docs in tests/e2e/test_gateway.py.
 DEBIAN_PACKAGES+=(chromium)
+# Not the cluster's either: tests/unit/test_broker_postgres.py starts a throwaway PostgreSQL server.
+DEBIAN_PACKAGES+=(postgresql-15)
 
 apply_cluster_objects() {
   kubectl_admin apply -f - >/dev/null <<EOT
