@@ -159,6 +159,15 @@ def runtime_crd() -> dict[str, Any]:
     )
 
 
+# The reason of a resource's Ready condition, in `kubectl get -o wide` (WarmPool, SandboxBinding).
+READY_REASON_COLUMN: dict[str, Any] = {
+    "name": "Reason",
+    "type": "string",
+    "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+    "priority": 1,
+}
+
+
 def warmpool_crd() -> dict[str, Any]:
     return _crd(
         kind="WarmPool",
@@ -175,12 +184,7 @@ def warmpool_crd() -> dict[str, Any]:
             {"name": "Runtime", "type": "string", "jsonPath": ".spec.runtime"},
             {"name": "Desired", "type": "integer", "jsonPath": ".spec.replicas"},
             {"name": "Ready", "type": "integer", "jsonPath": ".status.readyReplicas"},
-            {
-                "name": "Reason",
-                "type": "string",
-                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-                "priority": 1,
-            },
+            READY_REASON_COLUMN,
         ],
     )
 
@@ -201,12 +205,7 @@ def sandboxbinding_crd() -> dict[str, Any]:
             {"name": "Engine", "type": "string", "jsonPath": ".spec.db.engine"},
             {"name": "ReadOnly", "type": "boolean", "jsonPath": ".spec.db.readOnly"},
             {"name": "In Use", "type": "integer", "jsonPath": ".status.inUse"},
-            {
-                "name": "Reason",
-                "type": "string",
-                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
-                "priority": 1,
-            },
+            READY_REASON_COLUMN,
             {"name": "Used By", "type": "string", "jsonPath": ".status.usedBy", "priority": 1},
         ],
     )
