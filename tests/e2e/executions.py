@@ -162,7 +162,7 @@ def own_namespace_name() -> str:
 
 def install_crds_and_runtimes() -> None:
     """The generated CRDs and the bundled Runtimes, as the chart would install them."""
-    crds = ("execution", "runtime", "warmpool")
+    crds = ("execution", "runtime", "warmpool", "sandboxbinding")
     kubectl("apply", *(arg for crd in crds for arg in ("-f", str(REPO / f"crds/{crd}.yaml"))))
     kubectl("wait", "--for=condition=Established", *(f"crd/{crd}s.codeexec.io" for crd in crds), "--timeout=60s")
     kubectl("apply", "-f", str(REPO / "crds/runtimes"))
