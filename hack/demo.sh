@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: installs the chart into the local cluster and runs one example Execution per language.
+# `make demo`: installs the chart into the local cluster and runs one example Execution per language, then one
+# per language that uses the SQLite database of the SandboxBinding `notes` through the broker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(hack/cluster-env.sh)"
@@ -9,7 +10,8 @@ NAMESPACE=code-exec-demo
 # namespace, so it never races the operators that the e2e tests start for theirs.
 # Helm installs CRDs only with a release's first install: an upgrade of an older demo release needs
 # Kopf's peering CRD too (the release's ClusterKopfPeering object is of its kind).
-kubectl apply -f crds/execution.yaml -f crds/runtime.yaml -f crds/warmpool.yaml -f crds/kopf-peering.yaml >/dev/null
+kubectl apply -f crds/execution.yaml -f crds/runtime.yaml -f crds/warmpool.yaml -f crds/sandboxbinding.yaml \
+  -f crds/kopf-peering.yaml >/dev/null
 # Helm cannot adopt Runtimes created outside it (the e2e tests apply crds/runtimes/): keep those as they are.
 runtime_flags=()
 for runtime in python javascript typescript; do
@@ -40,19 +42,52 @@ if ((pool_replicas > 0)); then
 fi
 kubectl get warmpools -n "$NAMESPACE"
 
-for example in crds/examples/hello-*.yaml; do
+# Runs the given example Executions (afresh: each is deleted first) and shows each one's status once it finished.
+run_examples() {
+  local example name
+  for example in "$@"; do
+    name=$(basename "$example" .yaml)
+    kubectl delete execution "$name" -n "$NAMESPACE" --ignore-not-found --wait >/dev/null
+    kubectl apply -n "$NAMESPACE" -f "$example" >/dev/null
+  done
+  for example in "$@"; do
+    name=$(basename "$example" .yaml)
+    kubectl wait -n "$NAMESPACE" "execution/$name" --timeout 180s \
+      --for=jsonpath='{.status.conditions[?(@.type=="Finished")].status}'=True >/dev/null
+    echo
+    echo "== execution/$name"
+    kubectl get execution "$name" -n "$NAMESPACE" -o jsonpath='phase={.status.phase} reason={.status.reason} sandbox={.status.sandbox} exitCode={.status.exitCode} durationMs={.status.durationMs}{"\n"}result={.status.result}{"\n"}logs={.status.logs}{"\n"}stdout:{"\n"}{.status.stdout}'
+  done
+}
+run_examples crds/examples/hello-*.yaml
+
+# The db examples name the SandboxBinding `notes` (a SQLite database the broker keeps); each run adds its row,
+# so a re-run shows the earlier rows too (until the broker pod goes: its volume is an emptyDir by default).
+# An Execution with bindings always runs cold, and a cold sandbox (500m CPU) does not fit the 2-core node
+# beside the full pools: the pools are emptied while they run and refilled afterwards.
+resize_pools() {
+  local pool
+  for pool in $(kubectl get warmpools -n "$NAMESPACE" -o name); do
+    kubectl patch "$pool" -n "$NAMESPACE" --type merge -p "{\"spec\":{\"replicas\":$1}}" >/dev/null
+  done
+}
+kubectl apply -n "$NAMESPACE" -f crds/examples/binding-notes.yaml >/dev/null
+if ((pool_replicas > 0)); then
+  resize_pools 0
+fi
+run_examples crds/examples/db-*.yaml
+echo
+echo "== the broker's account of the db examples (status.bindings) and the binding"
+for example in crds/examples/db-*.yaml; do
   name=$(basename "$example" .yaml)
-  kubectl delete execution "$name" -n "$NAMESPACE" --ignore-not-found --wait >/dev/null
-  kubectl apply -n "$NAMESPACE" -f "$example" >/dev/null
+  kubectl get execution "$name" -n "$NAMESPACE" -o jsonpath='{.metadata.name}: {.status.bindings}{"\n"}'
 done
-for example in crds/examples/hello-*.yaml; do
-  name=$(basename "$example" .yaml)
-  kubectl wait -n "$NAMESPACE" "execution/$name" --timeout 120s \
-    --for=jsonpath='{.status.conditions[?(@.type=="Finished")].status}'=True >/dev/null
-  echo
-  echo "== execution/$name"
-  kubectl get execution "$name" -n "$NAMESPACE" -o jsonpath='phase={.status.phase} reason={.status.reason} sandbox={.status.sandbox} exitCode={.status.exitCode} durationMs={.status.durationMs}{"\n"}result={.status.result}{"\n"}logs={.status.logs}{"\n"}stdout:{"\n"}{.status.stdout}'
-done
+kubectl get sandboxbindings -n "$NAMESPACE"
+if ((pool_replicas > 0)); then
+  resize_pools "$pool_replicas"
+  kubectl wait -n "$NAMESPACE" warmpools --all --timeout 180s \
+    --for=jsonpath='{.status.readyReplicas}'="$pool_replicas" >/dev/null
+fi
 echo
 kubectl get executions -n "$NAMESPACE"
 kubectl get warmpools -n "$NAMESPACE"
