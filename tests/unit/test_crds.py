@@ -301,7 +301,11 @@ def test_execution_bindings_and_their_usage() -> None:
         ExecutionSpec.model_validate({"language": "python", "code": "", "bindings": ["Notes"]})
 
 
-@pytest.mark.parametrize("path", sorted((CRD_DIR / "examples").glob("*.yaml")), ids=lambda path: path.name)
+BINDING_EXAMPLES = sorted((CRD_DIR / "examples").glob("binding-*.yaml"))
+EXECUTION_EXAMPLES = sorted(set((CRD_DIR / "examples").glob("*.yaml")) - set(BINDING_EXAMPLES))
+
+
+@pytest.mark.parametrize("path", EXECUTION_EXAMPLES, ids=lambda path: path.name)
 def test_examples_are_valid_executions(path: Path) -> None:
     execution = yaml.safe_load(path.read_text())
     assert (execution["apiVersion"], execution["kind"]) == ("codeexec.io/v1alpha1", "Execution")
@@ -309,6 +313,15 @@ def test_examples_are_valid_executions(path: Path) -> None:
     assert "return" in spec.code
     assert "console." in spec.code
     assert spec.input is not None
+    # The bindings it names are the binding examples (the demo applies them first).
+    assert set(spec.bindings) <= {yaml.safe_load(p.read_text())["metadata"]["name"] for p in BINDING_EXAMPLES}
+
+
+@pytest.mark.parametrize("path", BINDING_EXAMPLES, ids=lambda path: path.name)
+def test_binding_examples_are_valid_sandboxbindings(path: Path) -> None:
+    binding = yaml.safe_load(path.read_text())
+    assert (binding["apiVersion"], binding["kind"]) == ("codeexec.io/v1alpha1", "SandboxBinding")
+    SandboxBindingSpec.model_validate(binding["spec"])
 
 
 def test_installed_runtimes_follow_the_runner_contract() -> None:
