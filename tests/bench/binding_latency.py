@@ -12,6 +12,8 @@ it creates two SandboxBindings (a SQLite database, and a PostgreSQL one whose DS
 Execution; the PostgreSQL server (localhost/codeexec/e2e-postgres, built by hack/build-images.sh) runs as a pod
 and Service in a namespace of its own. The DSN names the Service's ClusterIP (pods here have no cluster DNS).
 Everything it made is deleted afterwards, the SQLite database file in the broker's volume excepted.
+The Execution runs cold (bindings never take a pool pod), so the node needs room for one default sandbox (500m CPU):
+beside the demo's full pools the 2-core dev node has none, so run `DEMO_POOL_REPLICAS=0 make demo` first.
 """
 
 from __future__ import annotations
