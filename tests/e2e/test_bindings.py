@@ -6,7 +6,14 @@ PostgreSQL (localhost/codeexec/e2e-postgres, a pod and Service in the release na
 The security tests are issue 12's list: a token replayed after its Execution finished, a token used for a binding
 another Execution was granted, code scanning for the broker's metrics port and other pods, SQL injection through
 parameters, readOnly bindings, statement timeouts, an Execution without bindings, a binding that does not exist.
-Needs the operator image (it also runs the broker) and the e2e-postgres image (`hack/build-images.sh`)."""
+Needs the operator image (it also runs the broker) and the e2e-postgres image (`hack/build-images.sh`). About 90 s
+on the dev node (fifteen sandboxes, a broker pod restart).
+
+Each security test was seen failing with its safeguard removed (an image built with the break): the broker's
+Running check (replay), its spec.bindings check (NotGranted), readOnly and statementTimeoutMs ignored, parameters
+interpolated into the SQL, the egress rule to the broker without its port (9090 reached), that rule on every
+Execution (no bindings reaching the broker), admission without BindingNotFound, the release without existingClaim
+(an emptyDir: the rows gone with the pod)."""
 
 from __future__ import annotations
 
@@ -50,11 +57,15 @@ TIMEOUT_MS = 1000
 class Release:
     namespace: str  # the operator's, the broker's and PostgreSQL's
     work: str  # the only namespace the release watches: Executions and SandboxBindings
-    broker_url: str  # http://<broker Service clusterIP>:8080, reached from this host through kube-proxy
+    broker_service: str  # the broker Service's clusterIP (port 8080), reached from this host through kube-proxy
     broker_ip: str  # the broker pod's
     operator_ip: str
     postgres_ip: str  # the PostgreSQL pod's
     postgres_service: str  # its Service's clusterIP
+
+    @property
+    def broker_url(self) -> str:
+        return f"http://{self.broker_service}:8080"
 
 
 def _pod(namespace: str, selector: str) -> dict[str, Any]:
@@ -207,7 +218,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         yield Release(
             namespace,
             work,
-            f"http://{service['clusterIP']}:{service['ports'][0]['port']}",
+            service["clusterIP"],
             _pod(namespace, BROKER)["status"]["podIP"],
             _pod(namespace, OPERATOR)["status"]["podIP"],
             _pod(namespace, "app=e2e-postgres")["status"]["podIP"],
@@ -503,7 +514,7 @@ def test_sandboxes_reach_the_broker_api_and_nothing_else(release: Release) -> No
         "postgres_service": [release.postgres_service, 5432],
         "api_server": [kubernetes, 443],
     }
-    broker = {"broker_pod": [release.broker_ip, 8080], "broker_service": [release.broker_url[7:].split(":")[0], 8080]}
+    broker = {"broker_pod": [release.broker_ip, 8080], "broker_service": [release.broker_service, 8080]}
     for label, (address, port) in {**blocked, **broker}.items():
         assert _listening(address, port), f"{label} {address}:{port} does not listen: the test proves nothing"
     with_binding, without = _name("scan"), _name("nobind")
