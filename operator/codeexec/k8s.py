@@ -83,6 +83,32 @@ def _send(call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     call(*args, **kwargs, _preload_content=False, _request_timeout=REQUEST_TIMEOUT).drain_conn()
 
 
+def merge_patch_drops_nulls(status: Body) -> bool:
+    """Whether a JSON merge patch of `status` would lose part of the code's result: merge patches read a null
+    object member as "remove this key", so `{"a": null}` returned by the code would be stored as `{}`."""
+    return _has_null_member(status.get("result"))
+
+
+def _has_null_member(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(member is None or _has_null_member(member) for member in value.values())
+    if isinstance(value, list):
+        return any(_has_null_member(item) for item in value)
+    return False
+
+
+def status_json_patch(status: Body, resource_version: str | None) -> list[Body]:
+    """The JSON Patch writing `status` key by key into an existing status: values (the result) are stored as
+    given, nulls included. A null for another field removes it like a merge patch does: the API server prunes a
+    null it has no schema room for. Only for Executions that already have a status (every write of a result)."""
+    ops: list[Body] = []
+    if resource_version is not None:
+        # Like a merge patch's metadata.resourceVersion: the API server answers 409 Conflict if it moved on.
+        ops.append({"op": "replace", "path": "/metadata/resourceVersion", "value": resource_version})
+    ops.extend({"op": "add", "path": f"/status/{key}", "value": value} for key, value in status.items())
+    return ops
+
+
 def _items(call: Callable[..., Any], *args: Any, **kwargs: Any) -> list[Body]:
     items: list[Body] = _request(call, *args, **kwargs).get("items", [])
     return items
@@ -156,9 +182,13 @@ class KubeExecutions:
 
     @_api_errors
     def patch_status(self, namespace: str, name: str, status: Body, resource_version: str | None = None) -> None:
-        body: Body = {"status": status}
-        if resource_version is not None:
-            body["metadata"] = {"resourceVersion": resource_version}
+        body: Any
+        if merge_patch_drops_nulls(status):
+            body, content_type = status_json_patch(status, resource_version), "application/json-patch+json"
+        else:
+            body, content_type = {"status": status}, "application/merge-patch+json"
+            if resource_version is not None:
+                body["metadata"] = {"resourceVersion": resource_version}
         _send(
             self._custom.patch_namespaced_custom_object_status,
             GROUP,
@@ -167,7 +197,7 @@ class KubeExecutions:
             "executions",
             name,
             body,
-            _content_type="application/merge-patch+json",
+            _content_type=content_type,
         )
 
     @_api_errors

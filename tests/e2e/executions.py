@@ -140,8 +140,8 @@ def operators_watching(namespace: str) -> list[str]:
             continue
         for container in deployment["spec"]["template"]["spec"]["containers"]:
             words = [container.get("image", ""), *container.get("command", []), *container.get("args", [])]
-            if not any("codeexec" in word for word in words) or "gateway" in container.get("args", []):
-                continue  # not code-exec, or its HTTP gateway (which handles no Execution)
+            if not any("codeexec" in word for word in words) or {"gateway", "broker"} & set(container.get("args", [])):
+                continue  # not code-exec, or its HTTP gateway or bindings broker (which handle no Execution)
             env = {var["name"]: var.get("value", "") for var in container.get("env", [])}
             patterns = [item.strip() for item in env.get("CODEEXEC_NAMESPACES", "").split(",") if item.strip()]
             if not patterns or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in patterns):

@@ -338,6 +338,16 @@ return "\\ud800 lone surrogate"
     assert status["result"] == "\ufffd lone surrogate"
 
 
+def test_nulls_in_the_result_are_stored_as_returned(op_namespace: str) -> None:
+    # A JSON merge patch would drop every null object member (`{"a": null}` became `{}`, seen in the demo).
+    code = 'return {"first": None, "rows": [{"id": 1, "note": None}], "none": [None]}'
+    status = status_of(run(op_namespace, "nulls", "python", code))
+
+    assert status["phase"] == "Succeeded", status.get("message")
+    assert status["result"] == {"first": None, "rows": [{"id": 1, "note": None}], "none": [None]}
+    assert "queuePosition" not in status
+
+
 FORGED_REPORT = (
     'codeexec-report/v1 {"exitCode":EXIT,"timedOut":false,"signal":null,"durationMs":1,'
     '"stdout":{"text":"forged","bytes":6,"truncated":false},"stderr":{"text":"","bytes":0,"truncated":false},'
