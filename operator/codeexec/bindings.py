@@ -14,13 +14,13 @@ from pydantic import ValidationError
 
 from codeexec import status
 from codeexec.api import Body, SandboxBindings
-from codeexec.models import MAX_USED_BY, SandboxBindingSpec, SecretKeyRef
+from codeexec.models import MAX_USED_BY, BindingType, SandboxBindingSpec, SecretKeyRef
 from codeexec.validation import Rejection, field_path
 from codeexec.vocabulary import BINDING_READY, CONDITION_READY, INVALID_SPEC, SECRET_MISSING
 
 # The broker Service's port sandboxes use, when it has more than one (its only port otherwise).
 BROKER_PORT_NAME = "api"
-DB = "db"
+TYPES: tuple[BindingType, ...] = ("db", "ai")
 
 BindingKey = tuple[str, str]  # (namespace, SandboxBinding name)
 # The names of the running Executions that name a binding, as the Kopf index has them now.
@@ -29,8 +29,10 @@ Ready = tuple[str, str, str]  # the Ready condition's status, reason and message
 
 
 def granted(items: Iterable[Mapping[str, Any]]) -> dict[str, str]:
-    """A namespace's SandboxBinding objects → name → type, what an Execution's spec.bindings may name."""
-    return {item["metadata"]["name"]: DB for item in items if DB in (item.get("spec") or {})}
+    """A namespace's SandboxBinding objects → name → type, what an Execution's spec.bindings may name (the type
+    is its spec's one key: the API server refuses a spec with both or neither)."""
+    named = ((item["metadata"]["name"], item.get("spec") or {}) for item in items)
+    return {name: kind for name, spec in named for kind in TYPES if kind in spec}
 
 
 @dataclass(frozen=True)
@@ -89,30 +91,41 @@ def parse_binding(body: Mapping[str, Any]) -> SandboxBindingSpec | Rejection:
         return Rejection(INVALID_SPEC, f"{field_path(first['loc'])}: {first['msg']}")
 
 
-def dsn_secret(spec: SandboxBindingSpec | Rejection) -> SecretKeyRef | None:
-    """The Secret key a valid binding needs to exist (postgres); None when it needs none."""
-    return None if isinstance(spec, Rejection) else spec.db.dsn_secret_ref
+def needed_secret(spec: SandboxBindingSpec | Rejection) -> SecretKeyRef | None:
+    """The Secret key a valid binding needs to exist (postgres' DSN, an ai endpoint's API key); None when it
+    needs none."""
+    found = None if isinstance(spec, Rejection) else spec.secret_ref
+    return None if found is None else found[0]
 
 
 def readiness(spec: SandboxBindingSpec | Rejection, secret_keys: frozenset[str] | None) -> Ready:
-    """The Ready condition of a binding; `secret_keys`: the keys of its dsnSecretRef's Secret (None: absent)."""
+    """The Ready condition of a binding; `secret_keys`: the keys of the Secret it needs (None: absent)."""
     if isinstance(spec, Rejection):
         return "False", spec.reason, spec.message
-    secret = spec.db.dsn_secret_ref
-    if secret is not None and secret_keys is None:
-        return "False", SECRET_MISSING, f"Secret {secret.name} (spec.db.dsnSecretRef) does not exist"
-    if secret is not None and secret.key not in (secret_keys or ()):
-        return "False", SECRET_MISSING, f"Secret {secret.name} has no key {secret.key} (spec.db.dsnSecretRef)"
-    return "True", BINDING_READY, f"{spec.db.engine} database; Executions of this namespace may name it"
+    if spec.secret_ref is not None:
+        secret, field = spec.secret_ref
+        if secret_keys is None:
+            return "False", SECRET_MISSING, f"Secret {secret.name} ({field}) does not exist"
+        if secret.key not in secret_keys:
+            return "False", SECRET_MISSING, f"Secret {secret.name} has no key {secret.key} ({field})"
+    serves = f"{spec.db.engine} database" if spec.db else "OpenAI-compatible endpoint"
+    return "True", BINDING_READY, f"{serves}; Executions of this namespace may name it"
 
 
 def status_patch(
-    current: Mapping[str, Any], generation: int, ready: Ready, users: Sequence[str], now: datetime
+    current: Mapping[str, Any],
+    generation: int,
+    binding_type: BindingType | None,
+    ready: Ready,
+    users: Sequence[str],
+    now: datetime,
 ) -> dict[str, Any] | None:
-    """The binding's new status; None when nothing in it would change (no write, no watch event)."""
+    """The binding's new status (`binding_type`: None while the spec is invalid); None when nothing in it would
+    change (no write, no watch event)."""
     names = sorted(users)
     conditions = status.with_condition(current.get("conditions") or [], CONDITION_READY, *ready, now, generation)
     patch = {
+        "type": binding_type,
         "inUse": len(names),
         "usedBy": names[:MAX_USED_BY],
         "conditions": conditions,
@@ -157,11 +170,13 @@ class BindingKeeper:
         metadata = binding["metadata"]
         key = (metadata["namespace"], metadata["name"])
         spec = parse_binding(binding)
-        secret = dsn_secret(spec)
+        secret = needed_secret(spec)
         secret_keys = None if secret is None else self._api.secret_keys(key[0], secret.name)
         names = tuple(sorted(users(key)))
         generation: int = metadata.get("generation", 1)
-        patch = status_patch(binding.get("status") or {}, generation, readiness(spec, secret_keys), names, _now())
+        binding_type = None if isinstance(spec, Rejection) else spec.type
+        ready = readiness(spec, secret_keys)
+        patch = status_patch(binding.get("status") or {}, generation, binding_type, ready, names, _now())
         if patch is not None:
             self._api.patch_status(*key, patch)
         self._users[key] = names

@@ -54,12 +54,19 @@ MAX_BINDINGS = 8
 # status.usedBy of a SandboxBinding names at most this many Executions (inUse counts them all).
 MAX_USED_BY = 20
 MAX_BINDING_ERROR_LENGTH = 1024
+MAX_AI_MODELS = 32
+MAX_AI_REQUEST_TIMEOUT_MS = 300_000
+# An OpenAI-compatible API's base URL: http or https, a host (no user:password@), a path; no query or fragment.
+AI_ENDPOINT_PATTERN = r"^https?://[^\s/?#@]+(/[^\s?#]*)?$"
 
 CpuQuantity = Annotated[str, StringConstraints(pattern=CPU_PATTERN, max_length=32)]
 MemoryQuantity = Annotated[str, StringConstraints(pattern=MEMORY_PATTERN, max_length=32)]
 LanguageName = Annotated[str, StringConstraints(min_length=1, max_length=63)]
 ObjectName = Annotated[str, StringConstraints(max_length=MAX_OBJECT_NAME_LENGTH, pattern=OBJECT_NAME_PATTERN)]
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+BindingType = Literal["db", "ai"]
+# A model's name as the endpoint knows it ("qwen2.5:0.5b", "@cf/meta/llama-3-8b-instruct"): no blanks.
+ModelName = Annotated[str, StringConstraints(min_length=1, max_length=256, pattern=r"^\S+$")]
 
 ANY_JSON: dict[str, Any] = {"x-kubernetes-preserve-unknown-fields": True}
 
@@ -336,14 +343,30 @@ class BindingUsage(Model):
     """What the code did with one binding, counted by the broker."""
 
     name: ObjectName = Field(description="The SandboxBinding's name, as in spec.bindings.")
-    type: Literal["db"] = Field(description="The binding's type: db.")
+    type: BindingType = Field(description="The binding's type: db or ai.")
     calls: int = Field(default=0, ge=0, description="Calls the broker answered for this binding, refused ones too.")
     errors: int = Field(
-        default=0, ge=0, description="Calls that failed: SQL errors, timeouts, limits hit, backend unavailable."
+        default=0,
+        ge=0,
+        description=(
+            "Calls that failed: SQL errors, timeouts, limits or budgets hit, backend or model endpoint unavailable."
+        ),
     )
-    refused: int = Field(default=0, ge=0, description="Calls refused: not granted, or a write to a readOnly binding.")
-    rows_read: int = Field(default=0, ge=0, description="Rows returned to the code over all calls.")
-    rows_written: int = Field(default=0, ge=0, description="Rows inserted, updated or deleted over all calls.")
+    refused: int = Field(
+        default=0,
+        ge=0,
+        description="Calls refused: not granted, a write to a readOnly binding, a model the binding does not allow.",
+    )
+    # No defaults: the API server would add them to entries of the other type.
+    rows_read: int | None = Field(default=None, ge=0, description="db: rows returned to the code over all calls.")
+    rows_written: int | None = Field(
+        default=None, ge=0, description="db: rows inserted, updated or deleted over all calls."
+    )
+    tokens: int | None = Field(
+        default=None,
+        ge=0,
+        description="ai: tokens the model endpoint counted over all calls (prompt and completion, usage.total_tokens).",
+    )
     last_error: str | None = Field(
         default=None,
         max_length=MAX_BINDING_ERROR_LENGTH,
@@ -630,15 +653,103 @@ class DbBinding(Model):
         return self
 
 
-class SandboxBindingSpec(Model):
-    """A capability this namespace grants to every Execution of it that names the binding in spec.bindings."""
+class AiBinding(Model):
+    """An OpenAI-compatible endpoint the code may use through the broker: the models it may name, its budgets."""
 
-    db: DbBinding = Field(description="A SQL database (the only type of binding for now).")
+    endpoint: str = Field(
+        max_length=2048,
+        pattern=AI_ENDPOINT_PATTERN,
+        description=(
+            "The base URL of an OpenAI-compatible API, http or https, e.g. http://llm.models.svc:8080/v1: the broker "
+            "calls <endpoint>/chat/completions and <endpoint>/embeddings. No user:password@ (use apiKeySecretRef)."
+        ),
+    )
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "The Secret key holding the API key, sent as `Authorization: Bearer <key>`; absent: no Authorization "
+            "(a server without auth). Only the broker reads it; the code never sees it."
+        ),
+    )
+    models: list[ModelName] = Field(
+        min_length=1,
+        max_length=MAX_AI_MODELS,
+        description=(
+            "The model names the code may ask for, as the endpoint knows them; any other: the call is refused "
+            "(403 ModelNotAllowed)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    max_requests_per_execution: int = Field(
+        default=100,
+        ge=1,
+        le=1_000_000,
+        description="Most requests one Execution may send to the endpoint; beyond: its calls fail (429).",
+    )
+    max_tokens_per_execution: int = Field(
+        default=100_000,
+        ge=1,
+        le=1_000_000_000,
+        description=(
+            "Most tokens (prompt and completion, as the endpoint counts them) one Execution may use; a call's "
+            "max_tokens is capped to what is left, and once none is left its calls fail (429)."
+        ),
+    )
+    request_timeout_ms: int = Field(
+        default=60_000,
+        ge=1,
+        le=MAX_AI_REQUEST_TIMEOUT_MS,
+        description="Longest the endpoint may take to answer one request, in ms; then the call fails (504).",
+    )
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, models: list[str]) -> list[str]:
+        _refuse_duplicates(models)
+        return models
+
+
+class SandboxBindingSpec(Model):
+    """A capability (exactly one of db, ai) granted to every Execution of this namespace that names the binding."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.db) != has(self.ai)", "message": "exactly one of db, ai is required"}
+            ]
+        }
+    )
+
+    db: DbBinding | None = Field(default=None, description="A SQL database: SQLite kept by the broker or PostgreSQL.")
+    ai: AiBinding | None = Field(
+        default=None, description="Model inference at an OpenAI-compatible endpoint (chat completions, embeddings)."
+    )
+
+    @model_validator(mode="after")
+    def _one_type(self) -> SandboxBindingSpec:
+        if (self.db is None) == (self.ai is None):
+            raise ValueError("exactly one of db, ai is required")
+        return self
+
+    @property
+    def type(self) -> BindingType:
+        return "db" if self.db is not None else "ai"
+
+    @property
+    def secret_ref(self) -> tuple[SecretKeyRef, str] | None:
+        """The Secret key the binding needs to serve, and the field naming it; None when it needs none."""
+        if self.db is not None:
+            return (self.db.dsn_secret_ref, "spec.db.dsnSecretRef") if self.db.dsn_secret_ref else None
+        assert self.ai is not None
+        return (self.ai.api_key_secret_ref, "spec.ai.apiKeySecretRef") if self.ai.api_key_secret_ref else None
 
 
 class SandboxBindingStatus(Model):
     """Whether the binding can serve and who uses it now, written by the operator."""
 
+    type: BindingType | None = Field(
+        default=None, description="The binding's type, db or ai (for kubectl get); absent while its spec is invalid."
+    )
     in_use: int | None = Field(default=None, ge=0, description="Running Executions that name this binding.")
     used_by: list[str] | None = Field(
         default=None,

@@ -15,11 +15,21 @@ from tests.unit.factories import NOW
 from tests.unit.fakes import BROKER, NAMESPACE, FakeSandboxBindings, sandbox_binding
 
 POSTGRES = {"engine": "postgres", "dsnSecretRef": {"name": "pg", "key": "dsn"}}
+AI = {"endpoint": "http://llm.models.svc:8080/v1", "models": ["tiny"], "apiKeySecretRef": {"name": "llm", "key": "key"}}
+
+
+def ai_binding(name: str, **ai: Any) -> dict[str, Any]:
+    return {**sandbox_binding(name), "spec": {"ai": ai}}
 
 
 def test_granted_names_each_binding_with_its_type() -> None:
-    items = [sandbox_binding("notes"), sandbox_binding("pg", **POSTGRES), {"metadata": {"name": "odd"}, "spec": {}}]
-    assert bindings.granted(items) == {"notes": "db", "pg": "db"}
+    items = [
+        sandbox_binding("notes"),
+        sandbox_binding("pg", **POSTGRES),
+        ai_binding("llm", **AI),
+        {"metadata": {"name": "odd"}, "spec": {}},
+    ]
+    assert bindings.granted(items) == {"notes": "db", "pg": "db", "llm": "ai"}
 
 
 def test_broker_from_its_service() -> None:
@@ -62,7 +72,7 @@ def test_a_broker_sandboxes_cannot_reach_says_why(found: dict[str, Any] | None, 
 
 def test_readiness_of_a_valid_sqlite_binding() -> None:
     spec = bindings.parse_binding(sandbox_binding("notes"))
-    assert bindings.dsn_secret(spec) is None
+    assert bindings.needed_secret(spec) is None
     assert bindings.readiness(spec, None) == (
         "True",
         "Ready",
@@ -72,7 +82,7 @@ def test_readiness_of_a_valid_sqlite_binding() -> None:
 
 def test_readiness_of_a_postgres_binding_needs_its_secret_key() -> None:
     spec = bindings.parse_binding(sandbox_binding("pg", **POSTGRES))
-    secret = bindings.dsn_secret(spec)
+    secret = bindings.needed_secret(spec)
     assert secret is not None and (secret.name, secret.key) == ("pg", "dsn")
     assert bindings.readiness(spec, frozenset({"dsn", "other"}))[:2] == ("True", "Ready")
     assert bindings.readiness(spec, None) == (
@@ -90,17 +100,45 @@ def test_readiness_of_a_postgres_binding_needs_its_secret_key() -> None:
 def test_an_invalid_binding_is_not_ready_and_says_which_field() -> None:
     spec = bindings.parse_binding(sandbox_binding("bad", engine="postgres"))
     assert isinstance(spec, Rejection)
-    assert bindings.dsn_secret(spec) is None
+    assert bindings.needed_secret(spec) is None
     status, reason, message = bindings.readiness(spec, None)
     assert (status, reason) == ("False", "InvalidSpec")
     assert message.startswith("spec.db: ") and "dsnSecretRef is required" in message
 
 
+def test_readiness_of_an_ai_binding_needs_its_api_key_only_when_it_names_one() -> None:
+    spec = bindings.parse_binding(ai_binding("llm", **AI))
+    secret = bindings.needed_secret(spec)
+    assert secret is not None and (secret.name, secret.key) == ("llm", "key")
+    assert bindings.readiness(spec, None) == (
+        "False",
+        "SecretMissing",
+        "Secret llm (spec.ai.apiKeySecretRef) does not exist",
+    )
+    assert bindings.readiness(spec, frozenset({"dsn"}))[2] == "Secret llm has no key key (spec.ai.apiKeySecretRef)"
+    assert bindings.readiness(spec, frozenset({"key"})) == (
+        "True",
+        "Ready",
+        "OpenAI-compatible endpoint; Executions of this namespace may name it",
+    )
+    without_key = bindings.parse_binding(ai_binding("open", endpoint="http://10.0.0.9/v1", models=["tiny"]))
+    assert bindings.needed_secret(without_key) is None
+    assert bindings.readiness(without_key, None)[:2] == ("True", "Ready")
+
+
+def test_a_binding_with_both_types_or_neither_is_invalid() -> None:
+    both = bindings.parse_binding({"spec": {"db": {}, "ai": AI}})
+    neither = bindings.parse_binding({"spec": {}})
+    for spec in (both, neither):
+        assert isinstance(spec, Rejection) and "exactly one of db, ai" in spec.message
+
+
 def test_status_counts_every_user_names_twenty_and_is_written_only_on_change() -> None:
     ready = ("True", "Ready", "sqlite database")
     users = [f"ex-{i:02d}" for i in range(25, 0, -1)]
-    patch = bindings.status_patch({}, 3, ready, users, NOW)
+    patch = bindings.status_patch({}, 3, "db", ready, users, NOW)
     assert patch is not None
+    assert patch["type"] == "db"
     assert patch["inUse"] == 25
     assert patch["usedBy"] == [f"ex-{i:02d}" for i in range(1, 21)]
     assert patch["observedGeneration"] == 3
@@ -115,8 +153,8 @@ def test_status_counts_every_user_names_twenty_and_is_written_only_on_change() -
         }
     ]
     later = NOW.replace(hour=9)
-    assert bindings.status_patch(patch, 3, ready, users, later) is None, "nothing changed: no write"
-    ended = bindings.status_patch(patch, 3, ready, users[1:], later)
+    assert bindings.status_patch(patch, 3, "db", ready, users, later) is None, "nothing changed: no write"
+    ended = bindings.status_patch(patch, 3, "db", ready, users[1:], later)
     assert ended is not None and ended["inUse"] == 24
     assert ended["conditions"][0]["lastTransitionTime"] == "2030-01-02T03:04:05Z", "Ready did not change"
 
@@ -164,3 +202,18 @@ def test_keeper_checks_a_postgres_bindings_secret_and_forgets_deleted_bindings()
     index.users[NAMESPACE, "pg"] = []
     keeper.users_changed(NAMESPACE, ["pg"], index)  # a binding gone: nothing to write
     assert len(api.patches) == 2
+
+
+def test_keeper_gives_each_binding_its_type_and_checks_an_ai_bindings_key() -> None:
+    llm, bad = ai_binding("llm", **AI), ai_binding("bad", endpoint="ftp://x", models=["tiny"])
+    api = FakeSandboxBindings(sandbox_binding("notes"), llm, bad)
+    keeper, index = BindingKeeper(api), Index()
+    for item in api.items.values():
+        keeper.reconcile(item, index)
+    written = dict(api.patches)
+    assert {name: patch["type"] for name, patch in written.items()} == {"notes": "db", "llm": "ai", "bad": None}
+    assert written["llm"]["conditions"][0]["reason"] == "SecretMissing"
+    assert written["bad"]["conditions"][0]["reason"] == "InvalidSpec"
+    api.secrets[NAMESPACE, "llm"] = frozenset({"key"})
+    keeper.reconcile(llm, index)
+    assert api.patches[-1][1]["conditions"][0]["reason"] == "Ready"

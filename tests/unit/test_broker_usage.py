@@ -8,7 +8,7 @@ import itertools
 import time
 from typing import Any
 
-from codeexec.broker.errors import NotGranted, SqlError
+from codeexec.broker.errors import ModelNotAllowed, NotGranted, SqlError
 from codeexec.broker.refusals import RefusalEvents
 from codeexec.broker.usage import UsageWriter
 
@@ -43,7 +43,7 @@ def test_a_burst_is_written_at_once_then_once_per_interval_with_the_last_counts(
         writer = UsageWriter(kube, INTERVAL)
         ex = execution("ex-a", "uid-a")
         for _ in range(50):
-            writer.record(ex, "notes", rows_read=2, rows_written=1)
+            writer.record(ex, "notes", "db", {"rowsRead": 2, "rowsWritten": 1})
             await asyncio.sleep(0.01)  # 0.5 s of calls
         await writer.flush()
         return kube
@@ -64,9 +64,9 @@ def test_executions_are_throttled_apart_and_counts_continue_from_the_status() ->
         earlier = [
             {"name": "notes", "type": "db", "calls": 7, "errors": 1, "refused": 0, "rowsRead": 3, "rowsWritten": 0}
         ]
-        writer.record(execution("ex-a", "uid-a", earlier), "notes", error=SqlError("no such table: x"))
-        writer.record(execution("ex-b", "uid-b"), "notes", rows_read=1)
-        writer.record(execution("ex-b", "uid-b"), "other", error=NotGranted("no"), refused=True)
+        writer.record(execution("ex-a", "uid-a", earlier), "notes", "db", error=SqlError("no such table: x"))
+        writer.record(execution("ex-b", "uid-b"), "notes", "db", {"rowsRead": 1})
+        writer.record(execution("ex-b", "uid-b"), "other", "db", error=NotGranted("no"), refused=True)
         await writer.flush()
         return kube
 
@@ -88,6 +88,42 @@ def test_executions_are_throttled_apart_and_counts_continue_from_the_status() ->
         ("notes", 1, 0),
         ("other", 1, 1),
     ]
+
+
+def test_each_type_counts_its_own_things() -> None:
+    """A db entry counts rows, an ai entry tokens: neither carries the other's fields."""
+
+    async def scenario() -> RecordingKube:
+        kube = RecordingKube()
+        writer = UsageWriter(kube, INTERVAL)
+        ex = execution("ex-a", "uid-a")
+        writer.record(ex, "notes", "db", {"rowsRead": 1, "rowsWritten": 0})
+        writer.record(ex, "llm", "ai", {"tokens": 30})
+        writer.record(ex, "llm", "ai", {"tokens": 12})
+        writer.record(ex, "llm", "ai", error=ModelNotAllowed("no"), refused=True)
+        await writer.flush()
+        return kube
+
+    kube = asyncio.run(scenario())
+    entries = {entry["name"]: entry for entry in kube.patches[-1][2]["status"]["bindings"]}
+    assert entries["llm"] == {
+        "name": "llm",
+        "type": "ai",
+        "calls": 3,
+        "errors": 0,
+        "refused": 1,
+        "tokens": 42,
+        "lastError": "ModelNotAllowed: no",
+    }
+    assert entries["notes"] == {
+        "name": "notes",
+        "type": "db",
+        "calls": 1,
+        "errors": 0,
+        "refused": 0,
+        "rowsRead": 1,
+        "rowsWritten": 0,
+    }
 
 
 def test_refusal_events_are_throttled_per_execution() -> None:

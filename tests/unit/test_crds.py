@@ -216,13 +216,18 @@ def test_sandboxbinding_crd_shape() -> None:
     assert version["subresources"] == {"status": {}}
     columns = [(c["name"], c["jsonPath"], c.get("priority", 0)) for c in version["additionalPrinterColumns"]]
     assert [(name, path) for name, path, priority in columns if priority == 0] == [
+        ("Type", ".status.type"),
         ("Engine", ".spec.db.engine"),
-        ("ReadOnly", ".spec.db.readOnly"),
+        ("Models", ".spec.ai.models"),
         ("In Use", ".status.inUse"),
         ("Age", ".metadata.creationTimestamp"),
     ]
+    assert [name for name, _, priority in columns if priority == 1] == ["ReadOnly", "Endpoint", "Reason", "Used By"]
     spec = schema_of(crd)["properties"]["spec"]
-    assert spec["required"] == ["db"]
+    assert "required" not in spec
+    assert spec["x-kubernetes-validations"] == [
+        {"rule": "has(self.db) != has(self.ai)", "message": "exactly one of db, ai is required"}
+    ]
     db = spec["properties"]["db"]
     defaults = {name: node.get("default") for name, node in db["properties"].items()}
     assert defaults == {
@@ -244,9 +249,79 @@ def test_sandboxbinding_crd_shape() -> None:
         "(has(self.engine) && self.engine == 'postgres') == has(self.dsnSecretRef)",
         "!(has(self.engine) && self.engine == 'postgres' && has(self.database))",
     ]
+    ai = spec["properties"]["ai"]
+    assert ai["required"] == ["endpoint", "models"]
+    assert {name: node.get("default") for name, node in ai["properties"].items()} == {
+        "endpoint": None,
+        "apiKeySecretRef": None,
+        "models": None,
+        "maxRequestsPerExecution": 100,
+        "maxTokensPerExecution": 100000,
+        "requestTimeoutMs": 60000,
+    }
+    assert all(node.get("description") for node in ai["properties"].values())
+    models = ai["properties"]["models"]
+    assert (models["minItems"], models["maxItems"], models["x-kubernetes-list-type"]) == (1, 32, "set")
+    assert (ai["properties"]["requestTimeoutMs"]["minimum"], ai["properties"]["requestTimeoutMs"]["maximum"]) == (
+        1,
+        300000,
+    )
+    assert ai["properties"]["apiKeySecretRef"]["required"] == ["name", "key"]
     status = schema_of(crd)["properties"]["status"]["properties"]
-    assert sorted(status) == ["conditions", "inUse", "observedGeneration", "usedBy"]
+    assert sorted(status) == ["conditions", "inUse", "observedGeneration", "type", "usedBy"]
+    assert status["type"]["enum"] == ["db", "ai"]
     assert status["usedBy"]["maxItems"] == 20
+
+
+def test_generated_crds_have_no_yaml_anchors() -> None:
+    """A list pydantic shares between two schemas (SecretKeyRef's `required`) is written out in both."""
+    for content in crdgen.rendered_files().values():
+        assert "&id" not in content and "*id" not in content
+
+
+AI = {"endpoint": "http://llm.models.svc:8080/v1", "models": ["qwen2.5:0.5b"]}
+
+
+@pytest.mark.parametrize(
+    ("ai", "valid"),
+    [
+        (AI, True),
+        ({**AI, "endpoint": "https://api.example.com/v1/", "apiKeySecretRef": {"name": "k", "key": "key"}}, True),
+        ({**AI, "models": ["@cf/meta/llama-3-8b-instruct", "Qwen/Qwen2.5-0.5B-Instruct-GGUF"]}, True),
+        ({**AI, "requestTimeoutMs": 300000, "maxRequestsPerExecution": 1, "maxTokensPerExecution": 1}, True),
+        ({"models": ["m"]}, False),  # no endpoint
+        ({"endpoint": AI["endpoint"]}, False),  # no models
+        ({**AI, "models": []}, False),
+        ({**AI, "models": [f"m{i}" for i in range(33)]}, False),
+        ({**AI, "models": ["m", "m"]}, False),
+        ({**AI, "models": ["two words"]}, False),
+        ({**AI, "endpoint": "ftp://llm/v1"}, False),
+        ({**AI, "endpoint": "http://user:secret@llm/v1"}, False),  # credentials belong in the Secret
+        ({**AI, "endpoint": "http://llm/v1?key=secret"}, False),
+        ({**AI, "endpoint": "llm.models.svc:8080"}, False),
+        ({**AI, "requestTimeoutMs": 300001}, False),
+        ({**AI, "requestTimeoutMs": 0}, False),
+        ({**AI, "maxTokensPerExecution": 0}, False),
+        ({**AI, "apiKeySecretRef": {"name": "k"}}, False),
+        ({**AI, "engine": "sqlite"}, False),
+    ],
+)
+def test_ai_binding_rules(ai: dict[str, Any], valid: bool) -> None:
+    """The model says what the CRD's schema says (bounds, patterns, required fields)."""
+    try:
+        SandboxBindingSpec.model_validate({"ai": ai})
+    except ValidationError:
+        assert not valid
+    else:
+        assert valid
+
+
+def test_a_binding_is_exactly_one_of_db_ai() -> None:
+    assert SandboxBindingSpec.model_validate({"db": {}}).type == "db"
+    assert SandboxBindingSpec.model_validate({"ai": AI}).type == "ai"
+    for spec in ({}, {"db": {}, "ai": AI}):
+        with pytest.raises(ValidationError, match="exactly one of db, ai"):
+            SandboxBindingSpec.model_validate(spec)
 
 
 @pytest.mark.parametrize(
@@ -262,7 +337,7 @@ def test_sandboxbinding_crd_shape() -> None:
         ({"engine": "mysql"}, False),
         ({"statementTimeoutMs": 60001}, False),
         ({"maxBytesPerCall": 1023}, False),
-        ({"ai": {}}, False),  # the only type is db
+        ({"ai": {}}, False),  # ai is spec.ai, not in db
     ],
 )
 def test_sandboxbinding_spec_rules(db: dict[str, Any], valid: bool) -> None:
@@ -291,9 +366,12 @@ def test_execution_bindings_and_their_usage() -> None:
         "refused",
         "rowsRead",
         "rowsWritten",
+        "tokens",
         "type",
     ]
-    assert usage["items"]["properties"]["type"]["enum"] == ["db"]
+    assert usage["items"]["properties"]["type"]["enum"] == ["db", "ai"]
+    # The API server would default them into entries of the other type.
+    assert not any("default" in usage["items"]["properties"][name] for name in ("rowsRead", "rowsWritten", "tokens"))
     assert usage["items"]["properties"]["lastError"]["maxLength"] == 1024
     with pytest.raises(ValidationError, match="duplicate names: notes"):
         ExecutionSpec.model_validate({"language": "python", "code": "", "bindings": ["notes", "notes"]})

@@ -10,8 +10,9 @@ from typing import Any
 from pydantic import ValidationError
 
 from codeexec import bindingtoken
+from codeexec.broker.ai import AiTarget
 from codeexec.broker.engine import Target
-from codeexec.broker.errors import BackendUnavailable, BrokerError, NotGranted, Unauthorized
+from codeexec.broker.errors import BackendUnavailable, BadRequest, BrokerError, NotGranted, Unauthorized
 from codeexec.broker.kube import Kube, binding_path, execution_path
 from codeexec.models import MAX_OBJECT_NAME_LENGTH, OBJECT_NAME_PATTERN, SandboxBindingSpec
 from codeexec.vocabulary import Phase
@@ -44,15 +45,31 @@ def _object_name(text: str) -> bool:
 
 @dataclass(frozen=True)
 class Grant:
-    """A call allowed: the Execution (as read now) and the binding it may use."""
+    """A call allowed: the Execution (as read now) and the binding it may use (of either type: the route checks)."""
 
     execution: dict[str, Any]
-    target: Target
+    namespace: str
+    binding: str
+    spec: SandboxBindingSpec
 
     @property
     def uid(self) -> str:
         uid: str = self.execution["metadata"]["uid"]
         return uid
+
+    def db(self) -> Target:
+        if self.spec.db is None:
+            raise self._other_type("db")
+        return Target(self.namespace, self.binding, self.spec.db)
+
+    def ai(self) -> AiTarget:
+        if self.spec.ai is None:
+            raise self._other_type("ai")
+        return AiTarget(self.namespace, self.binding, self.spec.ai)
+
+    def _other_type(self, asked: str) -> BadRequest:
+        # Granted, but asked through the other type's API: the code's mistake, not a refusal.
+        return BadRequest(f"the binding {self.binding!r} is a {self.spec.type} binding, not {asked}")
 
 
 class Refused(Exception):
@@ -86,4 +103,4 @@ async def check(kube: Kube, key: bytes, caller: Caller, binding: str) -> Grant:
         spec = SandboxBindingSpec.model_validate(found.get("spec") or {})
     except ValidationError as error:
         raise BackendUnavailable(f"the SandboxBinding {binding!r} is not valid: {error.errors()[0]['msg']}") from error
-    return Grant(execution, Target(caller.namespace, binding, spec.db))
+    return Grant(execution, caller.namespace, binding, spec)

@@ -1,14 +1,15 @@
-"""The broker's HTTP API (FastAPI) for the sandboxes: POST /v1/db/{binding}/query and /exec, GET /healthz.
-Each call: the access check, its limits, the engine, then the counters, metrics and (refused) Event."""
+"""The broker's HTTP API (FastAPI) for the sandboxes: POST /v1/db/{binding}/query and /exec, POST
+/v1/ai/{binding}/run, GET /healthz. Each call: the access check, the binding's type, its limits or budgets, the
+engine or model endpoint, then the counters, metrics and (refused) Event."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import aiohttp
 from fastapi import FastAPI, Header, Request
@@ -17,12 +18,21 @@ from pydantic import BaseModel, ValidationError
 
 from codeexec.broker import access, metrics
 from codeexec.broker.access import Caller, Grant, Refused
+from codeexec.broker.ai import Endpoints, RunRequest, api_key
 from codeexec.broker.engine import Engine, ExecRequest, QueryRequest
-from codeexec.broker.errors import REFUSED_STATUSES, BadRequest, BrokerError, LimitExceeded, Unauthorized
+from codeexec.broker.errors import (
+    REFUSED_STATUSES,
+    BadRequest,
+    BrokerError,
+    LimitExceeded,
+    ModelNotAllowed,
+    Unauthorized,
+)
 from codeexec.broker.kube import Kube
-from codeexec.broker.limits import RowBudgets
+from codeexec.broker.limits import InferenceBudgets, RowBudgets
 from codeexec.broker.refusals import RefusalEvents
 from codeexec.broker.usage import UsageWriter
+from codeexec.models import BindingType
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +41,17 @@ logger = logging.getLogger(__name__)
 UNKNOWN = "-"
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Answered:
+    """A call served: the JSON the code gets and its counts for status.bindings (rowsRead, rowsWritten, tokens)."""
+
+    payload: dict[str, Any]
+    counts: Mapping[str, int]
+
+
+Serve = Callable[[Grant, bytes], Awaitable[Answered]]
 
 
 @dataclass(frozen=True)
@@ -46,7 +67,8 @@ class BrokerSettings:
 
 
 def create_app(settings: BrokerSettings) -> FastAPI:
-    budgets = RowBudgets()
+    rows = RowBudgets()
+    inference = InferenceBudgets()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,21 +78,24 @@ def create_app(settings: BrokerSettings) -> FastAPI:
             app.state.usage = UsageWriter(kube, settings.usage_interval_seconds)
             app.state.refusals = RefusalEvents(kube)
             app.state.engines = settings.make_engines(kube)
+            app.state.endpoints = Endpoints()
             try:
                 yield
             finally:
                 await app.state.usage.flush()
                 for engine in app.state.engines.values():
                     await engine.close()
+                await app.state.endpoints.close()
 
     app = FastAPI(title="code-exec broker", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
 
     async def answer(
         request: Request,
         binding: str,
-        operation: Literal["query", "exec"],
+        binding_type: BindingType,
         authorization: str | None,
         execution: str | None,
+        serve: Serve,
     ) -> JSONResponse:
         started = time.monotonic()
         grant: Grant | None = None
@@ -80,28 +105,48 @@ def create_app(settings: BrokerSettings) -> FastAPI:
             except Unauthorized as error:
                 raise Refused(error, None) from error
             grant = await access.check(request.app.state.kube, settings.token_key, caller, binding)
-            target = grant.target
-            engine = request.app.state.engines[target.spec.engine]
-            body = await _body(request, settings.max_body_bytes)
-            with budgets.call(grant.uid, binding, target.spec) as (limits, returned):
-                if operation == "query":
-                    result = await engine.query(target, _parsed(QueryRequest, body), limits)
-                    returned[0] = len(result.results)
-                    rows_read, rows_written, payload = len(result.results), result.rows_written, result.body()
-                else:
-                    done = await engine.exec(target, _parsed(ExecRequest, body), limits)
-                    rows_read, rows_written, payload = 0, done.rows_written, done.body()
+            answered = await serve(grant, await _body(request, settings.max_body_bytes))
         except Refused as refused:
-            return _refused(request, refused, binding, started)
+            return _refused(request, refused, binding, binding_type, started)
         except BrokerError as error:
             return _failed(request, grant, error, started)
         labels = _labels(grant)
         metrics.CALLS.labels(*labels).inc()
-        metrics.ROWS.labels(*labels, "read").inc(rows_read)
-        metrics.ROWS.labels(*labels, "written").inc(rows_written)
         metrics.DURATION.labels(*labels).observe(time.monotonic() - started)
-        request.app.state.usage.record(grant.execution, binding, rows_read, rows_written)
-        return JSONResponse(payload)
+        request.app.state.usage.record(grant.execution, binding, binding_type, answered.counts)
+        return JSONResponse(answered.payload)
+
+    def db_call(request: Request, exec_call: bool) -> Serve:
+        async def serve(grant: Grant, body: bytes) -> Answered:
+            target = grant.db()
+            engine = request.app.state.engines[target.spec.engine]
+            with rows.call(grant.uid, grant.binding, target.spec) as (limits, returned):
+                if exec_call:
+                    done = await engine.exec(target, _parsed(ExecRequest, body), limits)
+                    read, written, payload = 0, done.rows_written, done.body()
+                else:
+                    result = await engine.query(target, _parsed(QueryRequest, body), limits)
+                    returned[0] = len(result.results)
+                    read, written, payload = len(result.results), result.rows_written, result.body()
+            metrics.ROWS.labels(*_labels(grant), "read").inc(read)
+            metrics.ROWS.labels(*_labels(grant), "written").inc(written)
+            return Answered(payload, {"rowsRead": read, "rowsWritten": written})
+
+        return serve
+
+    def ai_call(request: Request) -> Serve:
+        async def serve(grant: Grant, body: bytes) -> Answered:
+            target = grant.ai()
+            run = _parsed(RunRequest, body)
+            if run.model not in target.spec.models:
+                raise ModelNotAllowed(f"the binding {grant.binding!r} does not allow the model {run.model!r}")
+            key = await api_key(request.app.state.kube, target)
+            with inference.call(grant.uid, grant.binding, target.spec, run.max_tokens()) as spend:
+                payload = await request.app.state.endpoints.run(target, run, key, spend)
+            metrics.TOKENS.labels(*_labels(grant), run.model).inc(spend.tokens)
+            return Answered(payload, {"tokens": spend.tokens})
+
+        return serve
 
     @app.post("/v1/db/{binding}/query")
     async def query(
@@ -110,7 +155,7 @@ def create_app(settings: BrokerSettings) -> FastAPI:
         authorization: Annotated[str | None, Header()] = None,
         x_codeexec_execution: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
-        return await answer(request, binding, "query", authorization, x_codeexec_execution)
+        return await answer(request, binding, "db", authorization, x_codeexec_execution, db_call(request, False))
 
     @app.post("/v1/db/{binding}/exec")
     async def exec_(
@@ -119,7 +164,16 @@ def create_app(settings: BrokerSettings) -> FastAPI:
         authorization: Annotated[str | None, Header()] = None,
         x_codeexec_execution: Annotated[str | None, Header()] = None,
     ) -> JSONResponse:
-        return await answer(request, binding, "exec", authorization, x_codeexec_execution)
+        return await answer(request, binding, "db", authorization, x_codeexec_execution, db_call(request, True))
+
+    @app.post("/v1/ai/{binding}/run")
+    async def run(
+        request: Request,
+        binding: str,
+        authorization: Annotated[str | None, Header()] = None,
+        x_codeexec_execution: Annotated[str | None, Header()] = None,
+    ) -> JSONResponse:
+        return await answer(request, binding, "ai", authorization, x_codeexec_execution, ai_call(request))
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -149,12 +203,15 @@ def _parsed(model: type[M], body: bytes) -> M:
 
 
 def _labels(grant: Grant | None) -> tuple[str, str, str]:
+    """namespace, binding, engine: sqlite or postgres for a db binding, `ai` for an ai one."""
     if grant is None:
         return UNKNOWN, UNKNOWN, UNKNOWN
-    return grant.target.namespace, grant.target.name, grant.target.spec.engine
+    return grant.namespace, grant.binding, grant.spec.db.engine if grant.spec.db else "ai"
 
 
-def _refused(request: Request, refused: Refused, binding: str, started: float) -> JSONResponse:
+def _refused(
+    request: Request, refused: Refused, binding: str, binding_type: BindingType, started: float
+) -> JSONResponse:
     error, execution = refused.error, refused.execution
     detail = getattr(error, "detail", error.message)
     logger.info("refused %s: %s", binding, detail)
@@ -166,7 +223,7 @@ def _refused(request: Request, refused: Refused, binding: str, started: float) -
     if execution is not None:
         request.app.state.refusals.report(execution, binding, detail)
         if refused.binding is not None:
-            request.app.state.usage.record(execution, refused.binding, error=error, refused=True)
+            request.app.state.usage.record(execution, refused.binding, binding_type, error=error, refused=True)
     return JSONResponse(error.body(), status_code=error.status)
 
 
@@ -178,7 +235,7 @@ def _failed(request: Request, grant: Grant | None, error: BrokerError, started: 
     (metrics.REFUSED if refused else metrics.ERRORS).labels(*labels, error.code).inc()
     metrics.DURATION.labels(*labels).observe(time.monotonic() - started)
     if grant is not None:
-        request.app.state.usage.record(grant.execution, grant.target.name, error=error, refused=refused)
+        request.app.state.usage.record(grant.execution, grant.binding, grant.spec.type, error=error, refused=refused)
         if refused:
-            request.app.state.refusals.report(grant.execution, grant.target.name, error.message)
+            request.app.state.refusals.report(grant.execution, grant.binding, error.message)
     return JSONResponse(error.body(), status_code=error.status)

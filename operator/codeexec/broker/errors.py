@@ -65,5 +65,33 @@ class BackendUnavailable(BrokerError):
     code = "BackendUnavailable"
 
 
+class ModelNotAllowed(BrokerError):
+    """ai: a model the binding's `models` does not list."""
+
+    status = 403
+    code = "ModelNotAllowed"
+
+
+class BudgetExceeded(BrokerError):
+    """ai: the Execution has used its requests or tokens (maxRequestsPerExecution, maxTokensPerExecution)."""
+
+    status = 429
+    code = "BudgetExceeded"
+
+
+class UpstreamError(BrokerError):
+    """ai: the model endpoint could not be reached, answered an error, or answered what is not an OpenAI answer."""
+
+    status = 502
+    code = "UpstreamError"
+
+
+class UpstreamTimeout(BrokerError):
+    """ai: the model endpoint did not answer within requestTimeoutMs."""
+
+    status = 504
+    code = "UpstreamTimeout"
+
+
 # Refusals (counted as `refused`, reported as a BindingRefused Event); other errors count as `errors`.
 REFUSED_STATUSES = (401, 403)

@@ -3,6 +3,8 @@ Secrets, patch status.bindings, create Events. Nothing else."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import ssl
 from pathlib import Path
@@ -12,7 +14,7 @@ import aiohttp
 
 from codeexec.broker.errors import BackendUnavailable
 from codeexec.client.kubeapi import Connection
-from codeexec.models import GROUP, VERSION
+from codeexec.models import GROUP, VERSION, SecretKeyRef
 
 NOT_FOUND = 404
 TIMEOUT = aiohttp.ClientTimeout(sock_connect=5, sock_read=10)
@@ -38,6 +40,21 @@ def binding_path(namespace: str, name: str) -> str:
 
 def secret_path(namespace: str, name: str) -> str:
     return f"/api/v1/namespaces/{namespace}/secrets/{name}"
+
+
+async def secret_text(kube: Kube, namespace: str, ref: SecretKeyRef, binding: str) -> tuple[str, str]:
+    """A binding's credential, read now: the Secret key's value as text (stripped) and what identifies this version
+    of it (the Secret's resourceVersion and key). BackendUnavailable when the key is absent or not text; the message
+    never holds the value."""
+    secret = await kube.get(secret_path(namespace, ref.name))
+    encoded = ((secret or {}).get("data") or {}).get(ref.key)
+    if secret is None or encoded is None:
+        raise BackendUnavailable(f"the binding {binding!r}: Secret {ref.name} has no key {ref.key}")
+    try:
+        text = base64.b64decode(encoded, validate=True).decode().strip()
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise BackendUnavailable(f"the binding {binding!r}: Secret key {ref.key} is not text") from error
+    return text, f"{secret['metadata'].get('resourceVersion')}/{ref.key}"
 
 
 class KubeClient:

@@ -1,4 +1,5 @@
-"""What one call may use: the binding's per-call limits, and the rows an Execution has left of its budget.
+"""What one call may use: the binding's per-call limits, and what an Execution has left of its budgets (db: rows;
+ai: requests and tokens).
 
 Budgets live in this process only: the broker runs as one replica (the chart's `replicas: 1`), so every call of an
 Execution is counted here. A broker restart starts them afresh (its status.bindings counters survive: usage.py)."""
@@ -7,11 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
-from codeexec.models import DbBinding
+from codeexec.broker.errors import BudgetExceeded
+from codeexec.models import AiBinding, DbBinding
 
 # An Execution runs at most an hour (config max_timeout_seconds ≤ 3600): a budget untouched for longer belongs
 # to one that has ended.
@@ -30,10 +33,34 @@ class CallLimits:
     max_bytes: int
 
 
-@dataclass
-class _Budget:
-    remaining: int
+class _Used(Protocol):
     used_at: float
+
+
+B = TypeVar("B", bound=_Used)
+
+
+class _PerExecution(Generic[B]):
+    """Budgets by (Execution uid, binding), each made on its first call and forgotten once idle."""
+
+    def __init__(self) -> None:
+        self._budgets: dict[tuple[str, str], B] = {}
+        self.lock = threading.Lock()
+
+    def get(self, uid: str, binding: str, make: Callable[[], B]) -> B:
+        """The budget (made now if new); the caller holds `lock`."""
+        now = time.monotonic()
+        for key in [key for key, budget in self._budgets.items() if now - budget.used_at > IDLE_BUDGET_SECONDS]:
+            del self._budgets[key]
+        budget = self._budgets.setdefault((uid, binding), make())
+        budget.used_at = now
+        return budget
+
+
+@dataclass
+class _Rows:
+    remaining: int
+    used_at: float = 0.0
 
 
 class RowBudgets:
@@ -41,19 +68,15 @@ class RowBudgets:
     what it did not return, so calls running at once cannot together pass the Execution's limit."""
 
     def __init__(self) -> None:
-        self._budgets: dict[tuple[str, str], _Budget] = {}
-        self._lock = threading.Lock()
+        self._budgets: _PerExecution[_Rows] = _PerExecution()
 
     @contextmanager
     def call(self, uid: str, binding: str, spec: DbBinding) -> Iterator[tuple[CallLimits, list[int]]]:
         """The call's limits and a one-item list the call sets to the rows it returned."""
-        now = time.monotonic()
-        with self._lock:
-            self._forget_idle(now)
-            budget = self._budgets.setdefault((uid, binding), _Budget(spec.max_rows_per_execution, now))
+        with self._budgets.lock:
+            budget = self._budgets.get(uid, binding, lambda: _Rows(spec.max_rows_per_execution))
             reserved = min(spec.max_rows_per_call, budget.remaining)
             budget.remaining -= reserved
-            budget.used_at = now
         if reserved < spec.max_rows_per_call:
             rows_limit = f"maxRowsPerExecution {spec.max_rows_per_execution}: {reserved} rows left"
         else:
@@ -63,9 +86,52 @@ class RowBudgets:
         try:
             yield limits, returned
         finally:
-            with self._lock:
+            with self._budgets.lock:
                 budget.remaining += reserved - min(returned[0], reserved)
 
-    def _forget_idle(self, now: float) -> None:
-        for key in [key for key, budget in self._budgets.items() if now - budget.used_at > IDLE_BUDGET_SECONDS]:
-            del self._budgets[key]
+
+@dataclass
+class _Inference:
+    requests: int
+    tokens: int
+    used_at: float = 0.0
+
+
+@dataclass
+class Spend:
+    """An ai call's share of its Execution's budget: `max_tokens` it may generate (None: not a generation); the
+    call sets `tokens` to what the endpoint counted (prompt and completion)."""
+
+    max_tokens: int | None
+    tokens: int = 0
+
+
+class InferenceBudgets:
+    """Requests and tokens left per (Execution uid, binding). A call takes one request (kept, whatever its outcome:
+    it was sent) and reserves the tokens it may generate, capped to what is left; afterwards the tokens the endpoint
+    counted are charged instead of the reservation (a failed call's: none). A prompt's own tokens are known only from
+    the answer, so the call that spends the last tokens may pass the budget by them; the next call is refused."""
+
+    def __init__(self) -> None:
+        self._budgets: _PerExecution[_Inference] = _PerExecution()
+
+    @contextmanager
+    def call(self, uid: str, binding: str, spec: AiBinding, max_tokens: int | None) -> Iterator[Spend]:
+        """`max_tokens`: what the code asks a generation to stop at (None: an embedding). BudgetExceeded when no
+        request or no token is left."""
+        with self._budgets.lock:
+            budget = self._budgets.get(
+                uid, binding, lambda: _Inference(spec.max_requests_per_execution, spec.max_tokens_per_execution)
+            )
+            if budget.requests <= 0:
+                raise BudgetExceeded(f"no requests left (maxRequestsPerExecution {spec.max_requests_per_execution})")
+            if budget.tokens <= 0:
+                raise BudgetExceeded(f"no tokens left (maxTokensPerExecution {spec.max_tokens_per_execution})")
+            budget.requests -= 1
+            spend = Spend(None if max_tokens is None else min(max_tokens, budget.tokens))
+            budget.tokens -= spend.max_tokens or 0
+        try:
+            yield spend
+        finally:
+            with self._budgets.lock:
+                budget.tokens += (spend.max_tokens or 0) - spend.tokens

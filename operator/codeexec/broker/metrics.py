@@ -10,6 +10,9 @@ CALLS = Counter("codeexec_broker_calls_total", "Calls answered, refused ones too
 ERRORS = Counter("codeexec_broker_errors_total", "Calls that failed (not refused), by error code.", (*LABELS, "code"))
 REFUSED = Counter("codeexec_broker_refused_total", "Calls refused (401, 403), by error code.", (*LABELS, "code"))
 ROWS = Counter("codeexec_broker_rows_total", "Rows read (returned) and written.", (*LABELS, "direction"))
+TOKENS = Counter(
+    "codeexec_broker_tokens_total", "ai: tokens the model endpoint counted (prompt and completion).", (*LABELS, "model")
+)
 DURATION = Histogram(
     "codeexec_broker_call_duration_seconds",
     "Time to answer a call, the access check included.",

@@ -5,8 +5,6 @@ statement sent alone through the extended protocol with PostgreSQL's own $1 plac
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -23,7 +21,7 @@ from codeexec.broker.errors import (
     SqlError,
     StatementTimeout,
 )
-from codeexec.broker.kube import Kube, secret_path
+from codeexec.broker.kube import Kube, secret_text
 from codeexec.broker.limits import CallLimits
 from codeexec.broker.results import Rows
 
@@ -143,15 +141,7 @@ class PostgresEngine:
         ref = target.spec.dsn_secret_ref
         if ref is None:
             raise BackendUnavailable(f"the binding {target.name!r} names no dsnSecretRef")
-        secret = await self._kube.get(secret_path(target.namespace, ref.name))
-        encoded = ((secret or {}).get("data") or {}).get(ref.key)
-        if secret is None or encoded is None:
-            raise BackendUnavailable(f"the binding {target.name!r}: Secret {ref.name} has no key {ref.key}")
-        try:
-            dsn = base64.b64decode(encoded, validate=True).decode().strip()
-        except (binascii.Error, UnicodeDecodeError) as error:
-            raise BackendUnavailable(f"the binding {target.name!r}: Secret key {ref.key} is not a DSN") from error
-        return dsn, f"{secret['metadata'].get('resourceVersion')}/{ref.key}"
+        return await secret_text(self._kube, target.namespace, ref, target.name)
 
 
 async def _query(connection: asyncpg.Connection, request: QueryRequest, limits: CallLimits) -> QueryResult:

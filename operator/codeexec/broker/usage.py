@@ -6,17 +6,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from codeexec.broker.errors import BrokerError
 from codeexec.broker.kube import Kube
-from codeexec.models import MAX_BINDING_ERROR_LENGTH, BindingUsage
+from codeexec.models import MAX_BINDING_ERROR_LENGTH, BindingType, BindingUsage
 
 logger = logging.getLogger(__name__)
 
 # Executions whose counters were last touched this long ago have ended: their entries are dropped.
 IDLE_SECONDS = 2 * 3600.0
+# What an entry counts besides calls, errors and refused, by the binding's type.
+COUNTS: dict[BindingType, tuple[str, ...]] = {"db": ("rowsRead", "rowsWritten"), "ai": ("tokens",)}
 
 
 @dataclass
@@ -42,24 +45,24 @@ class UsageWriter:
         self,
         execution: dict[str, Any],
         binding: str,
-        rows_read: int = 0,
-        rows_written: int = 0,
+        binding_type: BindingType,
+        counts: Mapping[str, int] | None = None,
         error: BrokerError | None = None,
         refused: bool = False,
     ) -> None:
-        """One call's outcome. The first count of a binding starts from what status.bindings already says
-        (a restarted broker goes on from there)."""
+        """One call's outcome; `counts`: what it adds to the type's COUNTS. The first count of a binding starts
+        from what status.bindings already says (a restarted broker goes on from there)."""
         metadata = execution["metadata"]
         entry = self._executions.get(metadata["uid"])
         if entry is None:
             self._forget_idle()
             entry = self._executions[metadata["uid"]] = _Execution(metadata["namespace"], metadata["name"])
         if binding not in entry.counters:
-            entry.counters[binding] = _written_counters(execution, binding)
+            entry.counters[binding] = _written_counters(execution, binding, binding_type)
         counters = entry.counters[binding]
         counters["calls"] += 1
-        counters["rowsRead"] += rows_read
-        counters["rowsWritten"] += rows_written
+        for name, count in (counts or {}).items():
+            counters[name] = counters.get(name, 0) + count
         if error is not None:
             counters["refused" if refused else "errors"] += 1
             counters["lastError"] = f"{error.code}: {error.message}"[:MAX_BINDING_ERROR_LENGTH]
@@ -93,8 +96,8 @@ class UsageWriter:
             del self._executions[uid]
 
 
-def _written_counters(execution: dict[str, Any], binding: str) -> dict[str, Any]:
-    """The binding's entry as status.bindings holds it, else a fresh one (type db, zero counts)."""
+def _written_counters(execution: dict[str, Any], binding: str, binding_type: BindingType) -> dict[str, Any]:
+    """The binding's entry as status.bindings holds it, else a fresh one (zero counts of its type)."""
     for written in (execution.get("status") or {}).get("bindings") or []:
         if written.get("name") == binding:
             try:
@@ -102,4 +105,5 @@ def _written_counters(execution: dict[str, Any], binding: str) -> dict[str, Any]
             except ValueError:
                 break
             return usage.model_dump(by_alias=True, exclude_none=True)
-    return BindingUsage(name=binding, type="db").model_dump(by_alias=True, exclude_none=True)
+    fresh = BindingUsage(name=binding, type=binding_type).model_dump(by_alias=True, exclude_none=True)
+    return fresh | dict.fromkeys(COUNTS[binding_type], 0)
