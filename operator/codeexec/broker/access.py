@@ -69,7 +69,7 @@ class Grant:
 
     def _other_type(self, asked: str) -> BadRequest:
         # Granted, but asked through the other type's API: the code's mistake, not a refusal.
-        return BadRequest(f"the binding {self.binding!r} is a {self.spec.type} binding, not {asked}")
+        return BadRequest(f"the binding {self.binding!r} is of type {self.spec.type}, not {asked}")
 
 
 class Refused(Exception):
