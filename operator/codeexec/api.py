@@ -40,7 +40,8 @@ class Executions(Protocol):
 
 
 class Sandboxes(Protocol):
-    """The objects made for an Execution (ConfigMap, NetworkPolicy, Pod), all named alike, and the pod's log."""
+    """The objects made for an Execution (ConfigMap, Secret, NetworkPolicy, Pod), all named alike, and the pod's
+    log."""
 
     def create(self, child: Body) -> Body:
         """Idempotent: an object of that kind and name already there is returned instead."""
@@ -75,7 +76,7 @@ class Sandboxes(Protocol):
         ...
 
     def delete(self, namespace: str, name: str) -> None:
-        """Deletes the pod, ConfigMap and NetworkPolicy named `name`; missing ones are fine."""
+        """Deletes the pod, ConfigMap, Secret and NetworkPolicy named `name`; missing ones are fine."""
         ...
 
 

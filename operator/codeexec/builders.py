@@ -1,4 +1,5 @@
-"""Builds the sandbox's ConfigMap, NetworkPolicy and Pod (cold, or warm for a pool) as plain dicts, without I/O."""
+"""Builds the sandbox's ConfigMap, bindings Secret, NetworkPolicy and Pod (cold, or warm for a pool) as plain dicts,
+without I/O."""
 
 from __future__ import annotations
 
@@ -78,24 +79,34 @@ def labels(execution: ExecutionRef) -> dict[str, str]:
     }
 
 
-def configmap(execution: ExecutionRef, plan: Plan, broker: BrokerAccess | None = None) -> dict[str, Any]:
-    """The files of the runner contract, mounted read-only at /code; with `broker` (an Execution with bindings),
-    bindings.json too."""
+def configmap(execution: ExecutionRef, plan: Plan) -> dict[str, Any]:
+    """The files of the runner contract, mounted read-only at /code."""
     spec = plan.spec
-    data = {
-        plan.runtime.file_name: spec.code,
-        "input.json": spec.input_json(),
-        "stdin": spec.stdin or "",
-        "env.json": spec.env_json(),
-    }
-    if broker is not None:
-        data["bindings.json"] = bindings_json(execution, plan, broker)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": _metadata(execution),
         "immutable": True,
-        "data": data,
+        "data": {
+            plan.runtime.file_name: spec.code,
+            "input.json": spec.input_json(),
+            "stdin": spec.stdin or "",
+            "env.json": spec.env_json(),
+        },
+    }
+
+
+def bindings_secret(execution: ExecutionRef, plan: Plan, access: BrokerAccess) -> dict[str, Any]:
+    """bindings.json of an Execution with bindings, mounted at /code beside the ConfigMap's files. A Secret, not
+    the ConfigMap: its token grants the bindings while the Execution runs, and the built-in `view` role (namespace
+    viewers) reads ConfigMaps but not Secrets."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _metadata(execution),
+        "type": "Opaque",
+        "immutable": True,
+        "stringData": {"bindings.json": bindings_json(execution, plan, access)},
     }
 
 
@@ -145,7 +156,13 @@ def pod(
     unreachable."""
     args = runner_args(plan, config, isolation_probe=isolation_probe)
     spec = _sandbox_spec(
-        plan.runtime, plan.cpu_millis, plan.memory_bytes, config, args, pinned, code_configmap=child_name(execution)
+        plan.runtime,
+        plan.cpu_millis,
+        plan.memory_bytes,
+        config,
+        args,
+        pinned,
+        code=_code_volume(child_name(execution), with_bindings=bool(plan.bindings)),
     )
     spec["activeDeadlineSeconds"] = (
         plan.timeout_seconds + contract.ISOLATION_WAIT_SECONDS + config.active_deadline_grace_seconds
@@ -265,10 +282,10 @@ def _sandbox_spec(
     args: list[str],
     pinned: Sequence[PinnedHost] = (),
     *,
-    code_configmap: str | None = None,
+    code: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The pod spec every sandbox shares, cold or warm: the one place of its security settings. With
-    `code_configmap`, its files are mounted read-only at /code."""
+    """The pod spec every sandbox shares, cold or warm: the one place of its security settings. With `code` (the
+    volume of _code_volume), its files are mounted read-only at /code."""
     quantities = {
         "cpu": format_cpu(cpu_millis),
         "memory": format_memory(memory_bytes),
@@ -280,9 +297,9 @@ def _sandbox_spec(
         # limit), where a disk-backed emptyDir would let the code write on until the kubelet evicts it.
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": config.tmp_size}},
     ]
-    if code_configmap is not None:
-        mounts.insert(0, {"name": "code", "mountPath": CODE_DIR, "readOnly": True})
-        volumes.insert(0, {"name": "code", "configMap": {"name": code_configmap, "defaultMode": 0o444}})
+    if code is not None:
+        mounts.insert(0, {"name": code["name"], "mountPath": CODE_DIR, "readOnly": True})
+        volumes.insert(0, code)
     spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
@@ -327,6 +344,17 @@ def _sandbox_spec(
     if config.runtime_class:
         spec["runtimeClassName"] = config.runtime_class
     return spec
+
+
+def _code_volume(name: str, *, with_bindings: bool) -> dict[str, Any]:
+    """The /code volume: the ConfigMap `name`; with bindings, one projected volume of it and the Secret `name`
+    (bindings.json), so the runner finds every file in one folder and the pod has no more volumes."""
+    if not with_bindings:
+        return {"name": "code", "configMap": {"name": name, "defaultMode": 0o444}}
+    return {
+        "name": "code",
+        "projected": {"defaultMode": 0o444, "sources": [{"configMap": {"name": name}}, {"secret": {"name": name}}]},
+    }
 
 
 def host_aliases(pinned: Sequence[PinnedHost]) -> list[dict[str, Any]]:

@@ -227,6 +227,10 @@ class KubeSandboxes:
             "ConfigMap": _KindCalls(
                 core.create_namespaced_config_map, core.read_namespaced_config_map, core.delete_namespaced_config_map
             ),
+            # bindings.json of an Execution with bindings (others have none: their delete finds nothing).
+            "Secret": _KindCalls(
+                core.create_namespaced_secret, core.read_namespaced_secret, core.delete_namespaced_secret
+            ),
             "NetworkPolicy": _KindCalls(
                 networking.create_namespaced_network_policy,
                 networking.read_namespaced_network_policy,

@@ -174,7 +174,7 @@ def _resume_sandbox(
 
 def expire(api: ClusterApi, config: OperatorConfig, execution: ExecutionRef) -> None:
     """Fails an Execution whose queue deadline passed before it could start (QueueTimeout), on the version
-    read only, and removes what a refused start left (ConfigMap, NetworkPolicy)."""
+    read only, and removes what a refused start left (ConfigMap, Secret, NetworkPolicy)."""
     existing = api.sandboxes.find_pod(execution.namespace, execution.uid)
     latest = _fresh(api, execution)
     current = (latest or {}).get("status", {})
@@ -243,10 +243,11 @@ def _create_sandbox(
     pinned: tuple[PinnedHost, ...],
     logger: kopf.Logger,
 ) -> tuple[Launch, str]:
-    """Creates the ConfigMap, the NetworkPolicy, then the pod. A quota's refusal keeps the Execution
-    queued with the API's message; another refusal for good fails it; other errors are retried."""
+    """Creates the ConfigMap (and with bindings the Secret of bindings.json), the NetworkPolicy, then the pod. A
+    quota's refusal keeps the Execution queued with the API's message; another refusal for good fails it; other
+    errors are retried."""
     execution = execution_ref(latest)
-    sandbox = builders.child_name(execution)  # the pod's, ConfigMap's and NetworkPolicy's name
+    sandbox = builders.child_name(execution)  # the pod's, ConfigMap's, Secret's and NetworkPolicy's name
     current = latest.get("status", {})
     access = _broker_access(api, config, execution) if plan.bindings else None
     if isinstance(access, Rejection):
@@ -254,7 +255,8 @@ def _create_sandbox(
         return Launch.ENDED, ""
     probe = egress.isolation_probe(api.facts.api_service())
     children = [
-        builders.configmap(execution, plan, access),
+        builders.configmap(execution, plan),
+        *([] if access is None else [builders.bindings_secret(execution, plan, access)]),
         # The NetworkPolicy exists before the pod, so the pod never runs unfenced.
         builders.networkpolicy(execution, pinned, None if access is None else access.broker),
         builders.pod(execution, plan, config, pinned, isolation_probe=probe),

@@ -1,4 +1,4 @@
-"""The sandbox's ConfigMap, NetworkPolicy and Pod, every security setting asserted explicitly."""
+"""The sandbox's ConfigMap, bindings Secret, NetworkPolicy and Pod, every security setting asserted explicitly."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ WITH_BROKER = OperatorConfig(broker_service="codeexec-system/code-exec-broker")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
-def build_pod(config: OperatorConfig | None = None, **fields: Any) -> dict[str, Any]:
+def build_pod(
+    config: OperatorConfig | None = None, granted: dict[str, str] | None = None, **fields: Any
+) -> dict[str, Any]:
     config = config or OperatorConfig()
-    return builders.pod(EXECUTION, plan(config, **fields), config, isolation_probe=PROBE)
+    return builders.pod(EXECUTION, plan(config, granted, **fields), config, isolation_probe=PROBE)
 
 
 def build_warm_pod(config: OperatorConfig | None = None, **fields: Any) -> dict[str, Any]:
@@ -108,19 +110,33 @@ def test_configmap_defaults_for_absent_fields() -> None:
     assert json.loads(data["env.json"]) == {}
 
 
-def test_configmap_of_an_execution_with_bindings_says_how_to_reach_the_broker() -> None:
+def test_bindings_secret_says_how_to_reach_the_broker() -> None:
+    """bindings.json (the token) is in a Secret of the sandbox's name, which the built-in `view` role cannot read;
+    the ConfigMap, which it can, holds no token."""
     token = bindingtoken.mint(b"k" * 32, "team", "hello", UID)
     the_plan = plan(WITH_BROKER, {"notes": "db", "audit": "db"}, bindings=["notes", "audit"])
-    data = builders.configmap(EXECUTION, the_plan, BrokerAccess(BROKER, token))["data"]
-    assert sorted(data) == ["bindings.json", "env.json", "input.json", "main.py", "stdin"]
-    assert json.loads(data["bindings.json"]) == {
+    secret = builders.bindings_secret(EXECUTION, the_plan, BrokerAccess(BROKER, token))
+    assert secret["apiVersion"] == "v1"
+    assert secret["kind"] == "Secret"
+    assert secret["metadata"] == {
+        "name": "hello-0f1e2d3c",
+        "namespace": "team",
+        "labels": builders.labels(EXECUTION),
+    }
+    assert secret["type"] == "Opaque"
+    assert secret["immutable"] is True
+    assert set(secret) == {"apiVersion", "kind", "metadata", "type", "immutable", "stringData"}
+    assert list(secret["stringData"]) == ["bindings.json"]
+    assert json.loads(secret["stringData"]["bindings.json"]) == {
         "url": "http://10.96.0.57:8080",  # the Service's address and port: sandboxes have no DNS
         "token": token,
         "execution": "team/hello",
         "bindings": {"notes": "db", "audit": "db"},
     }
     assert len(token) == 43
-    assert "bindings.json" not in builders.configmap(EXECUTION, plan())["data"]
+    configmap = builders.configmap(EXECUTION, the_plan)
+    assert sorted(configmap["data"]) == ["env.json", "input.json", "main.py", "stdin"]
+    assert token not in json.dumps(configmap)
 
 
 def test_broker_url_of_an_ipv6_service_has_brackets() -> None:
@@ -334,6 +350,25 @@ def test_volumes_are_read_only_code_and_bounded_tmp() -> None:
     ]
     for volume in pod["spec"]["volumes"]:
         assert "hostPath" not in volume
+
+
+def test_code_volume_of_an_execution_with_bindings_projects_the_configmap_and_the_secret() -> None:
+    """One volume at /code (the pod has no more volumes than others): the ConfigMap's files and the Secret's
+    bindings.json, read-only, where the runner's --bindings-file points."""
+    pod = build_pod(WITH_BROKER, {"notes": "db"}, bindings=["notes"])
+    assert pod["spec"]["volumes"] == [
+        {
+            "name": "code",
+            "projected": {
+                "defaultMode": 0o444,
+                "sources": [{"configMap": {"name": "hello-0f1e2d3c"}}, {"secret": {"name": "hello-0f1e2d3c"}}],
+            },
+        },
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    assert sandbox(pod)["volumeMounts"] == sandbox(build_pod())["volumeMounts"]
+    args = sandbox(pod)["args"]
+    assert args[args.index("--bindings-file") + 1] == "/code/bindings.json"
 
 
 @each_kind

@@ -651,7 +651,7 @@ def test_operator_rules_are_least_privilege() -> None:
         ("codeexec.io", "warmpools/finalizers"): {"update"},
         ("codeexec.io", "sandboxbindings"): {"get", "list", "watch"},
         ("codeexec.io", "sandboxbindings/status"): {"patch"},
-        ("", "secrets"): {"get"},
+        ("", "secrets"): {"get", "create", "delete"},  # a binding's key; bindings.json of an Execution
         ("", "pods"): {"create", "get", "list", "watch", "delete", "patch"},
         ("", "pods/attach"): {"create", "get"},
         ("", "pods/log"): {"get"},

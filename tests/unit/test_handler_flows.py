@@ -542,15 +542,18 @@ def with_bindings(tmp_path: Path, names: list[str], granted: list[str] | None = 
 
 def test_an_execution_with_bindings_reaches_the_broker_and_nothing_more(tmp_path: Path) -> None:
     """Its namespace's SandboxBindings listed once (not once per name), the broker's Service read once, and the
-    sandbox made with the token, the broker's egress rule and the runner's flag."""
+    sandbox made with the token (in a Secret), the broker's egress rule and the runner's flag."""
     operator = with_pool(with_bindings(tmp_path, ["notes", "audit"]), pool_pod("py-a"))
     operator.start()
     facts = operator.cluster.facts
     assert facts.binding_listings == [NAMESPACE]
     assert facts.broker_reads == [("codeexec-system", "code-exec-broker")]
     assert operator.cluster.sandboxes.deliveries == [], "never a warm pod: its fence denies all egress"
+    # The Secret before the pod, whose /code volume projects it.
+    assert creates(operator.cluster) == ["create_configmap", "create_secret", "create_networkpolicy", "create_pod"]
     created = operator.cluster.sandboxes.created
-    assert json.loads(created["ConfigMap"]["data"]["bindings.json"]) == {
+    assert "bindings.json" not in created["ConfigMap"]["data"], "the token: in the Secret, which `view` cannot read"
+    assert json.loads(created["Secret"]["stringData"]["bindings.json"]) == {
         "url": "http://10.96.0.57:8080",
         "token": bindingtoken.mint(KEY, NAMESPACE, NAME, factories.UID),
         "execution": f"{NAMESPACE}/{NAME}",
@@ -578,6 +581,7 @@ def test_an_execution_without_bindings_lists_none_and_never_reads_the_broker(tmp
     operator.start()
     assert operator.cluster.facts.binding_listings == [] and operator.cluster.facts.broker_reads == []
     assert "bindings.json" not in operator.cluster.sandboxes.created["ConfigMap"]["data"]
+    assert "Secret" not in operator.cluster.sandboxes.created
     assert operator.cluster.sandboxes.created["NetworkPolicy"]["spec"]["egress"] == []
 
 
