@@ -115,6 +115,10 @@ ALWAYS_REFUSED = [
     "VACUUM INTO '/tmp/copy.sqlite3'",
     "VACUUM",
     "SELECT load_extension('/tmp/evil.so')",
+    "SELECT hex(fts3_tokenizer('simple'))",
+    "SELECT fts3_tokenizer('evil', x'4141414141414141')",
+    "SELECT FTS3_TOKENIZER('simple', x'4141414141414141')",
+    "SELECT rtreenode(2, x'00')",
     "BEGIN",
     "COMMIT",
 ]
@@ -131,6 +135,41 @@ def test_read_only_refuses_writes_with_read_only(engine: SqliteEngine, sql: str)
 def test_writable_bindings_refuse_attach_pragmas_vacuum_extensions_too(engine: SqliteEngine, sql: str) -> None:
     error = refused(engine, sql, WRITABLE)
     assert error.code == "SqlError" and "not authorized" in error.message
+
+
+def test_functions_beyond_the_allow_list_are_refused_inside_views_and_triggers_too(engine: SqliteEngine) -> None:
+    """The authorizer sees a view's or trigger's function calls when a statement using it is prepared. (SQLite
+    itself refuses fts3_tokenizer() there, as "unsafe use"; rtreenode() and sqlite_log() it lets through.)"""
+    script = "CREATE VIEW v AS SELECT rtreenode(2, x'00') AS p;"
+    script += " CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT sqlite_log(1, 'forged log line'); END;"
+    run(engine.exec(TARGET, ExecRequest(sql=script), WRITABLE))
+    assert "rtreenode" in refused(engine, "SELECT p FROM v", WRITABLE).message
+    assert "sqlite_log" in refused(engine, "INSERT INTO t VALUES (2, 'y')", WRITABLE).message
+    assert rows(engine) == [{"a": 1, "b": "x"}]
+
+
+def test_common_functions_work(engine: SqliteEngine) -> None:
+    sql = """SELECT upper(b) AS u, length(b) AS l, coalesce(NULL, a) AS c, printf('%03d', a) AS p,
+        substr('abc', 2) AS s, round(2.5) AS r, abs(-a) AS ab, typeof(a) AS ty, b LIKE 'x' AS li, b GLOB 'x' AS gl,
+        date('2026-12-02') AS d, strftime('%Y', '2026-12-02') AS y, julianday('2000-01-01') AS j,
+        json_extract('{"k": [1, 2]}', '$.k[1]') AS je, '{"k": 3}' ->> 'k' AS arrow, json_object('a', a) AS jo,
+        count(*) OVER () AS n, row_number() OVER (ORDER BY a) AS rn, sqrt(16) AS sq, iif(a, 'y', 'n') AS i,
+        CURRENT_DATE IS NOT NULL AS now FROM t"""
+    (row,) = query(engine, sql, limits=READ_ONLY).results
+    assert row == {
+        "u": "X", "l": 1, "c": 1, "p": "001", "s": "bc", "r": 3.0, "ab": 1, "ty": "integer", "li": 1, "gl": 1,
+        "d": "2026-12-02", "y": "2026", "j": 2451544.5, "je": 2, "arrow": 3, "jo": '{"a":1}', "n": 1, "rn": 1,
+        "sq": 4.0, "i": "y", "now": 1,
+    }  # fmt: skip
+    aggregates = "SELECT count(*) AS n, sum(a) AS s, avg(a) AS av, group_concat(b) AS g, json_group_array(a) AS ja"
+    assert query(engine, aggregates + " FROM t").results == [{"n": 1, "s": 1, "av": 1.0, "g": "x", "ja": "[1]"}]
+    script = "ALTER TABLE t RENAME COLUMN b TO bb; ALTER TABLE t ADD COLUMN c TEXT DEFAULT 'z'; ALTER TABLE t"
+    script += " DROP COLUMN c; ALTER TABLE t RENAME TO t2; ALTER TABLE t2 RENAME TO t"
+    assert run(engine.exec(TARGET, ExecRequest(sql=script), WRITABLE)).count == 5
+    fts = "CREATE VIRTUAL TABLE docs USING fts4(body); INSERT INTO docs VALUES ('hello world');"
+    run(engine.exec(TARGET, ExecRequest(sql=fts), WRITABLE))
+    matched = "SELECT snippet(docs) AS s, length(matchinfo(docs)) > 0 AS m FROM docs WHERE docs MATCH 'hello'"
+    assert query(engine, matched).results == [{"s": "<b>hello</b> world", "m": 1}]
 
 
 def test_read_only_refuses_writes_hidden_in_a_script_or_a_cte(engine: SqliteEngine) -> None:

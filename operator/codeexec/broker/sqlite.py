@@ -59,6 +59,44 @@ WRITES = frozenset(
         sqlite3.SQLITE_ANALYZE,
     }
 )
+# The SQL functions a statement may call (SQLITE_FUNCTION reaches the authorizer for each call when a statement is
+# prepared, inside views and triggers too): SQLite's core scalar, aggregate, window, date, math and JSON functions,
+# the FTS3/4/5 query helpers, and the internal helpers ALTER TABLE runs (SQLite lets no user statement call those).
+# Everything else is refused: fts3_tokenizer() (which Debian's libsqlite3 enables) reads and writes raw pointers, a
+# memory-corruption primitive; load_extension() loads code; rtree's node functions parse raw blobs; fts5() hands out
+# a pointer; and a function that future SQLite versions add is refused until it is added here.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        # core scalar
+        *("abs", "changes", "char", "coalesce", "concat", "concat_ws", "format", "glob", "hex", "ifnull", "iif"),
+        *("instr", "last_insert_rowid", "length", "like", "likelihood", "likely", "lower", "ltrim", "max", "min"),
+        *("nullif", "octet_length", "printf", "quote", "random", "randomblob", "replace", "round", "rtrim", "sign"),
+        *("soundex", "sqlite_source_id", "sqlite_version", "substr", "substring", "subtype", "total_changes"),
+        *("trim", "typeof", "unhex", "unicode", "unistr", "unlikely", "upper", "zeroblob"),
+        # aggregate and window
+        *("avg", "count", "group_concat", "string_agg", "sum", "total"),
+        *("row_number", "rank", "dense_rank", "percent_rank", "cume_dist", "ntile", "lag", "lead"),
+        *("first_value", "last_value", "nth_value"),
+        # date and time (CURRENT_TIMESTAMP and friends are functions too)
+        *("date", "time", "datetime", "julianday", "unixepoch", "strftime", "timediff"),
+        *("current_date", "current_time", "current_timestamp"),
+        # math
+        *("acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh", "degrees"),
+        *("exp", "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power", "radians", "sin", "sinh"),
+        *("sqrt", "tan", "tanh", "trunc"),
+        # JSON (-> and ->> are functions)
+        *("json", "json_array", "json_array_length", "json_error_position", "json_extract", "json_group_array"),
+        *("json_group_object", "json_insert", "json_object", "json_patch", "json_pretty", "json_quote"),
+        *("json_remove", "json_replace", "json_set", "json_type", "json_valid", "->", "->>"),
+        *("jsonb", "jsonb_array", "jsonb_extract", "jsonb_group_array", "jsonb_group_object", "jsonb_insert"),
+        *("jsonb_object", "jsonb_patch", "jsonb_remove", "jsonb_replace", "jsonb_set"),
+        # full-text search queries
+        *("match", "snippet", "offsets", "matchinfo", "highlight", "bm25"),
+        # ALTER TABLE's own
+        *("sqlite_rename_column", "sqlite_rename_table", "sqlite_rename_test", "sqlite_rename_quotefix"),
+        "sqlite_drop_column",
+    }
+)
 ATTACH_REFUSAL = "ATTACH, DETACH and VACUUM are not allowed"
 # Both results carry the call's duration, set once its transaction ended.
 Result = TypeVar("Result", QueryResult, ExecResult)
@@ -68,9 +106,10 @@ PROGRESS_STEPS = 10_000
 
 class Authorizer:
     """The sqlite3 authorizer of one call. Always refused: ATTACH and DETACH (VACUUM, VACUUM INTO included: SQLite
-    runs them as an ATTACH of the target file, which reaches the authorizer as SQLITE_ATTACH), load_extension(),
-    BEGIN/COMMIT/ROLLBACK (the broker makes each call one transaction) and PRAGMAs beyond READ_ONLY_PRAGMAS; with
-    readOnly, every write. `refusal` says why the last statement was refused."""
+    runs them as an ATTACH of the target file, which reaches the authorizer as SQLITE_ATTACH), functions beyond
+    ALLOWED_FUNCTIONS (load_extension() and fts3_tokenizer() among them), BEGIN/COMMIT/ROLLBACK (the broker makes
+    each call one transaction) and PRAGMAs beyond READ_ONLY_PRAGMAS; with readOnly, every write. `refusal` says why
+    the last statement was refused."""
 
     def __init__(self, read_only: bool) -> None:
         self.read_only = read_only
@@ -88,8 +127,8 @@ class Authorizer:
     def _refusal(self, action: int, arg1: str | None, arg2: str | None) -> str | None:
         if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
             return ATTACH_REFUSAL
-        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() == "load_extension":
-            return "load_extension() is not allowed"
+        if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() not in ALLOWED_FUNCTIONS:
+            return f"the function {arg2}() is not allowed"
         if action == sqlite3.SQLITE_TRANSACTION:
             return "BEGIN, COMMIT and ROLLBACK are not allowed: each call is one transaction"
         if action == sqlite3.SQLITE_PRAGMA and (arg1 or "").lower() not in READ_ONLY_PRAGMAS:
