@@ -302,11 +302,13 @@ def http_base() -> Iterator[str]:
 
 @dataclass
 class FakeBroker:
-    """A stand-in for the bindings broker, for the harnesses' `db` clients: NOT the broker (operator/codeexec/broker;
-    the e2e tests exercise that one). It checks each request's wire format (path, headers, JSON body) as the
-    broker's API defines it, records it, runs the SQL on an in-memory sqlite3 and answers in the broker's format.
-    The binding `notes` is granted, any other name is 403 NotGranted; a wrong token or execution is 401
-    Unauthorized; a malformed request is 400 BadRequest naming what was wrong."""
+    """A stand-in for the bindings broker, for the harnesses' `db` and `ai` clients: NOT the broker
+    (operator/codeexec/broker; the e2e tests exercise that one). It checks each request's wire format (path,
+    headers, JSON body) as the broker's API defines it, records it and answers in the broker's format: `db` runs the
+    SQL on an in-memory sqlite3; `ai` infers nothing (no model here): a prompt or messages get
+    "echo: <the last content>", texts get the vectors [len(text), 1.0]. The db binding `notes` and the ai binding
+    `llm` (models AI_MODELS, else 403 ModelNotAllowed) are granted, any other name is 403 NotGranted; a wrong token
+    or execution is 401 Unauthorized; a malformed request is 400 BadRequest naming what was wrong."""
 
     url: str
     token: str
@@ -316,6 +318,10 @@ class FakeBroker:
     def bindings_file(self, bindings: dict[str, str]) -> dict[str, Any]:
         """A bindings file (contract.BindingsFileDict) pointing at this broker."""
         return {"url": self.url, "token": self.token, "execution": self.execution, "bindings": bindings}
+
+
+AI_MODELS = ("tiny-chat", "tiny-embed")
+FAKE_USAGE = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
 
 
 class _FakeBrokerHandler(http.server.BaseHTTPRequestHandler):
@@ -343,12 +349,14 @@ class _FakeBrokerHandler(http.server.BaseHTTPRequestHandler):
             raise _Refusal(401, "Unauthorized", "not authorized")
         if self.headers.get("Content-Type") != "application/json":
             raise _Refusal(400, "BadRequest", f"Content-Type {self.headers.get('Content-Type')!r}")
-        prefix, _, rest = self.path.partition("/v1/db/")
-        binding, _, action = rest.partition("/")
-        if prefix or action not in ("query", "exec"):
+        parts = self.path.split("/")  # "", "v1", kind, binding, action
+        kind, binding, action = parts[2:] if len(parts) == 5 and parts[:2] == ["", "v1"] else ("", "", "")
+        if (kind, action) not in (("db", "query"), ("db", "exec"), ("ai", "run")):
             raise _Refusal(404, "BadRequest", f"no such path {self.path}")
-        if binding != "notes":
+        if binding != {"db": "notes", "ai": "llm"}[kind]:
             raise _Refusal(403, "NotGranted", f"binding {binding!r} is not granted to this Execution")
+        if kind == "ai":
+            return self._run(body)
         keys = {"sql", "params", "mode"} if action == "query" else {"sql"}
         if not isinstance(body, dict) or set(body) != keys or not isinstance(body["sql"], str):
             raise _Refusal(400, "BadRequest", f"the body must be a JSON object with exactly {sorted(keys)}")
@@ -377,6 +385,21 @@ class _FakeBrokerHandler(http.server.BaseHTTPRequestHandler):
             "durationMs": 0.5,
         }
         return {"results": results, "meta": meta}
+
+    def _run(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or set(body) != {"model", "input", "options"}:
+            raise _Refusal(400, "BadRequest", "the body must be a JSON object with exactly model, input, options")
+        model, given, options = body["model"], body["input"], body["options"]
+        if not isinstance(given, dict) or len(given) != 1 or not isinstance(options, dict):
+            raise _Refusal(400, "BadRequest", "input must have one of prompt, messages, text; options an object")
+        if model not in AI_MODELS:
+            raise _Refusal(403, "ModelNotAllowed", f"the binding 'llm' does not allow the model {model!r}")
+        if "text" in given:
+            texts = given["text"] if isinstance(given["text"], list) else [given["text"]]
+            return {"shape": [len(texts), 2], "data": [[len(text), 1.0] for text in texts], "usage": FAKE_USAGE}
+        if "prompt" in given:
+            return {"response": f"echo: {given['prompt']}", "usage": FAKE_USAGE}
+        return {"response": f"echo: {given['messages'][-1]['content']}", "usage": FAKE_USAGE}
 
     def _exec(self, sql: str) -> dict[str, Any]:
         try:

@@ -1,6 +1,6 @@
 // JavaScript/TypeScript harness: runs the code as the body of an async function (input, console, require, process)
-// with a global `api` (a small HTTP helper on fetch) and, when the Execution names bindings, the globals `bindings`
-// and `db` (Cloudflare D1's shape, through the bindings broker).
+// with a global `api` (a small HTTP helper on fetch) and, when the Execution names bindings, the globals `bindings`,
+// `db` (Cloudflare D1's shape) and `ai` (Workers AI's shape), through the bindings broker.
 //
 // Usage: node harness.mjs [--typescript] CODE_FILE [ARGS...]; the contract is sandbox_images/README.md.
 // With --typescript the code is first transpiled by the `typescript` package installed next to this file.
@@ -101,9 +101,10 @@ function httpApi() {
   };
 }
 
-// A binding call that failed: .code is the broker's (SqlError, ReadOnly, LimitExceeded, StatementTimeout, NotGranted,
-// Unauthorized, BadRequest, BackendUnavailable), or BrokerUnreachable (no answer), BrokerError (an answer that was
-// not the broker's), ColumnNotFound (first(column) of a row without it); .status is HTTP's, 0 without an answer.
+// A binding call that failed: .code is the broker's (Unauthorized, NotGranted, BadRequest, BackendUnavailable; db:
+// SqlError, ReadOnly, LimitExceeded, StatementTimeout; ai: ModelNotAllowed, BudgetExceeded, UpstreamError,
+// UpstreamTimeout), or BrokerUnreachable (no answer), BrokerError (an answer that was not the broker's),
+// ColumnNotFound (first(column) of a row without it); .status is HTTP's, 0 without an answer.
 class BindingError extends Error {
   constructor(code, status, message) {
     super(`${code}: ${message}`);
@@ -119,8 +120,8 @@ function brokerCaller(url, token, execution) {
   return async (path, body) => {
     let answer;
     try {
-      // The broker's statement timeout (at most 60 s) ends a call first.
-      answer = await httpRequest("POST", url + path, { body, headers, timeoutMs: 120000 });
+      // The broker ends a call first: a statement within 60 s, a model request within 300 s (their longest limits).
+      answer = await httpRequest("POST", url + path, { body, headers, timeoutMs: 360000 });
     } catch (error) {
       if (!(error instanceof HttpError)) {
         const code = error instanceof SyntaxError ? "BrokerError" : "BrokerUnreachable";
@@ -223,17 +224,45 @@ class Database {
   }
 }
 
-// The globals `bindings` (name -> client) and `db` (the only db binding) from what the runner announced
-// (CODEEXEC_BINDINGS: name -> type); neither exists when the Execution names no binding.
+// An `ai` binding (Workers AI's shape): run(model, input, options?) -> { response, usage } for input { prompt } or
+// { messages: [{ role, content }] }, { shape, data, usage } for { text: string | string[] } (embeddings);
+// chat(model, messages, options?) -> the reply's text (messages: an array of { role, content }, or one prompt string).
+// options: { max_tokens, temperature }. The model is one the binding allows (else ModelNotAllowed).
+class Ai {
+  #call;
+
+  constructor(broker, name) {
+    const path = `/v1/ai/${encodeURIComponent(name)}/run`;
+    this.#call = (body) => broker(path, body);
+  }
+
+  async run(model, input, options = {}) {
+    return this.#call({ model, input, options });
+  }
+
+  async chat(model, messages, options = {}) {
+    const input = typeof messages === "string" ? { prompt: messages } : { messages };
+    return (await this.run(model, input, options)).response;
+  }
+}
+
+// The client of each binding type; it is also the global of its type's name when the Execution names exactly one.
+const CLIENTS = { db: Database, ai: Ai };
+
+// The globals `bindings` (name -> client), `db` and `ai` (the only binding of that type) from what the runner
+// announced (CODEEXEC_BINDINGS: name -> type); none exists when the Execution names no binding.
 function installBindings() {
   const kinds = JSON.parse(process.env.CODEEXEC_BINDINGS || "{}");
-  const names = Object.keys(kinds).filter((name) => kinds[name] === "db");
+  const names = Object.keys(kinds).filter((name) => Object.hasOwn(CLIENTS, kinds[name]));
   if (names.length === 0) return;
   const { CODEEXEC_BROKER_URL: url, CODEEXEC_BINDING_TOKEN: token, CODEEXEC_EXECUTION: execution } = process.env;
   const broker = brokerCaller(url.replace(/\/+$/, ""), token, execution);
-  globalThis.bindings = Object.fromEntries(names.map((name) => [name, new Database(broker, name)]));
-  // With several, `db` would be a guess: the code picks from `bindings`.
-  if (names.length === 1) globalThis.db = globalThis.bindings[names[0]];
+  globalThis.bindings = Object.fromEntries(names.map((name) => [name, new CLIENTS[kinds[name]](broker, name)]));
+  for (const kind of Object.keys(CLIENTS)) {
+    const ofKind = names.filter((name) => kinds[name] === kind);
+    // With several, `db` or `ai` would be a guess: the code picks from `bindings`.
+    if (ofKind.length === 1) globalThis[kind] = globalThis.bindings[ofKind[0]];
+  }
 }
 
 function quietFetchWarning() {

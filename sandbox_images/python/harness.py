@@ -1,5 +1,5 @@
-"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, `api`, `bindings` (and `db`), top-level
-return and await.
+"""Python harness: runs /code/main.py as `__main__` with `input`, `console`, `api`, `bindings` (and `db`, `ai`),
+top-level return and await.
 
 Usage: python3 harness.py CODE_FILE [ARGS...]; the contract is sandbox_images/README.md. Started by a warm
 runner (CODEEXEC_REQUEST_FD set) it preloads, says so on the channel, and takes CODE_FILE, ARGS and the
@@ -181,9 +181,10 @@ def _decode(headers: Any, raw: bytes, lenient: bool = False) -> Any:
 
 
 class BindingError(Exception):
-    """A binding call that failed: `code` (the broker's: SqlError, ReadOnly, LimitExceeded, StatementTimeout,
-    NotGranted, Unauthorized, BadRequest, BackendUnavailable; BrokerUnreachable when no answer came, BrokerError
-    when the answer was not the broker's), `status` (HTTP, 0 without an answer) and `message`."""
+    """A binding call that failed: `code` (the broker's: Unauthorized, NotGranted, BadRequest, BackendUnavailable;
+    db: SqlError, ReadOnly, LimitExceeded, StatementTimeout; ai: ModelNotAllowed, BudgetExceeded, UpstreamError,
+    UpstreamTimeout; BrokerUnreachable when no answer came, BrokerError when the answer was not the broker's),
+    `status` (HTTP, 0 without an answer) and `message`."""
 
     def __init__(self, code: str, status: int, message: str) -> None:
         super().__init__(f"{code}: {message}")
@@ -195,7 +196,8 @@ class BindingError(Exception):
 class Broker:
     """Calls the bindings broker for this Execution (CODEEXEC_BROKER_URL, with its token): JSON in, JSON out."""
 
-    TIMEOUT_SECONDS = 120  # the broker's statement timeout (at most 60 s) ends a call first
+    # The broker ends a call first: a statement within 60 s, a model request within 300 s (their longest limits).
+    TIMEOUT_SECONDS = 360
 
     def __init__(self, url: str, token: str, execution: str) -> None:
         self.url = url.rstrip("/")
@@ -264,7 +266,37 @@ class Database:
         return count
 
 
-def read_bindings() -> dict[str, Database]:
+class Ai:
+    """An `ai` binding (Workers AI's shape): `run(model, input, **options)` -> {"response", "usage"} for
+    input {"prompt": str} or {"messages": [{"role", "content"}, ...]}, {"shape", "data", "usage"} for
+    {"text": str or [str, ...]} (embeddings); `chat(messages, model, **options)` -> the reply's text (messages: a
+    list of {"role", "content"}, or one prompt string). options: max_tokens, temperature. The model is one the
+    binding allows (else ModelNotAllowed)."""
+
+    Error = BindingError
+
+    def __init__(self, broker: Broker, name: str) -> None:
+        self._broker = broker
+        self._path = f"/v1/ai/{name}/run"
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<ai binding {self.name!r}>"
+
+    def run(self, model: str, input: dict[str, Any], **options: Any) -> dict[str, Any]:
+        return self._broker.call(self._path, {"model": model, "input": input, "options": options})
+
+    def chat(self, messages: str | list[dict[str, str]], model: str, **options: Any) -> str:
+        given = {"prompt": messages} if isinstance(messages, str) else {"messages": list(messages)}
+        response: str = self.run(model, given, **options)["response"]
+        return response
+
+
+# The client of each binding type, and the global it is when the Execution names exactly one of that type.
+CLIENTS: dict[str, type[Database] | type[Ai]] = {"db": Database, "ai": Ai}
+
+
+def read_bindings() -> dict[str, Database | Ai]:
     """The clients of the bindings the runner announced (CODEEXEC_BINDINGS: name -> type); {} without any."""
     kinds = json.loads(os.environ.get("CODEEXEC_BINDINGS") or "{}")
     if not kinds:
@@ -272,7 +304,7 @@ def read_bindings() -> dict[str, Database]:
     broker = Broker(
         os.environ["CODEEXEC_BROKER_URL"], os.environ["CODEEXEC_BINDING_TOKEN"], os.environ["CODEEXEC_EXECUTION"]
     )
-    return {name: Database(broker, name) for name, kind in kinds.items() if kind == "db"}
+    return {name: CLIENTS[kind](broker, name) for name, kind in kinds.items() if kind in CLIENTS}
 
 
 def channel_fd() -> int | None:
@@ -334,8 +366,10 @@ def main() -> int:
             RETURN_NAME: CodeReturn,
         }
     )
-    if len(bindings) == 1:  # with several, `db` would be a guess: the code picks from `bindings`
-        module.__dict__["db"] = next(iter(bindings.values()))
+    for kind, client in CLIENTS.items():
+        of_kind = [binding for binding in bindings.values() if isinstance(binding, client)]
+        if len(of_kind) == 1:  # with several, `db` or `ai` would be a guess: the code picks from `bindings`
+            module.__dict__[kind] = of_kind[0]
     sys.modules["__main__"] = module  # pickle, dataclasses and `if __name__ == "__main__"` work
 
     try:

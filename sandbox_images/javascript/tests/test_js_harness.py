@@ -275,9 +275,68 @@ def test_db_bind_refuses_what_json_would_change(run_runner, fake_broker, value):
     assert fake_broker.requests == []
 
 
-def test_without_bindings_db_and_bindings_are_absent(run_runner):
-    r = run_code(run_runner, "return [typeof db, typeof bindings, 'bindings' in globalThis];\n")
-    assert r.report["result"] == ["undefined", "undefined", False]
+def test_without_bindings_db_ai_and_bindings_are_absent(run_runner):
+    r = run_code(run_runner, "return [typeof db, typeof ai, typeof bindings, 'bindings' in globalThis];\n")
+    assert r.report["result"] == ["undefined", "undefined", "undefined", False]
+
+
+def test_ai_calls_send_the_broker_wire_format_and_return_workers_ai_answers(run_runner, fake_broker):
+    """The `ai` client against the FakeBroker (a wire-format stand-in that echoes: no model)."""
+    code = (
+        "const messages = [{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'Hi' }];\n"
+        "return {\n"
+        "  run: await ai.run('tiny-chat', { prompt: 'Say hi' }, { max_tokens: 20, temperature: 0 }),\n"
+        "  chat: await ai.chat('tiny-chat', messages), prompt: await ai.chat('tiny-chat', 'Hello'),\n"
+        "  embed: await ai.run('tiny-embed', { text: ['a', 'bcd'] }),\n"
+        "  same: bindings.llm === ai, db: bindings.notes === db,\n"
+        "};\n"
+    )
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db", "llm": "ai"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert r.report["result"] == {
+        "run": {"response": "echo: Say hi", "usage": usage},
+        "chat": "echo: Hi",
+        "prompt": "echo: Hello",
+        "embed": {"shape": [2, 2], "data": [[1, 1], [3, 1]], "usage": usage},
+        "same": True,
+        "db": True,  # one binding of each type: both globals
+    }
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert [(request["path"], request["body"]) for request in fake_broker.requests] == [
+        (
+            "/v1/ai/llm/run",
+            {"model": "tiny-chat", "input": {"prompt": "Say hi"}, "options": {"max_tokens": 20, "temperature": 0}},
+        ),
+        ("/v1/ai/llm/run", {"model": "tiny-chat", "input": {"messages": messages}, "options": {}}),
+        ("/v1/ai/llm/run", {"model": "tiny-chat", "input": {"prompt": "Hello"}, "options": {}}),
+        ("/v1/ai/llm/run", {"model": "tiny-embed", "input": {"text": ["a", "bcd"]}, "options": {}}),
+    ]
+    for request in fake_broker.requests:
+        assert request["headers"]["authorization"] == f"Bearer {fake_broker.token}"
+        assert request["headers"]["x-codeexec-execution"] == "team-a/ex-a"
+
+
+def test_ai_errors_reject_with_the_brokers_code_and_status(run_runner, fake_broker):
+    code = (
+        "const attempt = (promise) => promise.then(\n"
+        "  () => 'resolved', (e) => [e instanceof Error, e.name, e.code, e.status, e.message]);\n"
+        "const { llm, other } = bindings;\n"
+        "return [await attempt(llm.run('gpt-4o', { prompt: 'x' })), await attempt(other.chat('m', 'x')),\n"
+        "  typeof ai, Object.keys(bindings)];\n"
+    )
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"llm": "ai", "other": "ai"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    not_allowed, not_granted, ai_type, names = r.report["result"]
+    assert not_allowed == [
+        True,
+        "BindingError",
+        "ModelNotAllowed",
+        403,
+        "ModelNotAllowed: the binding 'llm' does not allow the model 'gpt-4o'",
+    ]
+    assert not_granted[:4] == [True, "BindingError", "NotGranted", 403]
+    assert (ai_type, names) == ("undefined", ["llm", "other"])  # two ai bindings: no `ai`
 
 
 def test_warm_hello(start_warm, warm_request):

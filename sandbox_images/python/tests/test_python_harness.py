@@ -283,9 +283,75 @@ def test_db_params_must_be_a_list_or_tuple(run_runner, fake_broker):
     assert fake_broker.requests == []
 
 
-def test_without_bindings_db_is_undefined_and_bindings_empty(run_runner):
-    r = run_code(run_runner, "return [bindings, 'db' in globals()]\n")
-    assert r.report["result"] == [{}, False]
+def test_without_bindings_db_and_ai_are_undefined_and_bindings_empty(run_runner):
+    r = run_code(run_runner, "return [bindings, 'db' in globals(), 'ai' in globals()]\n")
+    assert r.report["result"] == [{}, False, False]
+
+
+def test_ai_calls_send_the_broker_wire_format_and_return_workers_ai_answers(run_runner, fake_broker):
+    """The `ai` client against the FakeBroker (a wire-format stand-in that echoes: no model; the real broker is
+    tested in tests/unit/test_broker_ai.py and the e2e tests)."""
+    code = (
+        "messages = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]\n"
+        "return {'run': ai.run('tiny-chat', {'prompt': 'Say hi'}, max_tokens=20, temperature=0),\n"
+        "        'chat': ai.chat(messages, 'tiny-chat'), 'prompt': ai.chat('Hello', model='tiny-chat'),\n"
+        "        'embed': ai.run('tiny-embed', {'text': ['a', 'bcd']}),\n"
+        "        'same': bindings['llm'] is ai, 'db': db is bindings['notes'], 'error': ai.Error is BindingError,\n"
+        "        'repr': repr(ai)}\n"
+    )
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"notes": "db", "llm": "ai"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    assert r.report["result"] == {
+        "run": {"response": "echo: Say hi", "usage": usage},
+        "chat": "echo: Hi",
+        "prompt": "echo: Hello",
+        "embed": {"shape": [2, 2], "data": [[1, 1.0], [3, 1.0]], "usage": usage},
+        "same": True,
+        "db": True,  # one binding of each type: both globals
+        "error": True,
+        "repr": "<ai binding 'llm'>",
+    }
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    assert [(request["path"], request["body"]) for request in fake_broker.requests] == [
+        (
+            "/v1/ai/llm/run",
+            {
+                "model": "tiny-chat",
+                "input": {"prompt": "Say hi"},
+                "options": {"max_tokens": 20, "temperature": 0},
+            },
+        ),
+        ("/v1/ai/llm/run", {"model": "tiny-chat", "input": {"messages": messages}, "options": {}}),
+        ("/v1/ai/llm/run", {"model": "tiny-chat", "input": {"prompt": "Hello"}, "options": {}}),
+        ("/v1/ai/llm/run", {"model": "tiny-embed", "input": {"text": ["a", "bcd"]}, "options": {}}),
+    ]
+    for request in fake_broker.requests:
+        assert request["headers"]["authorization"] == f"Bearer {fake_broker.token}"
+        assert request["headers"]["x-codeexec-execution"] == "team-a/ex-a"
+
+
+def test_ai_errors_raise_the_binding_error_with_the_brokers_code(run_runner, fake_broker):
+    code = (
+        "def attempt(call):\n"
+        "    try:\n"
+        "        call()\n"
+        "    except BindingError as error:\n"
+        "        return [error.code, error.status, str(error)]\n"
+        "llm, other = bindings['llm'], bindings['other']\n"
+        "return [attempt(lambda: llm.run('gpt-4o', {'prompt': 'x'})), attempt(lambda: other.chat('x', 'm')),\n"
+        "        'ai' in globals(), sorted(bindings)]\n"
+    )
+    r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"llm": "ai", "other": "ai"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    not_allowed, not_granted, has_ai, names = r.report["result"]
+    assert not_allowed == [
+        "ModelNotAllowed",
+        403,
+        "ModelNotAllowed: the binding 'llm' does not allow the model 'gpt-4o'",
+    ]
+    assert not_granted[:2] == ["NotGranted", 403]
+    assert (has_ai, names) == (False, ["llm", "other"])  # two ai bindings: no `ai`
 
 
 def test_warm_hello(start_warm, warm_request):

@@ -112,6 +112,20 @@ def test_db_binding_is_available_in_typescript(run_runner, ts_harness, fake_brok
     assert len(fake_broker.requests) == 4
 
 
+def test_ai_binding_is_available_in_typescript(run_runner, ts_harness, fake_broker):
+    """Workers-AI-style typed code runs without declarations, against the FakeBroker (an echo, not a model)."""
+    code = (
+        "type Message = { role: 'system' | 'user' | 'assistant'; content: string };\n"
+        "const messages: Message[] = [{ role: 'user', content: 'Hi' }];\n"
+        "const reply: string = await ai.chat('tiny-chat', messages);\n"
+        "const { shape }: { shape: number[] } = await ai.run('tiny-embed', { text: 'abc' });\n"
+        "return [reply, shape];\n"
+    )
+    r = run_code(run_runner, ts_harness, code, bindings=fake_broker.bindings_file({"llm": "ai"}))
+    assert r.report["exitCode"] == 0, r.report["stderr"]["text"]
+    assert r.report["result"] == ["echo: Hi", [1, 2]]
+
+
 def test_warm_hello(start_warm, warm_request, ts_harness):
     """Warm mode: the compiler is imported before the request; types stripped, return and input as cold."""
     warm = start_warm(["node", ts_harness, "--typescript"])
