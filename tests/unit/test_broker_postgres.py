@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 
 from codeexec.broker import postgres
@@ -202,6 +203,23 @@ def test_row_and_byte_limits(db: Calls) -> None:
     assert (error.status, error.code) == (413, "LimitExceeded")
     error = db.refused("SELECT repeat('x', 70000) AS big", WRITABLE)
     assert error.code == "LimitExceeded" and "maxBytesPerCall" in error.message
+
+
+def test_rows_are_fetched_a_few_at_a_time(db: Calls, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows arrive in small batches, each counted against the byte limit as it comes: a result far past the limit
+    fails after a few rows instead of the broker holding them all first."""
+    fetched: list[int] = []
+    fetch = asyncpg.cursor.Cursor.fetch
+
+    async def counted(self: asyncpg.cursor.Cursor, n: int, *, timeout: float | None = None) -> list[Any]:
+        batch: list[Any] = await fetch(self, n, timeout=timeout)
+        fetched.append(len(batch))
+        return batch
+
+    monkeypatch.setattr(asyncpg.cursor.Cursor, "fetch", counted)
+    error = db.refused("SELECT repeat('x', 10000) AS big FROM generate_series(1, 400)", WRITABLE)
+    assert error.code == "LimitExceeded" and "maxBytesPerCall" in error.message
+    assert sum(fetched) <= 32  # 7 rows of 10 kB pass 64 KiB
 
 
 def test_errors(db: Calls) -> None:

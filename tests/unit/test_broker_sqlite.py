@@ -226,6 +226,26 @@ def test_row_and_byte_limits(engine: SqliteEngine) -> None:
     assert len(query(engine, many.replace("?", "1000"), mode="run").results) == 0
 
 
+@pytest.mark.parametrize(
+    ("sql", "params"),
+    [
+        ("SELECT length(randomblob(1000000)) AS n", []),
+        ("SELECT length(zeroblob(300000000)) AS n", []),
+        ("SELECT length(group_concat(b)) AS n FROM (SELECT printf('%.1000c', 'x') AS b FROM generate)", []),
+        ("INSERT INTO t VALUES (2, ?)", ["x" * 70000]),
+    ],
+)
+def test_no_value_may_outgrow_the_byte_limit_even_unreturned(engine: SqliteEngine, sql: str, params: list[Any]) -> None:
+    """A value is bounded by maxBytesPerCall while it is made, not only once returned: else one call can take the
+    broker's memory (zeroblob(300000000) took it past 1 GB) while returning a few bytes."""
+    generate = "(WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 100) SELECT x FROM c)"
+    with pytest.raises(BrokerError) as caught:
+        query(engine, sql.replace("generate", generate), params)
+    assert (caught.value.status, caught.value.code) == (413, "LimitExceeded"), caught.value.message
+    assert "maxBytesPerCall" in caught.value.message
+    assert rows(engine) == [{"a": 1, "b": "x"}]
+
+
 def test_each_call_is_one_transaction(engine: SqliteEngine) -> None:
     error = refused(engine, "INSERT INTO t VALUES (2, 'y'); INSERT INTO nope VALUES (1);", WRITABLE, exec_=True)
     assert error.code == "SqlError" and "nope" in error.message

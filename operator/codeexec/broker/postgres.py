@@ -34,7 +34,10 @@ CONNECT_TIMEOUT_SECONDS = 5.0
 # The broker's own wait past statement_timeout before it cancels a statement itself: the server's timeout
 # normally ends it first, but a script can change statement_timeout with its own SET LOCAL.
 CANCEL_GRACE_SECONDS = 0.5
-FETCH_BATCH = 500
+# Rows fetched from the server at a time: each batch is held whole before its rows are counted against the call's
+# row and byte limits, so a small one keeps what a call holds near those limits (a single value is bounded by
+# PostgreSQL alone: up to 1 GB).
+FETCH_BATCH = 16
 # Statements whose status message ends with the number of rows they changed.
 WRITE_COMMANDS = ("INSERT", "UPDATE", "DELETE", "MERGE")
 # Statements that end the call's transaction (PREPARE TRANSACTION too; a PREPARE of a statement is refused with

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from codeexec.broker import statements
-from codeexec.broker.engine import ExecRequest, ExecResult, QueryRequest, QueryResult, Target
-from codeexec.broker.errors import BadRequest, BrokerError, ReadOnly, SqlError, StatementTimeout
+from codeexec.broker.engine import MAX_SQL_CHARS, ExecRequest, ExecResult, QueryRequest, QueryResult, Target
+from codeexec.broker.errors import BadRequest, BrokerError, LimitExceeded, ReadOnly, SqlError, StatementTimeout
 from codeexec.broker.limits import CallLimits
 from codeexec.broker.results import Rows
 
@@ -102,6 +102,8 @@ ATTACH_REFUSAL = "ATTACH, DETACH and VACUUM are not allowed"
 Result = TypeVar("Result", QueryResult, ExecResult)
 # SQLite virtual machine instructions between two checks of the statement's deadline.
 PROGRESS_STEPS = 10_000
+# The longest SQL text SQLite accepts: a call's SQL (at most MAX_SQL_CHARS) in UTF-8 (SQLite's own: 1 GB).
+MAX_SQL_BYTES = 4 * MAX_SQL_CHARS
 
 
 class Authorizer:
@@ -205,6 +207,11 @@ class SqliteEngine:
         )
         # A second fence behind the authorizer: no database can be attached at all.
         connection.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
+        # No string, blob or row larger than what one call may return (SQLite's own maximum is 1 GB):
+        # randomblob(), zeroblob(), printf(), group_concat() and the like fail at once (LimitExceeded) instead of
+        # filling the broker's memory before the result's byte limit is checked.
+        connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_bytes)
+        connection.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
         # As in D1: foreign keys enforced.
         connection.execute("PRAGMA foreign_keys = ON")
         return connection
@@ -236,7 +243,7 @@ class _Call:
                     rows.add(columns, values)
                 if request.mode == "first":
                     break
-        except sqlite3.OperationalError as error:
+        except sqlite3.Error as error:
             raise self._translated(error) from error
         finally:
             cursor.close()
@@ -274,6 +281,8 @@ class _Call:
             return self._refused(refusal)
         if code == sqlite3.SQLITE_READONLY:
             return ReadOnly(f"the binding is readOnly ({error})")
+        if code == sqlite3.SQLITE_TOOBIG:
+            return LimitExceeded(f"a value is larger than {self.limits.max_bytes} bytes (maxBytesPerCall)")
         if code == sqlite3.SQLITE_INTERRUPT:
             return StatementTimeout(f"the statement ran longer than {self.limits.timeout_ms} ms (statementTimeoutMs)")
         return SqlError(str(error))
