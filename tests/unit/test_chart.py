@@ -283,6 +283,7 @@ def test_default_install_objects() -> None:
         ("Deployment", "code-exec", "code-exec"),
         ("Deployment", "code-exec-broker", "code-exec"),
         ("Deployment", "code-exec-gateway", "code-exec"),
+        ("NetworkPolicy", "code-exec-broker", "code-exec"),
         ("Pod", "code-exec-test", "code-exec"),  # the `helm test` hook
         ("PodDisruptionBudget", "code-exec", "code-exec"),
         ("Role", "code-exec-broker-service", "code-exec"),

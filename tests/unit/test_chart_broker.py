@@ -1,12 +1,13 @@
 """The chart's broker: least-privilege rights, a Service the operator can read (numeric targetPort, no metrics
-port), a restricted pod of its own selector, the token key Secret, the volume variants, nothing when disabled."""
+port), a NetworkPolicy admitting only sandboxes (and metrics scrapers named in values), a restricted pod of its own
+selector, the token key Secret, the volume variants, nothing when disabled."""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
-from codeexec import bindingtoken
+from codeexec import bindingtoken, builders
 from codeexec.broker.config import BrokerConfig
 from tests.unit.test_chart import find, needs_helm, render
 
@@ -121,3 +122,44 @@ def test_broker_volume_variants_and_disabled() -> None:
     assert pod_spec(image)["containers"][0]["image"] == "localhost/other/broker:1.2"
     off = render("broker.enabled=false")
     assert not [o for o in off if "broker" in o["metadata"]["name"] or "binding-token" in o["metadata"]["name"]]
+
+
+def broker_config(objects: list[dict[str, Any]]) -> BrokerConfig:
+    (container,) = pod_spec(objects)["containers"]
+    return BrokerConfig.from_env({var["name"]: var["value"] for var in container["env"]})
+
+
+@needs_helm
+def test_broker_admits_only_sandboxes_to_its_api_and_nobody_to_its_metrics() -> None:
+    """Ingress to the broker's pods: its API port from pods carrying the labels every sandbox has (any namespace),
+    and nothing else by default: no pod of the cluster tries tokens or reads /metrics."""
+    objects = render()
+    policy = find(objects, "NetworkPolicy", BROKER)
+    deployment = find(objects, "Deployment", BROKER)
+    assert policy["metadata"]["namespace"] == "code-exec"
+    assert policy["spec"]["podSelector"] == {"matchLabels": deployment["spec"]["selector"]["matchLabels"]}
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    sandbox_labels = {"app.kubernetes.io/name": "code-exec-sandbox", "app.kubernetes.io/managed-by": "code-exec"}
+    # The operator puts them on every sandbox, whatever its Execution.
+    assert sandbox_labels.items() <= builders.labels(builders.ExecutionRef("ns", "x", "u")).items()
+    api_port = broker_config(objects).port
+    assert find(objects, "Service", BROKER)["spec"]["ports"][0]["targetPort"] == api_port
+    assert policy["spec"]["ingress"] == [
+        {
+            "from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": sandbox_labels}}],
+            "ports": [{"protocol": "TCP", "port": api_port}],
+        }
+    ]
+
+
+@needs_helm
+def test_broker_metrics_are_reached_only_from_the_peers_in_values() -> None:
+    objects = render("broker.metrics.allowFrom[0].namespaceSelector.matchLabels.kubernetes\\.io/metadata\\.name=mon")
+    ingress = find(objects, "NetworkPolicy", BROKER)["spec"]["ingress"]
+    assert len(ingress) == 2
+    assert ingress[1] == {
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "mon"}}}],
+        "ports": [{"protocol": "TCP", "port": broker_config(objects).metrics_port}],
+    }
+    # A rule without peers would admit every source.
+    assert all(rule.get("from") for rule in ingress)
