@@ -109,8 +109,9 @@ class Spend:
 class InferenceBudgets:
     """Requests and tokens left per (Execution uid, binding). A call takes one request (kept, whatever its outcome:
     it was sent) and reserves the tokens it may generate, capped to what is left; afterwards the tokens the endpoint
-    counted are charged instead of the reservation (a failed call's: none). A prompt's own tokens are known only from
-    the answer, so the call that spends the last tokens may pass the budget by them; the next call is refused."""
+    counted are charged instead of the reservation (none when it gave no answer). A prompt's own tokens are known
+    only from the answer, so the call that spends the last tokens may pass the budget by them; the next call is
+    refused."""
 
     def __init__(self) -> None:
         self._budgets: _PerExecution[_Inference] = _PerExecution()
