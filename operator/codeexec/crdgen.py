@@ -201,7 +201,7 @@ def sandboxbinding_crd() -> dict[str, Any]:
             "A capability (a database, a model endpoint) this namespace grants to every Execution of it that names "
             "the binding in spec.bindings; the code uses it through the broker and never holds its credentials."
         ),
-        # One row per binding whatever its type: a column of the other type's field shows <none>.
+        # One row per binding whatever its type: a column of the other type's field stays empty.
         columns=[
             {"name": "Type", "type": "string", "jsonPath": ".status.type"},
             {"name": "Engine", "type": "string", "jsonPath": ".spec.db.engine"},
