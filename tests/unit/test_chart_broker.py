@@ -1,10 +1,12 @@
 """The chart's broker: least-privilege rights, a Service the operator can read (numeric targetPort, no metrics
 port), a NetworkPolicy admitting only sandboxes (and metrics scrapers named in values), a restricted pod of its own
-selector, the token key Secret, the volume variants, nothing when disabled."""
+selector, the token key Secret (its checksum on the operator's and the broker's pods), the volume variants, nothing
+when disabled."""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 from typing import Any
 
 from codeexec import bindingtoken, builders
@@ -100,6 +102,33 @@ def test_token_key_secret(tmp_path: Any) -> None:
     own = render("broker.tokenKey.existingSecret=mine")
     assert not [o for o in own if o["kind"] == "Secret" and "binding-token-key" in o["metadata"]["name"]]
     assert {v["name"]: v for v in pod_spec(own)["volumes"]}["binding-token-key"]["secret"]["secretName"] == "mine"
+
+
+def key_checksums(objects: list[dict[str, Any]]) -> set[str | None]:
+    """The checksum/binding-token-key annotation of the operator's and the broker's pods (None: absent)."""
+    return {
+        find(objects, "Deployment", name)["spec"]["template"]["metadata"]["annotations"].get(
+            "checksum/binding-token-key"
+        )
+        for name in ("code-exec", BROKER)
+    }
+
+
+@needs_helm
+def test_a_new_token_key_restarts_the_operator_and_the_broker_together() -> None:
+    """Each reads the key once: both pods carry the key's checksum, so a key made anew (a render without the old
+    Secret to look up) rolls both. The key of broker.tokenKey.existingSecret is never hashed into a pod's metadata,
+    and a render without a cluster (`helm template`) gives a stable annotation."""
+    first, second = render(), render()
+    for objects in (first, second):
+        key = find(objects, "Secret", "code-exec-binding-token-key")["data"]["key"]
+        assert key_checksums(objects) == {hashlib.sha256(key.encode()).hexdigest()}
+    assert key_checksums(first) != key_checksums(second)
+    yours = render("broker.tokenKey.existingSecret=mine")
+    assert key_checksums(yours) == key_checksums(render("broker.tokenKey.existingSecret=mine"))
+    assert len(key_checksums(yours)) == 1 and None not in key_checksums(yours)
+    off = find(render("broker.enabled=false"), "Deployment", "code-exec")["spec"]["template"]["metadata"]
+    assert "checksum/binding-token-key" not in off["annotations"]
 
 
 @needs_helm
