@@ -576,6 +576,15 @@ def test_an_execution_with_bindings_reaches_the_broker_and_nothing_more(tmp_path
     assert args[args.index("--bindings-file") + 1] == "/code/bindings.json"
 
 
+def test_an_ai_binding_reaches_the_sandbox_as_its_type(tmp_path: Path) -> None:
+    operator = with_bindings(tmp_path, ["notes", "llm"], granted=["notes"])
+    ai = {"endpoint": "http://llm.models.svc:8080/v1", "models": ["tiny"]}
+    operator.cluster.facts.bindings.append({**sandbox_binding("llm"), "spec": {"ai": ai}})
+    operator.start()
+    delivered = json.loads(operator.cluster.sandboxes.created["Secret"]["stringData"]["bindings.json"])
+    assert delivered["bindings"] == {"notes": "db", "llm": "ai"}
+
+
 def test_an_execution_without_bindings_lists_none_and_never_reads_the_broker(tmp_path: Path) -> None:
     operator = with_bindings(tmp_path, [])
     operator.start()
