@@ -269,7 +269,7 @@ class Database:
 class Ai:
     """An `ai` binding (Workers AI's shape): `run(model, input, **options)` -> {"response", "usage"} for
     input {"prompt": str} or {"messages": [{"role", "content"}, ...]}, {"shape", "data", "usage"} for
-    {"text": str or [str, ...]} (embeddings); `chat(messages, model, **options)` -> the reply's text (messages: a
+    {"text": str or [str, ...]} (embeddings); `chat(model, messages, **options)` -> the reply's text (messages: a
     list of {"role", "content"}, or one prompt string). options: max_tokens, temperature. The model is one the
     binding allows (else ModelNotAllowed)."""
 
@@ -286,7 +286,7 @@ class Ai:
     def run(self, model: str, input: dict[str, Any], **options: Any) -> dict[str, Any]:
         return self._broker.call(self._path, {"model": model, "input": input, "options": options})
 
-    def chat(self, messages: str | list[dict[str, str]], model: str, **options: Any) -> str:
+    def chat(self, model: str, messages: str | list[dict[str, str]], **options: Any) -> str:
         given = {"prompt": messages} if isinstance(messages, str) else {"messages": list(messages)}
         response: str = self.run(model, given, **options)["response"]
         return response

@@ -294,7 +294,7 @@ def test_ai_calls_send_the_broker_wire_format_and_return_workers_ai_answers(run_
     code = (
         "messages = [{'role': 'system', 'content': 'Be brief.'}, {'role': 'user', 'content': 'Hi'}]\n"
         "return {'run': ai.run('tiny-chat', {'prompt': 'Say hi'}, max_tokens=20, temperature=0),\n"
-        "        'chat': ai.chat(messages, 'tiny-chat'), 'prompt': ai.chat('Hello', model='tiny-chat'),\n"
+        "        'chat': ai.chat('tiny-chat', messages), 'prompt': ai.chat('tiny-chat', 'Hello'),\n"
         "        'embed': ai.run('tiny-embed', {'text': ['a', 'bcd']}),\n"
         "        'same': bindings['llm'] is ai, 'db': db is bindings['notes'], 'error': ai.Error is BindingError,\n"
         "        'repr': repr(ai)}\n"
@@ -339,7 +339,7 @@ def test_ai_errors_raise_the_binding_error_with_the_brokers_code(run_runner, fak
         "    except BindingError as error:\n"
         "        return [error.code, error.status, str(error)]\n"
         "llm, other = bindings['llm'], bindings['other']\n"
-        "return [attempt(lambda: llm.run('gpt-4o', {'prompt': 'x'})), attempt(lambda: other.chat('x', 'm')),\n"
+        "return [attempt(lambda: llm.run('gpt-4o', {'prompt': 'x'})), attempt(lambda: other.chat('m', 'x')),\n"
         "        'ai' in globals(), sorted(bindings)]\n"
     )
     r = run_code(run_runner, code, bindings=fake_broker.bindings_file({"llm": "ai", "other": "ai"}))
