@@ -28,7 +28,7 @@ def read_key(path: str | Path) -> bytes:
 
 def mint(key: bytes, namespace: str, name: str, uid: str) -> str:
     """The token of one Execution. Derived, not stored: the same Execution always gets the same token (an operator
-    restart mid-launch cannot split the token in its ConfigMap from the one the broker expects), and the uid makes
+    restart mid-launch cannot split the token in its Secret from the one the broker expects), and the uid makes
     a re-created Execution of the same name a different holder."""
     message = f"codeexec-binding-token/v1\n{namespace}\n{name}\n{uid}".encode()
     digest = hmac.new(key, message, hashlib.sha256).digest()

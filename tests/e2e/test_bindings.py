@@ -5,23 +5,25 @@ PostgreSQL (localhost/codeexec/e2e-postgres, a pod and Service in the release na
 
 The security tests are issue 12's list: a token replayed after its Execution finished, a token used for a binding
 another Execution was granted, code scanning for the broker's metrics port and other pods, SQL injection through
-parameters, readOnly bindings, statement timeouts, an Execution without bindings, a binding that does not exist.
+parameters, readOnly bindings, statement timeouts, an Execution without bindings, a binding that does not exist; and
+the review's: the token is in a Secret (not the ConfigMap, which namespace viewers read), and pods that are not
+sandboxes do not reach the broker at all (its NetworkPolicy).
 Needs the operator image (it also runs the broker) and the e2e-postgres image (`hack/build-images.sh`). About 90 s
-on the dev node (fifteen sandboxes, a broker pod restart).
+on the dev node (seventeen sandboxes, a plain pod, a broker pod restart).
 
 Each security test was seen failing with its safeguard removed (an image built with the break): the broker's
 Running check (replay), its spec.bindings check (NotGranted), readOnly and statementTimeoutMs ignored, parameters
 interpolated into the SQL, the egress rule to the broker without its port (9090 reached), that rule on every
 Execution (no bindings reaching the broker), admission without BindingNotFound, the release without existingClaim
-(an emptyDir: the rows gone with the pod)."""
+(an emptyDir: the rows gone with the pod), bindings.json back in the ConfigMap, the broker's NetworkPolicy left out
+(other pods reach it)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +43,7 @@ from tests.e2e.executions import (
     uid,
     wait_finished,
 )
-from tests.e2e.kube import REPO, helm, kubectl, kubectl_json, wait_until
+from tests.e2e.kube import REPO, helm, kubectl, kubectl_json, pod_finished, wait_until
 
 pytestmark = pytest.mark.e2e
 CHART = REPO / "charts/code-exec"
@@ -57,8 +59,9 @@ TIMEOUT_MS = 1000
 class Release:
     namespace: str  # the operator's, the broker's and PostgreSQL's
     work: str  # the only namespace the release watches: Executions and SandboxBindings
-    broker_service: str  # the broker Service's clusterIP (port 8080), reached from this host through kube-proxy
+    broker_service: str  # the broker Service's clusterIP (port 8080)
     broker_ip: str  # the broker pod's
+    broker_image: str
     operator_ip: str
     postgres_ip: str  # the PostgreSQL pod's
     postgres_service: str  # its Service's clusterIP
@@ -220,6 +223,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             work,
             service["clusterIP"],
             _pod(namespace, BROKER)["status"]["podIP"],
+            _pod(namespace, BROKER)["spec"]["containers"][0]["image"],
             _pod(namespace, OPERATOR)["status"]["podIP"],
             _pod(namespace, "app=e2e-postgres")["status"]["podIP"],
             postgres_service,
@@ -264,25 +268,6 @@ def _usage(release: Release, name: str, binding: str, **expected: int) -> dict[s
     except AssertionError as error:
         found = get_execution(release.work, name)["status"].get("bindings")
         raise AssertionError(f"{error}; status.bindings: {found}") from None
-
-
-def _call(release: Release, token: str, execution: str, binding: str, body: Any, path: str = "query") -> Any:
-    """One call to the broker from this host (through its Service's clusterIP): (status, body)."""
-    request = urllib.request.Request(
-        f"{release.broker_url}/v1/db/{binding}/{path}",
-        data=json.dumps(body).encode(),
-        method="POST",
-        headers={
-            "Content-Type": "application/json",
-            "Authorization": f"Bearer {token}",
-            "X-Codeexec-Execution": execution,
-        },
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
 
 
 PY_ROUND_TRIP = """
@@ -381,11 +366,24 @@ print(json.dumps({name: os.environ[name] for name in names}))
 """
 
 
+def _bindings_file(release: Release, execution_uid: str) -> dict[str, Any]:
+    """bindings.json as the operator delivered it: from the Execution's Secret (owned by it, immutable), while its
+    ConfigMap, which namespace viewers read, holds no token."""
+    selector = f"{EXECUTION_UID_LABEL}={execution_uid}"
+    [secret] = kubectl_json("get", "secrets", "-n", release.work, "-l", selector)["items"]
+    assert secret["immutable"] is True and secret["metadata"]["ownerReferences"][0]["uid"] == execution_uid
+    delivered: dict[str, Any] = json.loads(base64.b64decode(secret["data"]["bindings.json"]))
+    [configmap] = kubectl_json("get", "configmaps", "-n", release.work, "-l", selector)["items"]
+    assert "bindings.json" not in configmap["data"] and delivered["token"] not in json.dumps(configmap)
+    return delivered
+
+
 def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
-    """While it runs, an Execution shows in its binding's inUse/usedBy and its token (read from its ConfigMap) works
-    from this host too; once it finished, the same token replayed from this host is refused (401), and the binding
-    shows no user."""
-    name = _name("replay")
+    """While it runs, an Execution shows in its binding's inUse/usedBy and its token (read from its Secret) works from
+    another sandbox too (an Execution of the same binding, the only kind of pod the broker admits); once it
+    finished, the same token replayed from a third is refused (401), its Secret is gone, and the binding shows no
+    user."""
+    name, writer, replayer = _name("replay"), _name("replay-w"), _name("replay-r")
     apply(release.work, execution_manifest(name, "python", "import json\n" + WAIT_FOR_STOP, bindings=["watched"]))
 
     def in_use() -> dict[str, Any] | None:
@@ -394,15 +392,13 @@ def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
 
     wait_until(in_use, 60, f"SandboxBinding watched to show {name} in use")
     execution_uid = uid(get_execution(release.work, name))
-    [configmap] = kubectl_json("get", "configmaps", "-n", release.work, "-l", f"{EXECUTION_UID_LABEL}={execution_uid}")[
-        "items"
-    ]
-    delivered = json.loads(configmap["data"]["bindings.json"])
+    delivered = _bindings_file(release, execution_uid)
     token, who = delivered["token"], delivered["execution"]
     assert who == f"{release.work}/{name}" and delivered["url"] == release.broker_url
-    stop = {"sql": "INSERT INTO stop VALUES (?)", "params": [1], "mode": "run"}
-    # The table is the program's first call: the insert fails until it exists.
-    wait_until(lambda: _call(release, token, who, "watched", stop)[0] == 200, 60, "the stop row to be written")
+    as_first = {"token": token, "execution": who}
+    stop = {**as_first, "sql": "INSERT INTO stop VALUES (?)", "params": [1], "mode": "run", "retry": True}
+    written = _run_one(release, execution_manifest(writer, "python", REPLAY, bindings=["watched"], input=stop))
+    assert written["result"][0] == 200, written["result"]
     status = _succeeded(wait_finished(release.work, name))
     assert json.loads(status["stdout"]) == {
         "CODEEXEC_BROKER_URL": release.broker_url,
@@ -410,8 +406,16 @@ def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
         "CODEEXEC_EXECUTION": who,
         "CODEEXEC_BINDINGS": '{"watched":"db"}',
     }
-    replayed = _call(release, token, who, "watched", {"sql": "SELECT x FROM stop", "mode": "all"})
-    assert replayed[0] == 401 and replayed[1]["error"]["code"] == "Unauthorized", replayed
+    select = {**as_first, "sql": "SELECT x FROM stop", "params": [], "mode": "all", "retry": False}
+    replayed = _run_one(release, execution_manifest(replayer, "python", REPLAY, bindings=["watched"], input=select))
+    code, body = replayed["result"]
+    assert code == 401 and body["error"]["code"] == "Unauthorized", replayed["result"]
+
+    def no_secret() -> bool:
+        selector = f"{EXECUTION_UID_LABEL}={execution_uid}"
+        return not kubectl_json("get", "secrets", "-n", release.work, "-l", selector)["items"]
+
+    wait_until(no_secret, 30, f"the Secret of {name} to be deleted with its sandbox")
 
     def no_user() -> bool:
         found = kubectl_json("get", "sandboxbinding", "watched", "-n", release.work).get("status", {})
@@ -420,17 +424,18 @@ def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
     wait_until(no_user, 30, "SandboxBinding watched to show no user")
 
 
-RAW_CALL = """
-import json, os, urllib.request, urllib.error
+# call(): one query to the broker as the program's harness makes it, with its own token and name unless given others.
+BROKER_CALL = """
+import json, os, time, urllib.request, urllib.error
 
-def call(binding, execution=None):
+def call(binding, sql, execution=None, token=None, params=(), mode="all"):
     request = urllib.request.Request(
         f"{os.environ['CODEEXEC_BROKER_URL']}/v1/db/{binding}/query",
-        data=json.dumps({"sql": "SELECT 1 AS one", "mode": "all"}).encode(),
+        data=json.dumps({"sql": sql, "params": list(params), "mode": mode}).encode(),
         method="POST",
         headers={
             "Content-Type": "application/json",
-            "Authorization": "Bearer " + os.environ["CODEEXEC_BINDING_TOKEN"],
+            "Authorization": "Bearer " + (token or os.environ["CODEEXEC_BINDING_TOKEN"]),
             "X-Codeexec-Execution": execution or os.environ["CODEEXEC_EXECUTION"],
         },
     )
@@ -439,14 +444,31 @@ def call(binding, execution=None):
             return [response.status, json.loads(response.read())]
     except urllib.error.HTTPError as error:
         return [error.code, json.loads(error.read())]
-
+"""
+RAW_CALL = (
+    BROKER_CALL
+    + """
 return {
-    "own": call("notes"),
-    "others": call("other"),
-    "as_other_execution": call("other", input["other"]),
-    "absent": call("nowhere"),
+    "own": call("notes", "SELECT 1 AS one"),
+    "others": call("other", "SELECT 1 AS one"),
+    "as_other_execution": call("other", "SELECT 1 AS one", input["other"]),
+    "absent": call("nowhere", "SELECT 1 AS one"),
 }
 """
+)
+# Another Execution's call on `watched` with its token; with retry until it succeeds (the stop table is that
+# Execution's first call: an insert fails until it exists).
+REPLAY = (
+    BROKER_CALL
+    + """
+give_up = time.monotonic() + 60
+while True:
+    answer = call("watched", input["sql"], input["execution"], input["token"], input["params"], input["mode"])
+    if answer[0] == 200 or not input["retry"] or time.monotonic() > give_up:
+        return answer
+    time.sleep(0.5)
+"""
+)
 
 
 def test_a_token_grants_only_its_own_bindings(release: Release) -> None:
@@ -531,6 +553,62 @@ def test_sandboxes_reach_the_broker_api_and_nothing_else(release: Release) -> No
     assert not [label for label in blocked if reached[label] == "connected"], reached
     unbound = _succeeded(finished[without])["result"]
     assert "connected" not in unbound.values(), unbound
+
+
+OUTSIDER = """
+import json, socket, sys
+outcomes = {}
+for label, (address, port) in json.loads(sys.argv[1]).items():
+    try:
+        socket.create_connection((address, port), timeout=3).close()
+        outcomes[label] = "connected"
+    except OSError as error:
+        outcomes[label] = type(error).__name__
+print(json.dumps(outcomes))
+"""
+
+
+def test_pods_that_are_not_sandboxes_do_not_reach_the_broker(release: Release) -> None:
+    """The broker's NetworkPolicy: a plain pod (the operator's image, no sandbox labels) in the watched namespace
+    reaches neither the broker's API nor its metrics, pod or Service, so no token can be tried from it; it does reach
+    PostgreSQL (no policy there): its probe works."""
+    name = _name("outsider")
+    targets = {
+        "broker_pod": [release.broker_ip, 8080],
+        "broker_service": [release.broker_service, 8080],
+        "broker_metrics": [release.broker_ip, 9090],
+        "postgres_pod": [release.postgres_ip, 5432],
+    }
+    container = {
+        "name": "probe",
+        "image": release.broker_image,
+        "imagePullPolicy": "Never",
+        "command": ["python", "-c", OUTSIDER, json.dumps(targets)],
+        "securityContext": {
+            "runAsNonRoot": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": release.work},
+        "spec": {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False},
+    }
+    _create(pod)
+    try:
+        finished = wait_until(lambda: pod_finished(release.work, name), 120, f"pod {name} to finish")
+        log = kubectl("logs", name, "-n", release.work)
+        assert finished["status"]["phase"] == "Succeeded", log
+        reached = json.loads(log)
+    finally:
+        kubectl("delete", "pod", name, "-n", release.work, "--wait=false", check=False)
+    assert reached["postgres_pod"] == "connected", reached
+    assert not [label for label, outcome in reached.items() if label != "postgres_pod" and outcome == "connected"], (
+        reached
+    )
 
 
 INJECTION = """
