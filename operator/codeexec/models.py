@@ -625,7 +625,13 @@ class DbBinding(Model):
     )
     read_only: bool = Field(default=False, description="Refuse every write (INSERT, UPDATE, DDL, ATTACH, ...).")
     statement_timeout_ms: int = Field(
-        default=5000, ge=1, le=60000, description="Longest one statement may run, in ms; then it is cancelled."
+        default=5000,
+        ge=1,
+        le=60000,
+        description=(
+            "Longest one call may run, in ms: its statements together (an exec script's too), waits for a lock or "
+            "a connection included; then it is cancelled (StatementTimeout)."
+        ),
     )
     max_rows_per_call: int = Field(
         default=1000, ge=1, le=100000, description="Most rows one call may return; more: the call fails (413)."

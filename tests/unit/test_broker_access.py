@@ -3,8 +3,11 @@ which, 403 NotGranted), refusals become Events and counters, granted calls reach
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,9 @@ from fastapi.testclient import TestClient
 from codeexec import bindingtoken
 from codeexec.broker import errors
 from codeexec.broker.app import BrokerSettings, create_app
+from codeexec.broker.engine import ExecRequest, ExecResult, QueryRequest, QueryResult, Target
 from codeexec.broker.kube import Kube, binding_path, execution_path
+from codeexec.broker.limits import CallLimits
 from codeexec.broker.refusals import REASON
 from codeexec.broker.sqlite import SqliteEngine
 
@@ -199,6 +204,46 @@ def test_rows_per_execution_are_a_budget_over_calls(client: TestClient, kube: Fa
     assert answer.status_code == 413
     assert "maxRowsPerExecution" in answer.json()["error"]["message"]
     assert post(client, "notes", headers(), "select * from t limit 1").status_code == 200
+
+
+class GatedEngine:
+    """An engine whose calls of the SQL `wait` wait until `opened` is set."""
+
+    def __init__(self) -> None:
+        self.waiting = threading.Semaphore(0)
+        self.opened = threading.Event()
+
+    async def query(self, target: Target, request: QueryRequest, limits: CallLimits) -> QueryResult:
+        if request.sql == "wait":
+            self.waiting.release()
+            while not self.opened.is_set():
+                await asyncio.sleep(0.01)
+        return QueryResult()
+
+    async def exec(self, target: Target, request: ExecRequest, limits: CallLimits) -> ExecResult:
+        raise AssertionError("not used")
+
+    async def close(self) -> None:
+        pass
+
+
+def test_an_execution_may_have_only_so_many_calls_running(kube: FakeKube) -> None:
+    kube.execution("ex-b", "uid-b", ["notes"])
+    engine = GatedEngine()
+    settings = BrokerSettings(KEY, lambda _: kube, lambda _: {"sqlite": engine}, max_calls_per_execution=2)
+    with TestClient(create_app(settings)) as client, ThreadPoolExecutor(2) as threads:
+        waiting = [threads.submit(post, client, "notes", headers(), "wait") for _ in range(2)]
+        try:
+            for _ in waiting:
+                assert engine.waiting.acquire(timeout=5)
+            answer = post(client, "notes", headers())
+            assert answer.status_code == 429
+            assert answer.json()["error"]["code"] == "TooManyCalls"
+            assert post(client, "notes", headers("ex-b", "uid-b")).status_code == 200  # another Execution's
+        finally:
+            engine.opened.set()
+        assert [call.result().status_code for call in waiting] == [200, 200]
+        assert post(client, "notes", headers()).status_code == 200
 
 
 def test_healthz(client: TestClient) -> None:

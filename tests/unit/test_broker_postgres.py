@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -195,6 +196,15 @@ def test_statement_timeout_cancels(db: Calls) -> None:
     error = db.refused("SET LOCAL statement_timeout = 0; SELECT pg_sleep(5)", WRITABLE, exec_=True)
     assert error.code == "StatementTimeout"
     assert db.query("SELECT 1 AS one").results == [{"one": 1}]  # the pool's connections still serve
+
+
+def test_the_deadline_is_the_whole_calls_not_each_statements(db: Calls) -> None:
+    """statementTimeoutMs (here 1000 ms) bounds a whole exec script, whose statements are each well within it."""
+    started = time.monotonic()
+    error = db.refused("SELECT pg_sleep(0.3); " * 6, WRITABLE, exec_=True)
+    assert (error.status, error.code) == (408, "StatementTimeout"), error.message
+    assert time.monotonic() - started < 1.8
+    assert db.query("SELECT 1 AS one").results == [{"one": 1}]
 
 
 def test_row_and_byte_limits(db: Calls) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +216,41 @@ def test_a_runaway_statement_is_interrupted(engine: SqliteEngine) -> None:
     error = refused(engine, f"INSERT INTO t SELECT 9, 'loop' FROM ({endless})", limits, exec_=True)
     assert error.code == "StatementTimeout"
     assert rows(engine) == [{"a": 1, "b": "x"}]
+
+
+def test_the_deadline_is_the_whole_calls_not_each_statements(engine: SqliteEngine) -> None:
+    """statementTimeoutMs bounds a whole exec script: ten statements of a third of it each do not run ten thirds."""
+    counting = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT {}) SELECT count(*) FROM c"
+    started = time.monotonic()
+    query(engine, counting.format(200_000))
+    rows_per_second = 200_000 / (time.monotonic() - started)
+    limits = CallLimits(False, 600, 100, "maxRowsPerCall 100", 64 * 1024)
+    script = ";".join([counting.format(int(rows_per_second * 0.2))] * 10)
+    started = time.monotonic()
+    error = refused(engine, script, limits, exec_=True)
+    assert (error.status, error.code) == (408, "StatementTimeout"), error.message
+    assert time.monotonic() - started < 1.5
+
+
+def test_calls_run_on_the_engines_own_workers(tmp_path: Path) -> None:
+    """A long call does not take a thread of asyncio's default executor (the API client's name lookups use it)."""
+    engine = SqliteEngine(tmp_path)
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c LIMIT 50000000) SELECT count(*) FROM c"
+    limits = CallLimits(False, 1500, 100, "maxRowsPerCall 100", 64 * 1024)
+
+    async def scenario() -> float:
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(1))
+        long_call = asyncio.ensure_future(engine.query(TARGET, QueryRequest(sql=endless), limits))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await asyncio.to_thread(lambda: None)
+        waited = time.monotonic() - started
+        with pytest.raises(BrokerError):
+            await long_call
+        return waited
+
+    assert run(scenario()) < 0.5
+    run(engine.close())
 
 
 def test_row_and_byte_limits(engine: SqliteEngine) -> None:

@@ -29,7 +29,13 @@ from codeexec.broker.errors import (
     Unauthorized,
 )
 from codeexec.broker.kube import Kube
-from codeexec.broker.limits import InferenceBudgets, RowBudgets
+from codeexec.broker.limits import (
+    MAX_CALLS_IN_FLIGHT,
+    MAX_CALLS_PER_EXECUTION,
+    CallsInFlight,
+    InferenceBudgets,
+    RowBudgets,
+)
 from codeexec.broker.refusals import RefusalEvents
 from codeexec.broker.usage import UsageWriter
 from codeexec.models import BindingType
@@ -64,11 +70,14 @@ class BrokerSettings:
     make_engines: Callable[[Kube], Mapping[str, Engine]]
     max_body_bytes: int = 1024 * 1024
     usage_interval_seconds: float = 1.0
+    max_calls_per_execution: int = MAX_CALLS_PER_EXECUTION
+    max_calls_in_flight: int = MAX_CALLS_IN_FLIGHT
 
 
 def create_app(settings: BrokerSettings) -> FastAPI:
     rows = RowBudgets()
     inference = InferenceBudgets()
+    running = CallsInFlight(settings.max_calls_per_execution, settings.max_calls_in_flight)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -105,7 +114,8 @@ def create_app(settings: BrokerSettings) -> FastAPI:
             except Unauthorized as error:
                 raise Refused(error, None) from error
             grant = await access.check(request.app.state.kube, settings.token_key, caller, binding)
-            answered = await serve(grant, await _body(request, settings.max_body_bytes))
+            with running.call(grant.uid):
+                answered = await serve(grant, await _body(request, settings.max_body_bytes))
         except Refused as refused:
             return _refused(request, refused, binding, binding_type, started)
         except BrokerError as error:

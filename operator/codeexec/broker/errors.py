@@ -60,6 +60,13 @@ class LimitExceeded(BrokerError):
     code = "LimitExceeded"
 
 
+class TooManyCalls(BrokerError):
+    """More calls running at once than one Execution may have (or the whole broker): retry once one has ended."""
+
+    status = 429
+    code = "TooManyCalls"
+
+
 class BackendUnavailable(BrokerError):
     status = 503
     code = "BackendUnavailable"

@@ -13,9 +13,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from codeexec.broker.errors import BudgetExceeded
+from codeexec.broker.errors import BudgetExceeded, StatementTimeout, TooManyCalls
 from codeexec.models import AiBinding, DbBinding
 
+# Calls one Execution may have running at once (half the SQLite engine's workers), and the whole broker: each holds
+# memory up to its byte limit, so together they stay within the broker pod's.
+MAX_CALLS_PER_EXECUTION = 4
+MAX_CALLS_IN_FLIGHT = 32
 # An Execution runs at most an hour (config max_timeout_seconds ≤ 3600): a budget untouched for longer belongs
 # to one that has ended.
 IDLE_BUDGET_SECONDS = 2 * 3600.0
@@ -23,7 +27,8 @@ IDLE_BUDGET_SECONDS = 2 * 3600.0
 
 @dataclass(frozen=True)
 class CallLimits:
-    """The limits of one call."""
+    """The limits of one call. `timeout_ms` (statementTimeoutMs) bounds the whole call from when an engine takes
+    it: its statements together (an exec script's too), the wait for a worker, a connection or a lock included."""
 
     read_only: bool
     timeout_ms: int
@@ -31,6 +36,13 @@ class CallLimits:
     # Which limit max_rows is, for the message of LimitExceeded.
     rows_limit: str
     max_bytes: int
+
+    def deadline(self) -> float:
+        """The time.monotonic() by which a call taken now must have ended."""
+        return time.monotonic() + self.timeout_ms / 1000
+
+    def timed_out(self) -> StatementTimeout:
+        return StatementTimeout(f"the call ran longer than {self.timeout_ms} ms (statementTimeoutMs)")
 
 
 class _Used(Protocol):
@@ -88,6 +100,31 @@ class RowBudgets:
         finally:
             with self._budgets.lock:
                 budget.remaining += reserved - min(returned[0], reserved)
+
+
+class CallsInFlight:
+    """The calls running now, per Execution uid and in all; one past either cap is refused (429 TooManyCalls), not
+    queued: a queue would let one Execution's calls delay everyone's."""
+
+    def __init__(self, per_execution: int = MAX_CALLS_PER_EXECUTION, total: int = MAX_CALLS_IN_FLIGHT) -> None:
+        self._per_execution = per_execution
+        self._total = total
+        self._running: dict[str, int] = {}
+
+    @contextmanager
+    def call(self, uid: str) -> Iterator[None]:
+        """Used on the event loop only (no lock)."""
+        if self._running.get(uid, 0) >= self._per_execution:
+            raise TooManyCalls(f"this Execution already has {self._per_execution} calls running (at most that many)")
+        if sum(self._running.values()) >= self._total:
+            raise TooManyCalls(f"the broker already has {self._total} calls running; retry shortly")
+        self._running[uid] = self._running.get(uid, 0) + 1
+        try:
+            yield
+        finally:
+            self._running[uid] -= 1
+            if not self._running[uid]:
+                del self._running[uid]
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The PostgreSQL engine: the DSN read from the binding's Secret at call time (a pool per binding and Secret
-version), each call one transaction (READ ONLY for a readOnly binding) with SET LOCAL statement_timeout, and each
-statement sent alone through the extended protocol with PostgreSQL's own $1 placeholders."""
+version), each call one transaction (READ ONLY for a readOnly binding) with SET LOCAL statement_timeout and the
+call's own deadline, and each statement sent alone through the extended protocol with PostgreSQL's own $1
+placeholders."""
 
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ from codeexec.broker.errors import (
     BrokerError,
     ReadOnly,
     SqlError,
-    StatementTimeout,
 )
 from codeexec.broker.kube import Kube, secret_text
 from codeexec.broker.limits import CallLimits
@@ -28,11 +28,12 @@ from codeexec.broker.results import Rows
 # Both results carry the call's duration, set once its transaction ended.
 Result = TypeVar("Result", QueryResult, ExecResult)
 
-# Connections one binding may hold at once; a call waits for one at most its statement timeout.
+# Connections one binding may hold at once; a call waits for one within its deadline.
 POOL_SIZE = 4
 CONNECT_TIMEOUT_SECONDS = 5.0
-# The broker's own wait past statement_timeout before it cancels a statement itself: the server's timeout
-# normally ends it first, but a script can change statement_timeout with its own SET LOCAL.
+# The broker's own wait past the call's deadline before it cancels the call itself: the server's statement_timeout
+# normally ends a statement first, but a script can lift it with its own SET LOCAL, and a script of many statements
+# each within it would otherwise run on.
 CANCEL_GRACE_SECONDS = 0.5
 # Rows fetched from the server at a time: each batch is held whole before its rows are counted against the call's
 # row and byte limits, so a small one keeps what a call holds near those limits (a single value is bounded by
@@ -83,21 +84,25 @@ class PostgresEngine:
         self, target: Target, limits: CallLimits, work: Callable[[asyncpg.Connection], Awaitable[Result]]
     ) -> Result:
         started = time.monotonic()
+        deadline = limits.deadline()
         pool = await self._pool(target)
         try:
             # Connections are made here (the pool keeps none idle for long): a failure is the server's, not the
             # SQL's (a database that does not exist is a PostgresError too).
-            connection = await pool.acquire(timeout=limits.timeout_ms / 1000)
+            connection = await pool.acquire(timeout=max(deadline - time.monotonic(), 0.001))
+        except TimeoutError as error:
+            raise limits.timed_out() from error
         except Exception as error:
             raise _unavailable(error) from error
         try:
             await connection.execute("BEGIN READ ONLY" if limits.read_only else "BEGIN")
             try:
-                await connection.execute(f"SET LOCAL statement_timeout = {int(limits.timeout_ms)}")
-                # A first query takes the transaction's snapshot: from then on PostgreSQL refuses to switch
-                # it to read-write (SET TRANSACTION READ WRITE would otherwise undo READ ONLY).
-                await connection.execute("SELECT 1")
-                result = await work(connection)
+                async with asyncio.timeout(deadline - time.monotonic() + CANCEL_GRACE_SECONDS):
+                    await connection.execute(f"SET LOCAL statement_timeout = {int(limits.timeout_ms)}")
+                    # A first query takes the transaction's snapshot: from then on PostgreSQL refuses to switch
+                    # it to read-write (SET TRANSACTION READ WRITE would otherwise undo READ ONLY).
+                    await connection.execute("SELECT 1")
+                    result = await work(connection)
                 _still_in_transaction(connection)
                 await connection.execute("COMMIT")
             finally:
@@ -156,11 +161,10 @@ async def _query(connection: asyncpg.Connection, request: QueryRequest, limits: 
     if first_word in TRANSACTION_CONTROL:
         # Refused before it runs: a COMMIT would already have committed the call's earlier statements.
         raise BadRequest(ENDED_TRANSACTION)
-    timeout = limits.timeout_ms / 1000 + CANCEL_GRACE_SECONDS
-    statement = await connection.prepare(request.sql, timeout=timeout)
+    statement = await connection.prepare(request.sql)
     rows = Rows(limits)
     if not statement.get_attributes():
-        await statement.fetch(*request.params, timeout=timeout)
+        await statement.fetch(*request.params)
         command, _, count = (statement.get_statusmsg() or "").rpartition(" ")
         changes = int(count) if command.split(" ")[0] in WRITE_COMMANDS and count.isdigit() else 0
         return QueryResult([], changes, None, 0, changes)
@@ -168,10 +172,10 @@ async def _query(connection: asyncpg.Connection, request: QueryRequest, limits: 
     # the broker's memory. A portal has no status message: a write's RETURNING rows are its changes.
     write = statements.first_word(request.sql, "postgres") in WRITE_COMMANDS
     columns = [attribute.name for attribute in statement.get_attributes()]
-    cursor = await statement.cursor(*request.params, timeout=timeout)
+    cursor = await statement.cursor(*request.params)
     read = 0
     while True:
-        batch = await cursor.fetch(FETCH_BATCH, timeout=timeout)
+        batch = await cursor.fetch(FETCH_BATCH)
         for record in batch:
             read += 1
             if request.mode == "all" or (request.mode == "first" and read == 1):
@@ -193,7 +197,7 @@ def _translated(error: Exception, limits: CallLimits) -> BrokerError:
     if isinstance(error, asyncpg.ReadOnlySQLTransactionError):
         return ReadOnly(f"the binding is readOnly ({error})")
     if isinstance(error, (asyncpg.QueryCanceledError, TimeoutError)):
-        return StatementTimeout(f"the statement ran longer than {limits.timeout_ms} ms (statementTimeoutMs)")
+        return limits.timed_out()
     if isinstance(error, (asyncpg.PostgresConnectionError, asyncpg.ConnectionDoesNotExistError, OSError)):
         return _unavailable(error)
     if isinstance(error, asyncpg.PostgresError):

@@ -7,12 +7,13 @@ import asyncio
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
 from codeexec.broker import statements
 from codeexec.broker.engine import MAX_SQL_CHARS, ExecRequest, ExecResult, QueryRequest, QueryResult, Target
-from codeexec.broker.errors import BadRequest, BrokerError, LimitExceeded, ReadOnly, SqlError, StatementTimeout
+from codeexec.broker.errors import BadRequest, BrokerError, LimitExceeded, ReadOnly, SqlError
 from codeexec.broker.limits import CallLimits
 from codeexec.broker.results import Rows
 
@@ -100,8 +101,12 @@ ALLOWED_FUNCTIONS = frozenset(
 ATTACH_REFUSAL = "ATTACH, DETACH and VACUUM are not allowed"
 # Both results carry the call's duration, set once its transaction ended.
 Result = TypeVar("Result", QueryResult, ExecResult)
-# SQLite virtual machine instructions between two checks of the statement's deadline.
+# SQLite virtual machine instructions between two checks of the call's deadline.
 PROGRESS_STEPS = 10_000
+# Calls running at once, all namespaces together (sqlite3 blocks a thread per call). Twice what one Execution may
+# run at once (app.py): no Execution can hold every worker. The workers are the engine's own, not asyncio's default
+# executor, which the API client needs for its name lookups.
+WORKERS = 8
 # The longest SQL text SQLite accepts: a call's SQL (at most MAX_SQL_CHARS) in UTF-8 (SQLite's own: 1 GB).
 MAX_SQL_BYTES = 4 * MAX_SQL_CHARS
 
@@ -141,16 +146,17 @@ class Authorizer:
 
 
 class SqliteEngine:
-    """Runs calls in worker threads (sqlite3 blocks); SQLite's file locks order concurrent writers."""
+    """Runs calls on its WORKERS threads (sqlite3 blocks); SQLite's file locks order concurrent writers."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, workers: int = WORKERS) -> None:
         self.data_dir = data_dir
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix="sqlite")
 
     def path(self, target: Target) -> Path:
         return self.data_dir / target.namespace / f"{target.spec.database or target.name}.sqlite3"
 
     async def query(self, target: Target, request: QueryRequest, limits: CallLimits) -> QueryResult:
-        return await asyncio.to_thread(self._in_transaction, target, limits, lambda call: call.query(request))
+        return await self._on_a_worker(target, limits, lambda call: call.query(request))
 
     async def exec(self, target: Target, request: ExecRequest, limits: CallLimits) -> ExecResult:
         def run(call: _Call) -> ExecResult:
@@ -160,17 +166,28 @@ class SqliteEngine:
                 count += 1
             return ExecResult(count, call.changes(), 0.0)
 
-        return await asyncio.to_thread(self._in_transaction, target, limits, run)
+        return await self._on_a_worker(target, limits, run)
 
     async def close(self) -> None:
-        """Nothing stays open between calls."""
+        """Nothing stays open between calls but the idle workers."""
+        self._workers.shutdown(wait=False)
 
-    def _in_transaction(self, target: Target, limits: CallLimits, work: Callable[[_Call], Result]) -> Result:
+    async def _on_a_worker(self, target: Target, limits: CallLimits, work: Callable[[_Call], Result]) -> Result:
+        # The deadline starts now: a call that waited its whole time for a worker fails without running.
+        deadline = limits.deadline()
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._workers, self._in_transaction, target, limits, deadline, work)
+
+    def _in_transaction(
+        self, target: Target, limits: CallLimits, deadline: float, work: Callable[[_Call], Result]
+    ) -> Result:
         started = time.monotonic()
-        connection = self._connect(self.path(target), limits)
+        if started >= deadline:
+            raise limits.timed_out()
+        connection = self._connect(self.path(target), limits, deadline - started)
         try:
             connection.execute("BEGIN IMMEDIATE" if not limits.read_only else "BEGIN")
-            call = _Call(connection, limits)
+            call = _Call(connection, limits, deadline)
             connection.set_authorizer(call.authorizer)
             try:
                 result = work(call)
@@ -188,7 +205,7 @@ class SqliteEngine:
         result.duration_ms = (time.monotonic() - started) * 1000
         return result
 
-    def _connect(self, path: Path, limits: CallLimits) -> sqlite3.Connection:
+    def _connect(self, path: Path, limits: CallLimits, seconds_left: float) -> sqlite3.Connection:
         if not path.exists():
             # Made on first use, by a writable connection even for a readOnly binding (an empty database).
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -197,11 +214,11 @@ class SqliteEngine:
             made.execute("PRAGMA journal_mode = WAL")
             made.close()
         mode = "ro" if limits.read_only else "rw"
-        # The busy wait (another call holds the write lock) counts against the statement's timeout too.
+        # The busy wait (another call holds the write lock) counts against the call's deadline too.
         connection = sqlite3.connect(
             f"{path.as_uri()}?mode={mode}",
             uri=True,
-            timeout=limits.timeout_ms / 1000,
+            timeout=seconds_left,
             isolation_level=None,
             check_same_thread=False,
         )
@@ -218,14 +235,14 @@ class SqliteEngine:
 
 
 class _Call:
-    """The statements of one call on its connection, each with its deadline."""
+    """The statements of one call on its connection, all within the call's deadline."""
 
-    def __init__(self, connection: sqlite3.Connection, limits: CallLimits) -> None:
+    def __init__(self, connection: sqlite3.Connection, limits: CallLimits, deadline: float) -> None:
         self.connection = connection
         self.limits = limits
         self.authorizer = Authorizer(limits.read_only)
         self._changes_before = connection.total_changes
-        self._deadline = 0.0
+        self._deadline = deadline
 
     def changes(self) -> int:
         return self.connection.total_changes - self._changes_before
@@ -252,7 +269,6 @@ class _Call:
         return QueryResult(rows.rows, changes, last_row_id, read, changes)
 
     def run(self, sql: str, params: list[Any]) -> sqlite3.Cursor:
-        self._deadline = time.monotonic() + self.limits.timeout_ms / 1000
         self.authorizer.refusal = None
         if statements.first_word(sql, "sqlite") == "VACUUM":
             # Refused by name, clearly: inside the call's transaction SQLite would only say "cannot VACUUM
@@ -284,5 +300,5 @@ class _Call:
         if code == sqlite3.SQLITE_TOOBIG:
             return LimitExceeded(f"a value is larger than {self.limits.max_bytes} bytes (maxBytesPerCall)")
         if code == sqlite3.SQLITE_INTERRUPT:
-            return StatementTimeout(f"the statement ran longer than {self.limits.timeout_ms} ms (statementTimeoutMs)")
+            return self.limits.timed_out()
         return SqlError(str(error))
