@@ -207,6 +207,18 @@ def test_the_deadline_is_the_whole_calls_not_each_statements(db: Calls) -> None:
     assert db.query("SELECT 1 AS one").results == [{"one": 1}]
 
 
+def test_no_session_state_outlives_a_call(db: Calls) -> None:
+    """A pooled connection serves the next call (maybe another Execution's) as a new session: a temporary table
+    would shadow the real one, a session setting or a LISTEN would carry over."""
+    db.exec("CREATE TEMP TABLE t(a int, b text); INSERT INTO t VALUES (666, 'poison'); LISTEN orders")
+    db.exec("SET SESSION statement_timeout = 1; SET SESSION search_path = nope")
+    assert db.rows() == [{"a": 1, "b": "x"}]
+    db.query("INSERT INTO t VALUES (2, 'kept')", mode="run")
+    assert db.rows() == [{"a": 1, "b": "x"}, {"a": 2, "b": "kept"}]
+    assert db.query("SELECT count(*) AS n FROM pg_listening_channels()").results == [{"n": 0}]
+    assert db.query("SELECT current_setting('search_path') AS p").results == [{"p": '"$user", public'}]
+
+
 def test_row_and_byte_limits(db: Calls) -> None:
     assert len(db.query("SELECT generate_series(1, $1) AS x", [100]).results) == 100
     error = db.refused("SELECT generate_series(1, 10000000) AS x", WRITABLE)

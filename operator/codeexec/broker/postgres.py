@@ -130,6 +130,9 @@ class PostgresEngine:
                 max_size=POOL_SIZE,
                 max_inactive_connection_lifetime=60,
                 timeout=CONNECT_TIMEOUT_SECONDS,
+                reset=_discard_all,
+                # DISCARD ALL drops the server's prepared statements too: none may be cached across calls.
+                statement_cache_size=0,
                 server_settings={"application_name": "codeexec-broker"},
             )
             try:
@@ -184,6 +187,13 @@ async def _query(connection: asyncpg.Connection, request: QueryRequest, limits: 
             break
     changes = read if write else 0
     return QueryResult(rows.rows, changes, None, read, changes)
+
+
+async def _discard_all(connection: asyncpg.Connection) -> None:
+    """A released connection's reset, before it serves another call (maybe another Execution's): its session as
+    new. asyncpg's own reset leaves temporary tables (which shadow real ones) and prepared statements; a reset that
+    fails closes the connection instead."""
+    await connection.execute("DISCARD ALL")
 
 
 def _still_in_transaction(connection: asyncpg.Connection) -> None:
