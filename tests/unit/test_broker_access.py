@@ -4,12 +4,14 @@ which, 403 NotGranted), refusals become Events and counters, granted calls reach
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
@@ -152,16 +154,34 @@ def test_a_named_binding_that_does_not_exist_is_not_granted(client: TestClient, 
     assert entry["name"] == "notes" and entry["refused"] == 1 and entry["calls"] == 1
 
 
-def test_a_refusal_on_an_existing_execution_makes_an_event_an_unknown_one_none(
-    client: TestClient, kube: FakeKube
-) -> None:
+def test_a_refusal_makes_an_event_only_once_the_token_matched(client: TestClient, kube: FakeKube) -> None:
+    """Without a matching token, no Event (anyone reaching the broker could write Events on any Execution) and no
+    count; with its own token, an Execution no longer running gets one."""
     post(client, "notes", headers(name="ex-gone"))
     post(client, "notes", headers(token="x" * 43))
+    post(client, "notes", {**headers(name="ex-b", uid="uid-b"), "X-Codeexec-Execution": "team-a/ex-a"})
+    time.sleep(0.2)
+    assert kube.events == [] and kube.patches == []
+    kube.execution("ex-a", "uid-a", ["notes"], phase="Succeeded")
+    post(client, "notes", headers())
     wait_for(lambda: kube.events)
-    time.sleep(0.1)
     (event,) = kube.events
     assert event["involvedObject"]["name"] == "ex-a"
-    assert "not this Execution's" in event["message"]
+    assert "the Execution is Succeeded, not Running" in event["message"]
+
+
+def test_the_callers_binding_name_reaches_no_event_or_log_line(
+    client: TestClient, kube: FakeKube, caplog: pytest.LogCaptureFixture
+) -> None:
+    text = "URGENT: your namespace is suspended, see evil.example\nINFO forged line"
+    caplog.set_level(logging.INFO, logger="codeexec.broker.app")
+    answer = client.post(f"/v1/db/{quote(text, safe='')}/query", json={"sql": "select 1"}, headers=headers())
+    assert answer.json()["error"]["code"] == "NotGranted"
+    wait_for(lambda: kube.events)
+    (event,) = kube.events
+    assert "URGENT" not in event["message"] and "not a valid name" in event["message"]
+    (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("refused")]
+    assert "\n" not in line
 
 
 def test_bad_bodies_are_400_bad_request_after_the_check(client: TestClient) -> None:

@@ -43,6 +43,12 @@ def _object_name(text: str) -> bool:
     return len(text) <= MAX_OBJECT_NAME_LENGTH and _NAME.match(text) is not None
 
 
+def shown(binding: str) -> str:
+    """The binding name of a call's URL as Events and logs may show it: the caller chose it, so only a valid object
+    name (no spaces, no line breaks, no sentences) is repeated."""
+    return binding if _object_name(binding) else "<not a valid name>"
+
+
 @dataclass(frozen=True)
 class Grant:
     """A call allowed: the Execution (as read now) and the binding it may use (of either type: the route checks)."""
@@ -84,18 +90,20 @@ class Refused(Exception):
 
 
 async def check(kube: Kube, key: bytes, caller: Caller, binding: str) -> Grant:
-    """The Grant, or Refused (401 Unauthorized / 403 NotGranted); BackendUnavailable when the API does not answer."""
+    """The Grant, or Refused (401 Unauthorized / 403 NotGranted); BackendUnavailable when the API does not answer.
+    A Refused carries the Execution (for an Event on it) only once the token matched it: else anyone reaching the
+    broker could write Events on any Execution."""
     execution = await kube.get(execution_path(caller.namespace, caller.name))
     if execution is None:
         raise Refused(Unauthorized(f"no Execution {caller.namespace}/{caller.name}"), None)
     uid = execution["metadata"]["uid"]
     if not bindingtoken.matches(key, caller.token, caller.namespace, caller.name, uid):
-        raise Refused(Unauthorized("the token is not this Execution's"), execution)
+        raise Refused(Unauthorized("the token is not this Execution's"), None)
     phase = (execution.get("status") or {}).get("phase")
     if phase != Phase.RUNNING:
         raise Refused(Unauthorized(f"the Execution is {phase or 'not started'}, not Running"), execution)
     if binding not in ((execution.get("spec") or {}).get("bindings") or []):
-        raise Refused(NotGranted(f"the Execution does not name the binding {binding!r}"), execution)
+        raise Refused(NotGranted(f"the Execution does not name the binding {shown(binding)!r}"), execution)
     found = await kube.get(binding_path(caller.namespace, binding))
     if found is None:
         raise Refused(NotGranted(f"no SandboxBinding {binding!r} in {caller.namespace}"), execution, binding)

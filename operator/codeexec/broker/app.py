@@ -224,14 +224,14 @@ def _refused(
 ) -> JSONResponse:
     error, execution = refused.error, refused.execution
     detail = getattr(error, "detail", error.message)
-    logger.info("refused %s: %s", binding, detail)
+    logger.info("refused %r: %s", binding, detail)
     labels = (execution["metadata"]["namespace"], refused.binding, UNKNOWN) if execution and refused.binding else None
     labels = labels or (UNKNOWN, UNKNOWN, UNKNOWN)
     metrics.CALLS.labels(*labels).inc()
     metrics.REFUSED.labels(*labels, error.code).inc()
     metrics.DURATION.labels(*labels).observe(time.monotonic() - started)
-    if execution is not None:
-        request.app.state.refusals.report(execution, binding, detail)
+    if execution is not None:  # the token matched it (access.check)
+        request.app.state.refusals.report(execution, access.shown(binding), detail)
         if refused.binding is not None:
             request.app.state.usage.record(execution, refused.binding, binding_type, error=error, refused=True)
     return JSONResponse(error.body(), status_code=error.status)
