@@ -40,7 +40,7 @@ class FakeKube:
     async def get(self, path: str) -> dict[str, Any] | None:
         return self.objects.get(path)
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, uid: str, patch: dict[str, Any]) -> None:
         self.patches.append((namespace, name, patch))
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:

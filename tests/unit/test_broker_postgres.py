@@ -76,7 +76,7 @@ class SecretKube:
         self.paths.append(path)
         return self.secret if path.endswith("/secrets/pg") else None
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, uid: str, patch: dict[str, Any]) -> None:
         raise AssertionError("not used")
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:

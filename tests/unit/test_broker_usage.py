@@ -4,13 +4,17 @@ going on from what the status already holds, only status.bindings in the patch; 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
+from types import SimpleNamespace
 from typing import Any
 
 from codeexec.broker.errors import ModelNotAllowed, NotGranted, SqlError
+from codeexec.broker.kube import KubeClient
 from codeexec.broker.refusals import RefusalEvents
 from codeexec.broker.usage import UsageWriter
+from codeexec.client.kubeapi import Connection
 
 INTERVAL = 0.2
 
@@ -18,13 +22,15 @@ INTERVAL = 0.2
 class RecordingKube:
     def __init__(self) -> None:
         self.patches: list[tuple[float, str, dict[str, Any]]] = []
+        self.uids: list[tuple[str, str]] = []
         self.events: list[dict[str, Any]] = []
 
     async def get(self, path: str) -> dict[str, Any] | None:
         return None
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+    async def patch_status(self, namespace: str, name: str, uid: str, patch: dict[str, Any]) -> None:
         self.patches.append((time.monotonic(), name, patch))
+        self.uids.append((name, uid))
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
         self.events.append(event)
@@ -124,6 +130,47 @@ def test_each_type_counts_its_own_things() -> None:
         "rowsRead": 1,
         "rowsWritten": 0,
     }
+
+
+def test_a_recreated_execution_of_the_same_name_never_gets_the_old_ones_counts() -> None:
+    async def scenario() -> RecordingKube:
+        kube = RecordingKube()
+        writer = UsageWriter(kube, INTERVAL)
+        writer.record(execution("ex-a", "uid-old"), "notes", "db", {"rowsRead": 5})
+        writer.record(execution("ex-a", "uid-new"), "notes", "db", {"rowsRead": 1})
+        await writer.flush()
+        return kube
+
+    kube = asyncio.run(scenario())
+    assert sorted(kube.uids) == [("ex-a", "uid-new"), ("ex-a", "uid-old")]
+
+
+class RecordingSession:
+    """What KubeClient sends through aiohttp, answered 200."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str, Any, dict[str, str]]] = []
+
+    @contextlib.asynccontextmanager
+    async def request(self, method: str, url: str, json: Any, headers: dict[str, str], **_: Any) -> Any:
+        self.sent.append((method, url, json, headers))
+        yield SimpleNamespace(status=200, json=lambda **_: asyncio.sleep(0, {}))
+
+
+def test_the_status_patch_applies_to_that_uid_only() -> None:
+    """A JSON Patch testing metadata.uid first: the API refuses it (422) when the name is another Execution's now.
+    (A merge patch's metadata.uid would be dropped silently by the status subresource: seen on the cluster.)"""
+    session = RecordingSession()
+    client = KubeClient(session, Connection("https://api", False, "t"), None)  # type: ignore[arg-type]
+    patch = {"status": {"bindings": [{"name": "notes", "calls": 1}]}}
+    asyncio.run(client.patch_status("team-a", "ex-a", "uid-a", patch))
+    ((method, url, body, headers),) = session.sent
+    assert (method, url) == ("PATCH", "https://api/apis/codeexec.io/v1alpha1/namespaces/team-a/executions/ex-a/status")
+    assert headers["Content-Type"] == "application/json-patch+json"
+    assert body == [
+        {"op": "test", "path": "/metadata/uid", "value": "uid-a"},
+        {"op": "add", "path": "/status/bindings", "value": [{"name": "notes", "calls": 1}]},
+    ]
 
 
 def test_refusal_events_are_throttled_per_execution() -> None:

@@ -18,6 +18,7 @@ from codeexec.models import GROUP, VERSION, SecretKeyRef
 
 NOT_FOUND = 404
 TIMEOUT = aiohttp.ClientTimeout(sock_connect=5, sock_read=10)
+JSON_PATCH = "application/json-patch+json"
 
 
 class Kube(Protocol):
@@ -25,7 +26,9 @@ class Kube(Protocol):
 
     async def get(self, path: str) -> dict[str, Any] | None: ...
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None: ...
+    async def patch_status(self, namespace: str, name: str, uid: str, patch: dict[str, Any]) -> None:
+        """Sets the members of `patch["status"]` on the Execution of that uid only."""
+        ...
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None: ...
 
@@ -81,9 +84,15 @@ class KubeClient:
         """The object, None when it does not exist."""
         return await self._request("GET", path, None, None)
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        content_type = "application/merge-patch+json"
-        await self._request("PATCH", execution_path(namespace, name) + "/status", patch, content_type)
+    async def patch_status(self, namespace: str, name: str, uid: str, patch: dict[str, Any]) -> None:
+        """A JSON Patch whose first operation tests metadata.uid, so that an Execution deleted and re-created under
+        its name never gets the old one's status (the API answers 422). A merge patch cannot say so: the status
+        subresource drops its metadata.uid silently (seen on the cluster)."""
+        operations = [{"op": "test", "path": "/metadata/uid", "value": uid}]
+        operations += [
+            {"op": "add", "path": f"/status/{key}", "value": value} for key, value in patch["status"].items()
+        ]
+        await self._request("PATCH", execution_path(namespace, name) + "/status", operations, JSON_PATCH)
 
     async def create_event(self, namespace: str, event: dict[str, Any]) -> None:
         await self._request("POST", f"/api/v1/namespaces/{namespace}/events", event, None)
@@ -98,7 +107,7 @@ class KubeClient:
         return headers
 
     async def _request(
-        self, method: str, path: str, body: dict[str, Any] | None, content_type: str | None
+        self, method: str, path: str, body: dict[str, Any] | list[dict[str, Any]] | None, content_type: str | None
     ) -> dict[str, Any] | None:
         try:
             async with self._session.request(

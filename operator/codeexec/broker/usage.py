@@ -1,5 +1,5 @@
-"""status.bindings of each Execution: the counters of its calls, written with a merge patch of status.bindings
-alone, at most once per second per Execution and once more after its calls stop."""
+"""status.bindings of each Execution: the counters of its calls, written as status.bindings alone (on that
+Execution's uid only), at most once per second per Execution and once more after its calls stop."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ COUNTS: dict[BindingType, tuple[str, ...]] = {"db": ("rowsRead", "rowsWritten"),
 class _Execution:
     namespace: str
     name: str
+    uid: str
     counters: dict[str, dict[str, Any]] = field(default_factory=dict)
     touched_at: float = 0.0
     written_at: float = float("-inf")
@@ -56,7 +57,9 @@ class UsageWriter:
         entry = self._executions.get(metadata["uid"])
         if entry is None:
             self._forget_idle()
-            entry = self._executions[metadata["uid"]] = _Execution(metadata["namespace"], metadata["name"])
+            entry = self._executions[metadata["uid"]] = _Execution(
+                metadata["namespace"], metadata["name"], metadata["uid"]
+            )
         if binding not in entry.counters:
             entry.counters[binding] = _written_counters(execution, binding, binding_type)
         counters = entry.counters[binding]
@@ -86,7 +89,7 @@ class UsageWriter:
             entry.written_at = time.monotonic()
             patch = {"status": {"bindings": [dict(c) for _, c in sorted(entry.counters.items())]}}
             try:
-                await self._kube.patch_status(entry.namespace, entry.name, patch)
+                await self._kube.patch_status(entry.namespace, entry.name, entry.uid, patch)
             except Exception as error:  # the next call's write carries the counts; the calls go on
                 logger.warning("status.bindings of %s/%s not written: %s", entry.namespace, entry.name, error)
 
