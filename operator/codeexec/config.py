@@ -31,7 +31,9 @@ class OperatorConfig(BaseModel):
     )
     keep_pods: bool = Field(
         default=False,
-        description="Keep sandbox pods, ConfigMaps and NetworkPolicies after an Execution finishes (debugging).",
+        description=(
+            "Keep sandbox pods, ConfigMaps, NetworkPolicies and binding Secrets after an Execution finishes (debugging)."
+        ),
     )
     max_output_bytes: int = Field(
         default=65536,
