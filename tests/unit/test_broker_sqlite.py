@@ -16,7 +16,7 @@ from codeexec.broker import statements
 from codeexec.broker.engine import ExecRequest, QueryRequest, QueryResult, Target
 from codeexec.broker.errors import BrokerError
 from codeexec.broker.limits import CallLimits
-from codeexec.broker.sqlite import Authorizer, SqliteEngine
+from codeexec.broker.sqlite import MAX_DATABASE_NAME, Authorizer, SqliteEngine
 from codeexec.models import DbBinding
 
 TARGET = Target("team-a", "notes", DbBinding())
@@ -66,6 +66,28 @@ def test_the_file_is_per_namespace_and_database(tmp_path: Path, engine: SqliteEn
     assert (tmp_path / "team-a" / "notes.sqlite3").exists()
     shared = Target("team-a", "notes-ro", DbBinding(database="notes"))
     assert run(engine.query(shared, QueryRequest(sql="SELECT b FROM t"), READ_ONLY)).results == [{"b": "x"}]
+
+
+def test_a_database_name_too_long_for_a_file_is_refused_cleanly(tmp_path: Path) -> None:
+    engine = SqliteEngine(tmp_path)
+    longest = Target("team-a", "n" * MAX_DATABASE_NAME, DbBinding())
+    assert run(engine.query(longest, QueryRequest(sql="SELECT 1 AS one"), WRITABLE)).results == [{"one": 1}]
+    too_long = Target("team-a", "n" * 253, DbBinding())
+    with pytest.raises(BrokerError) as caught:
+        run(engine.query(too_long, QueryRequest(sql="SELECT 1"), WRITABLE))
+    assert (caught.value.status, caught.value.code) == (503, "BackendUnavailable")
+    assert "spec.db.database" in caught.value.message
+    assert run(
+        engine.query(Target("team-a", "n" * 253, DbBinding(database="short")), QueryRequest(sql="SELECT 1"), WRITABLE)
+    )
+
+
+def test_a_database_file_that_cannot_be_opened_is_backend_unavailable(tmp_path: Path) -> None:
+    (tmp_path / "team-a").write_text("a file where the namespace's directory belongs")
+    with pytest.raises(BrokerError) as caught:
+        run(SqliteEngine(tmp_path).query(TARGET, QueryRequest(sql="SELECT 1"), WRITABLE))
+    assert (caught.value.status, caught.value.code) == (503, "BackendUnavailable")
+    assert str(tmp_path) not in caught.value.message
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from codeexec.broker import statements
 from codeexec.broker.engine import MAX_SQL_CHARS, ExecRequest, ExecResult, QueryRequest, QueryResult, Target
-from codeexec.broker.errors import BadRequest, BrokerError, LimitExceeded, ReadOnly, SqlError
+from codeexec.broker.errors import BackendUnavailable, BadRequest, BrokerError, LimitExceeded, ReadOnly, SqlError
 from codeexec.broker.limits import CallLimits
 from codeexec.broker.results import Rows
 
@@ -107,6 +107,9 @@ PROGRESS_STEPS = 10_000
 # run at once (app.py): no Execution can hold every worker. The workers are the engine's own, not asyncio's default
 # executor, which the API client needs for its name lookups.
 WORKERS = 8
+# The longest database name: its files, the longest being `<name>.sqlite3-journal`, need names of at most 255 bytes
+# (a SandboxBinding's name, the default, may have 253 characters).
+MAX_DATABASE_NAME = 255 - len(".sqlite3-journal")
 # The longest SQL text SQLite accepts: a call's SQL (at most MAX_SQL_CHARS) in UTF-8 (SQLite's own: 1 GB).
 MAX_SQL_BYTES = 4 * MAX_SQL_CHARS
 
@@ -149,11 +152,18 @@ class SqliteEngine:
     """Runs calls on its WORKERS threads (sqlite3 blocks); SQLite's file locks order concurrent writers."""
 
     def __init__(self, data_dir: Path, workers: int = WORKERS) -> None:
-        self.data_dir = data_dir
+        # Absolute: a file URI (sqlite3.connect's) cannot be made of a relative path.
+        self.data_dir = data_dir.absolute()
         self._workers = ThreadPoolExecutor(workers, thread_name_prefix="sqlite")
 
     def path(self, target: Target) -> Path:
-        return self.data_dir / target.namespace / f"{target.spec.database or target.name}.sqlite3"
+        database = target.spec.database or target.name
+        if len(database) > MAX_DATABASE_NAME:
+            raise BackendUnavailable(
+                f"the SandboxBinding's name is longer than {MAX_DATABASE_NAME} characters, too long for a database "
+                "file: set spec.db.database"
+            )
+        return self.data_dir / target.namespace / f"{database}.sqlite3"
 
     async def query(self, target: Target, request: QueryRequest, limits: CallLimits) -> QueryResult:
         return await self._on_a_worker(target, limits, lambda call: call.query(request))
@@ -184,7 +194,12 @@ class SqliteEngine:
         started = time.monotonic()
         if started >= deadline:
             raise limits.timed_out()
-        connection = self._connect(self.path(target), limits, deadline - started)
+        path = self.path(target)
+        try:
+            connection = self._connect(path, limits, deadline - started)
+        except (OSError, sqlite3.Error) as error:
+            # The volume's trouble, not the SQL's; the text would name the broker's paths.
+            raise BackendUnavailable(f"the database file cannot be opened ({type(error).__name__})") from error
         try:
             connection.execute("BEGIN IMMEDIATE" if not limits.read_only else "BEGIN")
             call = _Call(connection, limits, deadline)
