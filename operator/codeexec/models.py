@@ -623,7 +623,13 @@ class DbBinding(Model):
             "Only the broker reads it; the code never sees it."
         ),
     )
-    read_only: bool = Field(default=False, description="Refuse every write (INSERT, UPDATE, DDL, ATTACH, ...).")
+    read_only: bool = Field(
+        default=False,
+        description=(
+            "Refuse every write (INSERT, UPDATE, DDL, ATTACH, ...). PostgreSQL: a READ ONLY transaction, which some "
+            "functions pass (large objects, pg_notify): a hard guarantee needs a DSN whose role has only SELECT."
+        ),
+    )
     statement_timeout_ms: int = Field(
         default=5000,
         ge=1,
