@@ -9,7 +9,14 @@ token budgets per Execution; the API key reaches nothing of the sandbox (Executi
 the program's environment and files) while the server refuses calls without it; the sandbox cannot reach the server
 but through the broker; a wrong key's UpstreamError does not quote it.
 Needs the operator image (it also runs the broker) and the e2e-llm image (`hack/build-images.sh`). About 65 s on the
-dev node (seven sandboxes, generations of at most 8 tokens)."""
+dev node (seven sandboxes, generations of at most 8 tokens).
+
+Each security test was seen failing with its safeguard removed: in the broker (an operator image built from 0.1.0
+with the break) the allowed-models check (the call reached the server: its log counted it), the request budget
+not taken (the third call answered), the key returned in an answer (found in the Execution), the 401 message quoting
+the key it sent; in this module, the server run without API_KEY (the keyless call answered) and a NetworkPolicy
+letting sandboxes reach the server's pod (both targets connected). One letting them reach everything is caught
+earlier, by the runner's own check that a NetworkPolicy enforcer isolates it (the Execution fails)."""
 
 from __future__ import annotations
 
