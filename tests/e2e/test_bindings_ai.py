@@ -52,6 +52,7 @@ from tests.e2e.test_bindings import (
     _name,
     _pod,
     _ready_pod,
+    _run_one,
     _succeeded,
     _usage,
 )
@@ -165,12 +166,6 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
         for name in (work, namespace):
             kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
-def _run_one(release: Release, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The status of one Execution run to success."""
-    apply(release.work, manifest)
-    return _succeeded(wait_finished(release.work, manifest["metadata"]["name"]))
 
 
 def _served(release: Release) -> int:
