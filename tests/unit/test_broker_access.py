@@ -122,8 +122,15 @@ def test_each_failing_token_step_is_401_and_says_nothing_of_which(
     assert answer.json() == UNAUTHORIZED_BODY, case
 
 
-@pytest.mark.parametrize("phase", ["Succeeded", "Failed", "TimedOut", "Pending", None])
-def test_a_token_is_dead_unless_its_execution_runs(client: TestClient, kube: FakeKube, phase: str | None) -> None:
+@pytest.mark.parametrize("phase", ["Pending", "Running"])
+def test_a_token_lives_while_its_execution_is_unfinished(client: TestClient, kube: FakeKube, phase: str) -> None:
+    """Pending too: the code may call before the operator has written Running (or while the operator is down)."""
+    kube.execution("ex-a", "uid-a", ["notes"], phase=phase)
+    assert post(client, "notes", headers()).status_code == 200
+
+
+@pytest.mark.parametrize("phase", ["Succeeded", "Failed", "TimedOut", "Rejected", None])
+def test_a_token_is_dead_once_its_execution_finished(client: TestClient, kube: FakeKube, phase: str | None) -> None:
     execution = kube.execution("ex-a", "uid-a", ["notes"], phase=phase or "")
     if phase is None:
         del execution["status"]
@@ -167,7 +174,7 @@ def test_a_refusal_makes_an_event_only_once_the_token_matched(client: TestClient
     wait_for(lambda: kube.events)
     (event,) = kube.events
     assert event["involvedObject"]["name"] == "ex-a"
-    assert "the Execution is Succeeded, not Running" in event["message"]
+    assert "the Execution is Succeeded, not Pending or Running" in event["message"]
 
 
 def test_the_callers_binding_name_reaches_no_event_or_log_line(

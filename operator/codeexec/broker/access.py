@@ -1,5 +1,6 @@
-"""The check of every call: token → Execution (GET, its uid) → bindingtoken.matches → phase Running → the binding
-named in its spec.bindings → that SandboxBinding exists. Nothing is cached: a token dies with its Execution."""
+"""The check of every call: token → Execution (GET, its uid) → bindingtoken.matches → not finished (phase Pending or
+Running) → the binding named in its spec.bindings → that SandboxBinding exists. Nothing is cached: a token dies with
+its Execution."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from codeexec.models import MAX_OBJECT_NAME_LENGTH, OBJECT_NAME_PATTERN, Sandbox
 from codeexec.vocabulary import Phase
 
 _NAME = re.compile(OBJECT_NAME_PATTERN)
+UNFINISHED = frozenset({Phase.PENDING, Phase.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,11 @@ async def check(kube: Kube, key: bytes, caller: Caller, binding: str) -> Grant:
     if not bindingtoken.matches(key, caller.token, caller.namespace, caller.name, uid):
         raise Refused(Unauthorized("the token is not this Execution's"), None)
     phase = (execution.get("status") or {}).get("phase")
-    if phase != Phase.RUNNING:
-        raise Refused(Unauthorized(f"the Execution is {phase or 'not started'}, not Running"), execution)
+    # Pending too: the program may start before the operator has seen its pod run and written Running (the kubelet
+    # reports a started container up to a second late, and not at all to an operator that is down), and no one holds
+    # the token of an Execution that has no sandbox yet (it exists only in the Secret its launch creates).
+    if phase not in UNFINISHED:
+        raise Refused(Unauthorized(f"the Execution is {phase or 'not accepted'}, not Pending or Running"), execution)
     if binding not in ((execution.get("spec") or {}).get("bindings") or []):
         raise Refused(NotGranted(f"the Execution does not name the binding {shown(binding)!r}"), execution)
     found = await kube.get(binding_path(caller.namespace, binding))
