@@ -153,10 +153,10 @@ def handled_after(release: Release, name: str, since: float, timeout: float) -> 
     return time.monotonic() - since
 
 
-def kill_process(release: Release, pod: str) -> None:
+def kill_process(namespace: str, pod: str) -> None:
     """SIGKILL of the operator's process itself (not a pod deletion): containerd kills the container's task, so
     Kopf gets no chance to remove its peering record; the kubelet then restarts the container in the same pod."""
-    status = kubectl_json("get", "pod", pod, "-n", release.namespace)["status"]
+    status = kubectl_json("get", "pod", pod, "-n", namespace)["status"]
     (container,) = status["containerStatuses"]
     container_id = container["containerID"].removeprefix("containerd://")
     script = (
@@ -241,7 +241,7 @@ def test_sigkill_of_the_active_mid_burst_loses_nothing_and_starts_nothing_twice(
         create_at_once(release.watched, manifests)
         wait_until(lambda: len(pods.pods_per_execution()) >= 6, BURST_TIMEOUT, "6 sandbox pods of the burst")
         killed = time.monotonic()
-        kill_process(release, active)
+        kill_process(release.namespace, active)
         handover = handled_after(release, "after-kill", killed, KILLED_HANDOVER_SECONDS + 30)
         handler = [
             pod for pod in (active, standby) if f"[{release.watched}/after-kill] {STARTED}" in log_of(release, pod)
