@@ -32,7 +32,8 @@ class OperatorConfig(BaseModel):
     keep_pods: bool = Field(
         default=False,
         description=(
-            "Keep sandbox pods, ConfigMaps, NetworkPolicies and binding Secrets after an Execution finishes (debugging)."
+            "Keep sandbox pods, ConfigMaps, NetworkPolicies and binding Secrets after an Execution finishes "
+            "(debugging)."
         ),
     )
     max_output_bytes: int = Field(

@@ -764,11 +764,6 @@ def _restarted(release: Release, pod: str) -> bool:
     return killed and "running" in container["state"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the broker admits calls only in phase Running, which no operator writes while it is down: a sandbox "
-    "started before the kill calls as Pending and gets 401 (2 to 4 of 8 Failed/NonZeroExit, 2026-12-02)",
-)
 def test_operator_killed_mid_burst_loses_and_duplicates_no_call(release: Release) -> None:
     """A burst of 8 Executions naming `notes`, each inserting one row keyed by its name; the operator's process is
     SIGKILLed once 2 of their sandboxes exist (the others Pending or queued), and its pod force-deleted once 2 more
