@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import socket
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +34,19 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.binding_kit import (
+    BROKER,
+    CHART,
+    RELEASE,
+    binding_usage,
+    create_objects,
+    listening,
+    only_pod,
+    ready_pod,
+    run_one,
+    succeeded,
+    unique_name,
+)
 from tests.e2e.bursts import EtcdPodCreations
 from tests.e2e.executions import (
     EXECUTION_UID_LABEL,
@@ -49,13 +61,10 @@ from tests.e2e.executions import (
     wait_all_finished,
     wait_finished,
 )
-from tests.e2e.kube import REPO, helm, kubectl, kubectl_json, pod_finished, wait_until
+from tests.e2e.kube import helm, kubectl, kubectl_json, pod_finished, wait_until
 from tests.e2e.test_replicas import kill_process
 
 pytestmark = pytest.mark.e2e
-CHART = REPO / "charts/code-exec"
-RELEASE = "code-exec"
-BROKER = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=broker"
 OPERATOR = f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator"
 POSTGRES_PASSWORD = "e2e-" + uuid.uuid4().hex
 # Statement timeout of the `slow` and `pg` bindings: the queries that must be cancelled run far longer.
@@ -76,22 +85,6 @@ class Release:
     @property
     def broker_url(self) -> str:
         return f"http://{self.broker_service}:8080"
-
-
-def _pod(namespace: str, selector: str) -> dict[str, Any]:
-    (pod,) = kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
-    return pod  # type: ignore[no-any-return]
-
-
-def _ready_pod(namespace: str, selector: str) -> dict[str, Any] | None:
-    pods = kubectl_json("get", "pods", "-n", namespace, "-l", selector)["items"]
-    ready = [
-        pod
-        for pod in pods
-        if not pod["metadata"].get("deletionTimestamp")
-        and any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"].get("conditions", []))
-    ]
-    return ready[0] if len(ready) == 1 and len(pods) == 1 else None
 
 
 def _postgres(namespace: str) -> list[dict[str, Any]]:
@@ -176,10 +169,6 @@ def _binding(name: str, **db: Any) -> dict[str, Any]:
     }
 
 
-def _create(*objects: dict[str, Any]) -> None:
-    kubectl("create", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": list(objects)}))
-
-
 @pytest.fixture(scope="module")
 def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     install_crds_and_runtimes()
@@ -202,7 +191,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     values_file = tmp_path_factory.mktemp("bindings") / "values.json"
     values_file.write_text(json.dumps(values))
     try:
-        _create(*_local_volume(volume_name, data_dir, namespace, "broker-data"), *_postgres(namespace))
+        create_objects(*_local_volume(volume_name, data_dir, namespace, "broker-data"), *_postgres(namespace))
         install = helm(
             "install", RELEASE, str(CHART), "-n", namespace, "-f", str(values_file), "--wait", "--timeout", "180s",
             check=False,
@@ -211,7 +200,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             pods = kubectl("get", "pods,pvc", "-n", namespace, "-o", "wide", check=False)
             events = kubectl("get", "events", "-n", namespace, check=False)
             pytest.fail(f"helm install failed: {install.stderr}\n{pods}\n{events}")
-        wait_until(lambda: _ready_pod(namespace, "app=e2e-postgres"), 120, "PostgreSQL to be ready")
+        wait_until(lambda: ready_pod(namespace, "app=e2e-postgres"), 120, "PostgreSQL to be ready")
         postgres_service = kubectl_json("get", "service", "postgres", "-n", namespace)["spec"]["clusterIP"]
         dsn = f"postgresql://postgres:{POSTGRES_PASSWORD}@{postgres_service}:5432/postgres"
         kubectl("create", "secret", "generic", "pg", "-n", work, f"--from-literal=dsn={dsn}")
@@ -229,10 +218,10 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             namespace,
             work,
             service["clusterIP"],
-            _pod(namespace, BROKER)["status"]["podIP"],
-            _pod(namespace, BROKER)["spec"]["containers"][0]["image"],
-            _pod(namespace, OPERATOR)["status"]["podIP"],
-            _pod(namespace, "app=e2e-postgres")["status"]["podIP"],
+            only_pod(namespace, BROKER)["status"]["podIP"],
+            only_pod(namespace, BROKER)["spec"]["containers"][0]["image"],
+            only_pod(namespace, OPERATOR)["status"]["podIP"],
+            only_pod(namespace, "app=e2e-postgres")["status"]["podIP"],
             postgres_service,
         )
     finally:
@@ -242,39 +231,6 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             kubectl("delete", "namespace", name, "--wait=false", check=False)
         kubectl("delete", "persistentvolume", volume_name, "--wait=false", check=False)
         shutil.rmtree(data_dir, ignore_errors=True)
-
-
-def _name(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
-
-
-def _succeeded(execution: dict[str, Any]) -> dict[str, Any]:
-    status: dict[str, Any] = execution["status"]
-    assert (status["phase"], status.get("exitCode")) == ("Succeeded", 0), status
-    return status
-
-
-def _run_one(release: Release, manifest: dict[str, Any]) -> dict[str, Any]:
-    """The status of one Execution run to success."""
-    apply(release.work, manifest)
-    return _succeeded(wait_finished(release.work, manifest["metadata"]["name"]))
-
-
-def _usage(release: Release, name: str, binding: str, **expected: int) -> dict[str, Any]:
-    """The Execution's status.bindings entry of `binding` once the broker's (throttled) write shows `expected`."""
-
-    def written() -> dict[str, Any] | None:
-        entries = get_execution(release.work, name)["status"].get("bindings") or []
-        found = {entry["name"]: entry for entry in entries}.get(binding)
-        if found and all(found.get(key) == value for key, value in expected.items()):
-            return dict(found)
-        return None
-
-    try:
-        return wait_until(written, 30, f"status.bindings of {name} to show {binding}: {expected}")
-    except AssertionError as error:
-        found = get_execution(release.work, name)["status"].get("bindings")
-        raise AssertionError(f"{error}; status.bindings: {found}") from None
 
 
 PY_ROUND_TRIP = """
@@ -311,14 +267,14 @@ ROWS = [{"name": "apple", "qty": 3}, {"name": "pear", "qty": 5}]
 def test_sqlite_round_trip_per_language(release: Release) -> None:
     """Each language creates a table, inserts with bound parameters and reads back; the broker counts the calls
     (exec, two inserts, a select, a first: 5), rows written (2) and read (2 + 1) in status.bindings."""
-    names = {language: _name(f"rt-{language[:2]}") for language in ("python", "javascript", "typescript")}
+    names = {language: unique_name(f"rt-{language[:2]}") for language in ("python", "javascript", "typescript")}
     codes = {"python": PY_ROUND_TRIP, "javascript": JS_ROUND_TRIP, "typescript": TS_ROUND_TRIP}
     manifests = [
         execution_manifest(name, language, codes[language], bindings=["notes"]) for language, name in names.items()
     ]
     finished = run_all(release.work, manifests)
     for language, name in names.items():
-        status = _succeeded(finished[name])
+        status = succeeded(finished[name])
         assert status["result"]["rows"] == ROWS, (language, status)
         assert status["result"]["first"] == {"qty": 5}, (language, status)
         meta = status["result"]["meta"]
@@ -328,7 +284,7 @@ def test_sqlite_round_trip_per_language(release: Release) -> None:
         else:  # D1's names
             assert meta["changes"] == 1 and meta["last_row_id"] == 1 and meta["rows_written"] == 1, meta
             assert json.loads(status["stdout"]) == ROWS, (language, status["stdout"])
-        usage = _usage(release, name, "notes", calls=5, rowsWritten=2, rowsRead=3)
+        usage = binding_usage(release.work, name, "notes", calls=5, rowsWritten=2, rowsRead=3)
         assert usage["type"] == "db" and usage["errors"] == 0 and usage["refused"] == 0, usage
 
 
@@ -350,17 +306,17 @@ return { added: added.results, rows: results, first };
 
 def test_postgres_round_trip(release: Release) -> None:
     """Python and JavaScript against the real PostgreSQL, with $1 parameters; its DSN never reaches the sandbox."""
-    names = {"python": _name("pg-py"), "javascript": _name("pg-js")}
+    names = {"python": unique_name("pg-py"), "javascript": unique_name("pg-js")}
     codes = {"python": PG_PY, "javascript": PG_JS}
     finished = run_all(
         release.work,
         [execution_manifest(name, language, codes[language], bindings=["pg"]) for language, name in names.items()],
     )
     for language, name in names.items():
-        status = _succeeded(finished[name])
+        status = succeeded(finished[name])
         assert status["result"] == {"added": [{"id": 1}, {"id": 2}], "rows": ROWS, "first": {"qty": 5}}, language
         assert POSTGRES_PASSWORD not in json.dumps(finished[name])
-        _usage(release, name, "pg", calls=4, rowsWritten=2, rowsRead=5)
+        binding_usage(release.work, name, "pg", calls=4, rowsWritten=2, rowsRead=5)
 
 
 WAIT_FOR_STOP = """
@@ -390,7 +346,7 @@ def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
     another sandbox too (an Execution of the same binding, the only kind of pod the broker admits); once it
     finished, the same token replayed from a third is refused (401), its Secret is gone, and the binding shows no
     user."""
-    name, writer, replayer = _name("replay"), _name("replay-w"), _name("replay-r")
+    name, writer, replayer = unique_name("replay"), unique_name("replay-w"), unique_name("replay-r")
     apply(release.work, execution_manifest(name, "python", "import json\n" + WAIT_FOR_STOP, bindings=["watched"]))
 
     def in_use() -> dict[str, Any] | None:
@@ -404,9 +360,9 @@ def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
     assert who == f"{release.work}/{name}" and delivered["url"] == release.broker_url
     as_first = {"token": token, "execution": who}
     stop = {**as_first, "sql": "INSERT INTO stop VALUES (?)", "params": [1], "mode": "run", "retry": True}
-    written = _run_one(release, execution_manifest(writer, "python", REPLAY, bindings=["watched"], input=stop))
+    written = run_one(release.work, execution_manifest(writer, "python", REPLAY, bindings=["watched"], input=stop))
     assert written["result"][0] == 200, written["result"]
-    status = _succeeded(wait_finished(release.work, name))
+    status = succeeded(wait_finished(release.work, name))
     assert json.loads(status["stdout"]) == {
         "CODEEXEC_BROKER_URL": release.broker_url,
         "CODEEXEC_BINDING_TOKEN": token,
@@ -414,7 +370,7 @@ def test_in_use_and_a_token_dies_with_its_execution(release: Release) -> None:
         "CODEEXEC_BINDINGS": '{"watched":"db"}',
     }
     select = {**as_first, "sql": "SELECT x FROM stop", "params": [], "mode": "all", "retry": False}
-    replayed = _run_one(release, execution_manifest(replayer, "python", REPLAY, bindings=["watched"], input=select))
+    replayed = run_one(release.work, execution_manifest(replayer, "python", REPLAY, bindings=["watched"], input=select))
     code, body = replayed["result"]
     assert code == 401 and body["error"]["code"] == "Unauthorized", replayed["result"]
 
@@ -481,7 +437,7 @@ while True:
 def test_a_token_grants_only_its_own_bindings(release: Release) -> None:
     """A (names `notes`) calls `other`, which only B names: 403 NotGranted, with a BindingRefused Event on A; A's
     token with B's name is 401; and an Execution naming a binding that does not exist is Rejected."""
-    a, b, missing = _name("grant-a"), _name("grant-b"), _name("missing")
+    a, b, missing = unique_name("grant-a"), unique_name("grant-b"), unique_name("missing")
     b_code = 'db.exec("CREATE TABLE IF NOT EXISTS t (x)")\nreturn db.first("SELECT 2 AS two")'
     finished = run_all(
         release.work,
@@ -491,13 +447,13 @@ def test_a_token_grants_only_its_own_bindings(release: Release) -> None:
             execution_manifest(missing, "python", "print(1)", bindings=["notes", "nowhere"]),
         ],
     )
-    result = _succeeded(finished[a])["result"]
+    result = succeeded(finished[a])["result"]
     assert result["own"][0] == 200 and result["own"][1]["results"] == [{"one": 1}], result
     for refused in ("others", "absent"):
         assert result[refused][0] == 403 and result[refused][1]["error"]["code"] == "NotGranted", result
     assert result["as_other_execution"][0] == 401, result
     assert result["as_other_execution"][1]["error"]["code"] == "Unauthorized", result
-    assert _succeeded(finished[b])["result"] == {"two": 2}
+    assert succeeded(finished[b])["result"] == {"two": 2}
     rejected = finished[missing]["status"]
     assert (rejected["phase"], rejected["reason"]) == ("Rejected", "BindingNotFound"), rejected
     assert "nowhere" in rejected["message"]
@@ -523,14 +479,6 @@ return outcomes
 """
 
 
-def _listening(address: str, port: int) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=3).close()
-    except OSError:
-        return False
-    return True
-
-
 def test_sandboxes_reach_the_broker_api_and_nothing_else(release: Release) -> None:
     """Code with a binding reaches the broker's port 8080 (pod and Service), not its metrics port 9090, the
     operator, PostgreSQL or the API server; code without bindings reaches no broker at all. Every target listens
@@ -545,8 +493,8 @@ def test_sandboxes_reach_the_broker_api_and_nothing_else(release: Release) -> No
     }
     broker = {"broker_pod": [release.broker_ip, 8080], "broker_service": [release.broker_service, 8080]}
     for label, (address, port) in {**blocked, **broker}.items():
-        assert _listening(address, port), f"{label} {address}:{port} does not listen: the test proves nothing"
-    with_binding, without = _name("scan"), _name("nobind")
+        assert listening(address, port), f"{label} {address}:{port} does not listen: the test proves nothing"
+    with_binding, without = unique_name("scan"), unique_name("nobind")
     no_binding_code = "assert bindings == {} and 'db' not in globals()\n" + SCAN
     finished = run_all(
         release.work,
@@ -555,10 +503,10 @@ def test_sandboxes_reach_the_broker_api_and_nothing_else(release: Release) -> No
             execution_manifest(without, "python", no_binding_code, input=broker),
         ],
     )
-    reached = _succeeded(finished[with_binding])["result"]
+    reached = succeeded(finished[with_binding])["result"]
     assert {label: reached[label] for label in broker} == dict.fromkeys(broker, "connected"), reached
     assert not [label for label in blocked if reached[label] == "connected"], reached
-    unbound = _succeeded(finished[without])["result"]
+    unbound = succeeded(finished[without])["result"]
     assert "connected" not in unbound.values(), unbound
 
 
@@ -579,7 +527,7 @@ def test_pods_that_are_not_sandboxes_do_not_reach_the_broker(release: Release) -
     """The broker's NetworkPolicy: a plain pod (the operator's image, no sandbox labels) in the watched namespace
     reaches neither the broker's API nor its metrics, pod or Service, so no token can be tried from it; it does reach
     PostgreSQL (no policy there): its probe works."""
-    name = _name("outsider")
+    name = unique_name("outsider")
     targets = {
         "broker_pod": [release.broker_ip, 8080],
         "broker_service": [release.broker_service, 8080],
@@ -604,7 +552,7 @@ def test_pods_that_are_not_sandboxes_do_not_reach_the_broker(release: Release) -
         "metadata": {"name": name, "namespace": release.work},
         "spec": {"containers": [container], "restartPolicy": "Never", "automountServiceAccountToken": False},
     }
-    _create(pod)
+    create_objects(pod)
     try:
         finished = wait_until(lambda: pod_finished(release.work, name), 120, f"pod {name} to finish")
         log = kubectl("logs", name, "-n", release.work)
@@ -637,7 +585,9 @@ INJECTION = 'db = bindings["notes"]\n' + INJECTION
 
 
 def test_sql_injection_through_parameters_is_inert(release: Release) -> None:
-    status = _run_one(release, execution_manifest(_name("inject"), "python", INJECTION, bindings=["notes", "pg"]))
+    status = run_one(
+        release.work, execution_manifest(unique_name("inject"), "python", INJECTION, bindings=["notes", "pg"])
+    )
     assert status["result"] == {
         "sqlite_or": [],
         "sqlite": [{"name": "x'); DROP TABLE victims; --"}],
@@ -673,8 +623,8 @@ def test_read_only_bindings_refuse_writes(release: Release) -> None:
     """notes-ro is the `notes` database read-only, pg-ro the PostgreSQL one: the same Execution writes a row through
     the writable bindings, reads it through the read-only ones, whose writes are refused."""
     bindings = ["notes", "notes-ro", "pg", "pg-ro"]
-    manifest = execution_manifest(_name("ro"), "python", READ_ONLY, bindings=bindings)
-    result = _run_one(release, manifest)["result"]
+    manifest = execution_manifest(unique_name("ro"), "python", READ_ONLY, bindings=bindings)
+    result = run_one(release.work, manifest)["result"]
     assert result == {
         "sqlite_read": [{"v": "mine"}],
         "sqlite_insert": "ReadOnly",
@@ -710,8 +660,8 @@ return {
 def test_statement_timeout_cancels_the_query(release: Release) -> None:
     """Both bindings have statementTimeoutMs 1000: an endless recursive CTE (SQLite) and pg_sleep(30) are cut near
     that (well before the Execution's own timeout), and the binding still answers afterwards."""
-    manifest = execution_manifest(_name("slow"), "python", TIMEOUTS, bindings=["notes", "pg"], timeoutSeconds=60)
-    result = _run_one(release, manifest)["result"]
+    manifest = execution_manifest(unique_name("slow"), "python", TIMEOUTS, bindings=["notes", "pg"], timeoutSeconds=60)
+    result = run_one(release.work, manifest)["result"]
     for engine in ("sqlite", "pg"):
         code, status, seconds = result[engine]
         assert (code, status) == ("StatementTimeout", 408), result
@@ -722,19 +672,19 @@ def test_statement_timeout_cancels_the_query(release: Release) -> None:
 def test_sqlite_databases_survive_the_broker_pod(release: Release) -> None:
     """broker.persistence.existingClaim: rows written, the broker pod deleted, read back by a new Execution from
     its successor."""
-    writer, reader = _name("keep-w"), _name("keep-r")
+    writer, reader = unique_name("keep-w"), unique_name("keep-r")
     write = 'db.exec("CREATE TABLE kept (v TEXT)")\ndb.run("INSERT INTO kept VALUES (?)", ["survives"])'
-    _run_one(release, execution_manifest(writer, "python", write, bindings=["other"]))
-    old = _pod(release.namespace, BROKER)["metadata"]["uid"]
+    run_one(release.work, execution_manifest(writer, "python", write, bindings=["other"]))
+    old = only_pod(release.namespace, BROKER)["metadata"]["uid"]
     kubectl("delete", "pod", "-n", release.namespace, "-l", BROKER, "--wait=true")
 
     def successor() -> dict[str, Any] | None:
-        pod = _ready_pod(release.namespace, BROKER)
+        pod = ready_pod(release.namespace, BROKER)
         return pod if pod and pod["metadata"]["uid"] != old else None
 
     wait_until(successor, 120, "a new broker pod to be ready")
     read = 'return db.execute("SELECT v FROM kept")'
-    status = _run_one(release, execution_manifest(reader, "python", read, bindings=["other"]))
+    status = run_one(release.work, execution_manifest(reader, "python", read, bindings=["other"]))
     assert status["result"] == [{"v": "survives"}]
 
 
@@ -813,9 +763,11 @@ def test_operator_killed_mid_burst_loses_and_duplicates_no_call(release: Release
     ]
     assert not problems, "\n".join(problems)
     for name in names:
-        _usage(release, name, "notes", calls=3, rowsWritten=1, errors=0, refused=0)
+        binding_usage(release.work, name, "notes", calls=3, rowsWritten=1, errors=0, refused=0)
     read = f"return [row['name'] for row in db.execute('SELECT name FROM {table} ORDER BY name')]"
-    rows = _run_one(release, execution_manifest(f"kill-{suffix}-read", "python", read, bindings=["notes"]))["result"]
+    rows = run_one(release.work, execution_manifest(f"kill-{suffix}-read", "python", read, bindings=["notes"]))[
+        "result"
+    ]
     assert rows == [f"{release.work}/{name}" for name in sorted(names)]
 
     def leftovers() -> list[str]:

@@ -31,6 +31,19 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.binding_kit import (
+    BROKER,
+    CHART,
+    RELEASE,
+    binding_usage,
+    create_objects,
+    listening,
+    only_pod,
+    ready_pod,
+    run_one,
+    succeeded,
+    unique_name,
+)
 from tests.e2e.executions import (
     EXECUTION_UID_LABEL,
     apply,
@@ -43,19 +56,6 @@ from tests.e2e.executions import (
     wait_finished,
 )
 from tests.e2e.kube import helm, kubectl, kubectl_json, wait_until
-from tests.e2e.test_bindings import (
-    BROKER,
-    CHART,
-    RELEASE,
-    _create,
-    _listening,
-    _name,
-    _pod,
-    _ready_pod,
-    _run_one,
-    _succeeded,
-    _usage,
-)
 
 pytestmark = pytest.mark.e2e
 MODEL = "gemma-3-270m"  # the server's alias of its model, and the only one the bindings allow
@@ -138,7 +138,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     values_file = tmp_path_factory.mktemp("bindings-ai") / "values.json"
     values_file.write_text(json.dumps(values))
     try:
-        _create(*_model_server(namespace))
+        create_objects(*_model_server(namespace))
         install = helm(
             "install", RELEASE, str(CHART), "-n", namespace, "-f", str(values_file), "--wait", "--timeout", "180s",
             check=False,
@@ -146,7 +146,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         if install.returncode != 0:
             pods = kubectl("get", "pods", "-n", namespace, "-o", "wide", check=False)
             pytest.fail(f"helm install failed: {install.stderr}\n{pods}")
-        wait_until(lambda: _ready_pod(namespace, "app=e2e-llm"), 120, "the model server to be ready")
+        wait_until(lambda: ready_pod(namespace, "app=e2e-llm"), 120, "the model server to be ready")
         llm_service = kubectl_json("get", "service", "llm", "-n", namespace)["spec"]["clusterIP"]
         kubectl("create", "secret", "generic", "llm-key", "-n", work, f"--from-literal=key={API_KEY}")
         kubectl("create", "secret", "generic", "llm-wrong", "-n", work, f"--from-literal=key={WRONG_KEY}")
@@ -160,7 +160,7 @@ def release(cluster: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             _binding("llm-wrongkey", endpoint, apiKeySecretRef=wrong),
         ):
             apply(work, binding)
-        yield Release(namespace, work, _pod(namespace, "app=e2e-llm")["status"]["podIP"], llm_service)
+        yield Release(namespace, work, only_pod(namespace, "app=e2e-llm")["status"]["podIP"], llm_service)
     finally:
         delete_executions(work)  # while the release's operator still removes their finalizers
         helm("uninstall", RELEASE, "-n", namespace, "--wait", check=False)
@@ -193,7 +193,7 @@ return { run, chat: reply, shape: vectors.shape, dims: vectors.data.map((v) => v
 def test_generation_chat_and_embeddings_per_language(release: Release) -> None:
     """Python and JavaScript generate (at most 8 tokens), chat and embed three texts through the broker; the model's
     own token counts come back and status.bindings adds them up (with the chat's, which the code does not see)."""
-    names = {"python": _name("ai-py"), "javascript": _name("ai-js")}
+    names = {"python": unique_name("ai-py"), "javascript": unique_name("ai-js")}
     codes = {"python": PY_CALLS, "javascript": JS_CALLS}
     manifests = [
         execution_manifest(name, language, codes[language], bindings=["llm"], input={"model": MODEL})
@@ -201,7 +201,7 @@ def test_generation_chat_and_embeddings_per_language(release: Release) -> None:
     ]
     finished = run_all(release.work, manifests)
     for language, name in names.items():
-        result = _succeeded(finished[name])["result"]
+        result = succeeded(finished[name])["result"]
         run, usage = result["run"], result["run"]["usage"]
         assert isinstance(run["response"], str) and run["response"].strip(), (language, result)
         assert usage["prompt_tokens"] > 0 and 0 < usage["completion_tokens"] <= 8, (language, result)
@@ -210,7 +210,7 @@ def test_generation_chat_and_embeddings_per_language(release: Release) -> None:
         assert result["shape"] == [3, EMBEDDING_DIM] and result["dims"] == [EMBEDDING_DIM] * 3, (language, result)
         embedded = result["embedding_usage"]["total_tokens"]
         assert embedded > 0, (language, result)
-        entry = _usage(release, name, "llm", calls=3, errors=0, refused=0)
+        entry = binding_usage(release.work, name, "llm", calls=3, errors=0, refused=0)
         assert entry["type"] == "ai" and entry["tokens"] > usage["total_tokens"] + embedded, (language, entry)
 
 
@@ -234,10 +234,10 @@ return {"refused": attempt(ai, "gpt-4o", "Hi", max_tokens=2),
 def test_a_model_not_allowed_is_refused_before_the_server(release: Release) -> None:
     """`gpt-4o` is not in the binding's models: 403 ModelNotAllowed, a BindingRefused Event, no token counted for
     it, and the server's log shows one request for the Execution: its allowed call, not the refused one."""
-    name = _name("ai-model")
+    name = unique_name("ai-model")
     before = _served(release)
     manifest = execution_manifest(name, "python", NOT_ALLOWED, bindings=["llm"], input={"model": MODEL})
-    result = _run_one(release, manifest)["result"]
+    result = run_one(release.work, manifest)["result"]
     assert result["refused"] == [
         "ModelNotAllowed",
         403,
@@ -245,7 +245,7 @@ def test_a_model_not_allowed_is_refused_before_the_server(release: Release) -> N
     ], result
     assert isinstance(result["allowed"], int) and result["allowed"] > 0, result
     assert _served(release) == before + 1
-    _usage(release, name, "llm", calls=2, refused=1, errors=0, tokens=result["allowed"])
+    binding_usage(release.work, name, "llm", calls=2, refused=1, errors=0, tokens=result["allowed"])
     events = kubectl_json("get", "events", "-n", release.work, "--field-selector", f"involvedObject.name={name}")
     assert any(event["reason"] == "BindingRefused" for event in events["items"]), events["items"]
 
@@ -265,10 +265,10 @@ return {
 def test_request_and_token_budgets_per_execution(release: Release) -> None:
     """llm-two allows 2 requests per Execution: the third is 429 BudgetExceeded. llm-tokens allows 10 tokens: the
     first call (its prompt alone is more) passes them, the next is refused."""
-    name = _name("ai-budget")
+    name = unique_name("ai-budget")
     bindings = ["llm-two", "llm-tokens"]
     manifest = execution_manifest(name, "python", BUDGETS, bindings=bindings, input={"model": MODEL})
-    result = _run_one(release, manifest)["result"]
+    result = run_one(release.work, manifest)["result"]
     first, second, third = result["requests"]
     assert isinstance(first, int) and isinstance(second, int) and first > 0 and second > 0, result
     assert third == [
@@ -279,8 +279,8 @@ def test_request_and_token_budgets_per_execution(release: Release) -> None:
     spent, refused = result["tokens"]
     assert isinstance(spent, int) and spent > 10, result
     assert refused == ["BudgetExceeded", 429, "BudgetExceeded: no tokens left (maxTokensPerExecution 10)"], result
-    _usage(release, name, "llm-two", calls=3, errors=1, tokens=first + second)
-    _usage(release, name, "llm-tokens", calls=2, errors=1, tokens=spent)
+    binding_usage(release.work, name, "llm-two", calls=3, errors=1, tokens=first + second)
+    binding_usage(release.work, name, "llm-tokens", calls=2, errors=1, tokens=spent)
 
 
 # The program's view: its environment and every file under /code, printed; then it lingers while the
@@ -309,7 +309,7 @@ def test_the_api_key_never_reaches_the_sandbox(release: Release) -> None:
     refuses it, as it refuses this host without it) and is nowhere the sandbox or its owner sees: the Execution,
     the sandbox's ConfigMap and Secret (bindings.json), its pod, the program's environment and the files
     under /code; nor in the broker's log or the namespace's Events."""
-    name = _name("ai-key")
+    name = unique_name("ai-key")
     manifest = execution_manifest(
         name, "python", DUMP, bindings=["llm", "llm-nokey"], input={"model": MODEL, "linger": 8}
     )
@@ -326,7 +326,7 @@ def test_the_api_key_never_reaches_the_sandbox(release: Release) -> None:
     }
     assert [len(items) for items in sandbox.values()] == [1, 1, 1], sandbox
     delivered = json.loads(json.loads(_decoded(sandbox["secrets"][0]))["bindings.json"])
-    status = _succeeded(wait_finished(release.work, name))
+    status = succeeded(wait_finished(release.work, name))
     assert isinstance(status["result"]["answer"]["response"], str), status
     assert status["result"]["without_key"] == [
         "UpstreamError",
@@ -391,11 +391,11 @@ def test_the_sandbox_reaches_the_model_only_through_the_broker(release: Release)
     either, while its call through the broker is answered."""
     targets = {"llm_pod": [release.llm_ip, 8080], "llm_service": [release.llm_service, 8080]}
     for label, (address, port) in targets.items():
-        assert _listening(address, port), f"{label} {address}:{port} does not listen: the test proves nothing"
+        assert listening(address, port), f"{label} {address}:{port} does not listen: the test proves nothing"
     manifest = execution_manifest(
-        _name("ai-reach"), "python", REACH, bindings=["llm"], input={"model": MODEL, "targets": targets}
+        unique_name("ai-reach"), "python", REACH, bindings=["llm"], input={"model": MODEL, "targets": targets}
     )
-    result = _run_one(release, manifest)["result"]
+    result = run_one(release.work, manifest)["result"]
     assert "connected" not in result["direct"].values(), result
     assert result["broker"] > 0, result
 
@@ -411,15 +411,15 @@ return attempt(bindings["llm-wrongkey"], input["model"], "Hi", max_tokens=2)
 def test_a_wrong_key_is_an_upstream_error_that_does_not_quote_it(release: Release) -> None:
     """llm-wrongkey's Secret holds a key the server does not know: 502 UpstreamError, and neither that key nor the
     right one is in the message, status.bindings (lastError), the Events or the broker's log."""
-    name = _name("ai-wrong")
+    name = unique_name("ai-wrong")
     manifest = execution_manifest(name, "python", WRONG, bindings=["llm-wrongkey"], input={"model": MODEL})
-    result = _run_one(release, manifest)["result"]
+    result = run_one(release.work, manifest)["result"]
     assert result == [
         "UpstreamError",
         502,
         "UpstreamError: the endpoint refused the binding's API key (HTTP 401)",
     ], result
-    entry = _usage(release, name, "llm-wrongkey", calls=1, errors=1, tokens=0)
+    entry = binding_usage(release.work, name, "llm-wrongkey", calls=1, errors=1, tokens=0)
     assert entry["lastError"] == result[2], entry
     places = {
         "result": json.dumps(result),
