@@ -101,9 +101,9 @@ function httpApi() {
   };
 }
 
-// A binding call that failed: .code is the broker's (Unauthorized, NotGranted, BadRequest, BackendUnavailable; db:
-// SqlError, ReadOnly, LimitExceeded, StatementTimeout; ai: ModelNotAllowed, BudgetExceeded, UpstreamError,
-// UpstreamTimeout), or BrokerUnreachable (no answer), BrokerError (an answer that was not the broker's),
+// A binding call that failed: .code is the broker's (Unauthorized, NotGranted, BadRequest, BackendUnavailable,
+// TooManyCalls; db: SqlError, ReadOnly, LimitExceeded, StatementTimeout; ai: ModelNotAllowed, BudgetExceeded,
+// UpstreamError, UpstreamTimeout), or BrokerUnreachable (no answer), BrokerError (an answer that was not the broker's),
 // ColumnNotFound (first(column) of a row without it); .status is HTTP's, 0 without an answer.
 class BindingError extends Error {
   constructor(code, status, message) {

@@ -181,10 +181,10 @@ def _decode(headers: Any, raw: bytes, lenient: bool = False) -> Any:
 
 
 class BindingError(Exception):
-    """A binding call that failed: `code` (the broker's: Unauthorized, NotGranted, BadRequest, BackendUnavailable;
-    db: SqlError, ReadOnly, LimitExceeded, StatementTimeout; ai: ModelNotAllowed, BudgetExceeded, UpstreamError,
-    UpstreamTimeout; BrokerUnreachable when no answer came, BrokerError when the answer was not the broker's),
-    `status` (HTTP, 0 without an answer) and `message`."""
+    """A binding call that failed: `code` (the broker's: Unauthorized, NotGranted, BadRequest, BackendUnavailable,
+    TooManyCalls; db: SqlError, ReadOnly, LimitExceeded, StatementTimeout; ai: ModelNotAllowed, BudgetExceeded,
+    UpstreamError, UpstreamTimeout; BrokerUnreachable when no answer came, BrokerError when the answer was not the
+    broker's), `status` (HTTP, 0 without an answer) and `message`."""
 
     def __init__(self, code: str, status: int, message: str) -> None:
         super().__init__(f"{code}: {message}")
