@@ -50,14 +50,18 @@ def test_a_burst_is_written_at_once_then_once_per_interval_with_the_last_counts(
         ex = execution("ex-a", "uid-a")
         for _ in range(50):
             writer.record(ex, "notes", "db", {"rowsRead": 2, "rowsWritten": 1})
-            await asyncio.sleep(0.01)  # 0.5 s of calls
+            await asyncio.sleep(0.01)  # 0.5 s of calls on an idle machine, longer on a busy one
         await writer.flush()
         return kube
 
+    started = time.monotonic()
     kube = asyncio.run(scenario())
+    elapsed = time.monotonic() - started
     times = [at for at, _, _ in kube.patches]
     assert all(later - earlier >= INTERVAL * 0.95 for earlier, later in itertools.pairwise(times))
-    assert 2 <= len(kube.patches) <= 4  # not one per call
+    # Not one per call: the first at once, then at most one per interval of the burst's real duration (a
+    # loaded machine stretches the 0.5 s), and the last counts at the flush.
+    assert 2 <= len(kube.patches) <= 2 + elapsed / INTERVAL
     (last,) = kube.patches[-1][2]["status"]["bindings"]
     assert kube.patches[-1][2] == {"status": {"bindings": [last]}}
     assert (last["calls"], last["rowsRead"], last["rowsWritten"]) == (50, 100, 50)

@@ -474,18 +474,25 @@ def test_probe_reachable_means_not_isolated_and_the_program_never_starts(run_run
 
 def test_probe_retries_until_the_policy_takes_effect(run_runner):
     listener = Listener()
-    # The "enforcer" arrives after about half a second: from then on the probe is refused.
-    timer = threading.Timer(0.5, listener.close)
-    timer.start()
+
+    def enforce_after_two_probes() -> None:
+        # The "enforcer" arrives once the runner has probed twice (counted, not timed: a loaded machine
+        # starts the runner late): from then on the probe is refused.
+        while listener.accepted < 2:
+            time.sleep(0.01)
+        listener.close()
+
+    enforcer = threading.Thread(target=enforce_after_two_probes, daemon=True)
+    enforcer.start()
     try:
         r = run_runner(py("print('ran')"), extra_args=["--isolation-probe", f"127.0.0.1:{listener.port}"])
     finally:
-        timer.cancel()
         listener.close()
     assert r.returncode == 0 and r.report["stdout"]["text"] == "ran\n"
     isolation = r.report["networkIsolation"]
-    assert isolation["isolated"] is True and isolation["attempts"] >= 2
-    assert 400 <= isolation["waitedMs"] < 5000
+    assert isolation["isolated"] is True and isolation["attempts"] >= 3
+    # Two reachable probes 150 ms apart, then the refused one.
+    assert 100 <= isolation["waitedMs"] < 5000
 
 
 def test_probe_timeout_means_isolated(run_runner):
