@@ -225,7 +225,7 @@ def test_pod_identity_and_lifecycle() -> None:
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never"
     # The timeout, the runner's wait for network isolation, then the grace.
-    assert spec["activeDeadlineSeconds"] == 45 + 20 + 30
+    assert spec["activeDeadlineSeconds"] == 45 + 60 + 30
     assert spec["terminationGracePeriodSeconds"] == 2
 
 
@@ -309,7 +309,7 @@ def test_container_runs_the_runner_per_the_contract() -> None:
         "--isolation-probe",
         "10.0.0.1:443",
         "--isolation-wait-seconds",
-        "20",
+        "60",
         "--stdin",
         "/code/stdin",
         "--input",
@@ -438,7 +438,7 @@ def test_warm_container_waits_for_its_request_on_stdin() -> None:
         "--isolation-probe",
         "10.0.0.1:443",
         "--isolation-wait-seconds",
-        "20",
+        "60",
         "--",
         "python3",
         "/opt/codeexec/harness.py",
@@ -448,7 +448,7 @@ def test_warm_container_waits_for_its_request_on_stdin() -> None:
     assert container["startupProbe"] == {
         "exec": {"command": ["test", "-e", "/tmp/.codeexec/ready"]},
         "periodSeconds": 1,
-        "failureThreshold": 20 + 30,
+        "failureThreshold": 60 + 30,
     }
 
 

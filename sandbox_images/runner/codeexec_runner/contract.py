@@ -49,8 +49,10 @@ MAX_WARM_REQUEST_BYTES: Final = 4 * 1024 * 1024
 
 # How long the runner waits for the pod's NetworkPolicy to be enforced before it gives up without
 # running the code (enforcers program a new pod's rules moments after it starts). The runner's
-# default; the operator passes it and adds it to the pod's activeDeadlineSeconds.
-ISOLATION_WAIT_SECONDS: Final = 20
+# default; the operator passes it and adds it to the pod's activeDeadlineSeconds. Long enough to ride
+# out an API server restart: the enforcer learns of a new pod only from the API server, and with 20 s a
+# sandbox started as the API server went down (10 s outage, then its restart) failed NetworkNotIsolated.
+ISOLATION_WAIT_SECONDS: Final = 60
 
 # The report: REPORT_PREFIX and a ReportDict as ASCII JSON, one line, the last bytes of the log.
 REPORT_PREFIX: Final = b"codeexec-report/v1 "
