@@ -84,6 +84,7 @@ def _run(liveness: str | None) -> None:
         settings.admission.server = admission.webhook_server(config)
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    dispatcher = Dispatcher(cluster, config)
     # Peering or standalone: handlers.configure_peering decides from the config (kopf.run would override it).
     kopf.run(
         clusterwide=not config.namespaces,
@@ -93,8 +94,8 @@ def _run(liveness: str | None) -> None:
         memo=kopf.Memo(
             config=config,
             cluster=cluster,
-            dispatcher=Dispatcher(cluster, config),
-            pools=PoolKeeper(cluster.pools, cluster.facts, config),
+            dispatcher=dispatcher,
+            pools=PoolKeeper(cluster.pools, cluster.facts, config, dispatcher.backlog),
             bindings=BindingKeeper(cluster.bindings),
         ),
     )

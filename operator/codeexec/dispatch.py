@@ -60,6 +60,8 @@ class Dispatcher:
         # restart, queued ones wait for capacity like any, and still take a ready pool pod when they start).
         self._warm_templates: dict[str, str] = {}
         self._last_timer_round = 0.0
+        self._backlog = 0  # Round.backlog of the last decision
+        self._yielding = False  # whether the pools were last told of a backlog (backlog_turned)
 
     def start(self, body: kopf.Body, logger: kopf.Logger, snapshot: Snapshot) -> None:
         """A new Execution is validated and queued (or started at once); after a restart, an accepted one
@@ -125,6 +127,21 @@ class Dispatcher:
             self._ending.pop(execution.uid, None)
             self._refused.pop(execution.namespace, None)
 
+    def backlog(self) -> int:
+        """How many queued Executions waited only for room on the nodes at the last decision: while any do, the
+        warm pools keep no idle pods (their room goes to the queue)."""
+        return self._backlog
+
+    def backlog_turned(self) -> bool:
+        """True once each time a backlog started or ended since the last call: then every pool reconciles (a
+        settled pool has no timer to notice by itself)."""
+        with self._lock:
+            yielding = self._backlog > 0
+            if yielding == self._yielding:
+                return False
+            self._yielding = yielding
+            return True
+
     def launched(self, uid: str) -> bool:
         """This process created its sandbox, and the index does not show that yet."""
         return self._local.get(uid) == State.STARTED
@@ -167,15 +184,18 @@ class Dispatcher:
         entries = [item for item in queueing.merge(indexed, self._local) if item.uid not in self._ending] + stopping
         self._refused = {ns: refusal for ns, refusal in self._refused.items() if now - refusal[1] < QUOTA_RETRY_SECONDS}
         self._entries = {item.uid: item for item in entries}
+        capacity, pooled = self._capacity()
         decision = queueing.plan_round(
             entries,
-            self._capacity(),
+            capacity,
             queueing.Limits.of(self._config),
             datetime.now(UTC),
             {namespace: message for namespace, (message, _) in self._refused.items()},
             snapshot.warm_ready(),
+            pooled,
         )
         self._waiting = decision.waiting
+        self._backlog = decision.backlog
         metrics.QUEUED.set(len(decision.waiting))
         return decision
 
@@ -190,19 +210,27 @@ class Dispatcher:
         for item in decision.expired:
             self._local[item.uid] = State.FINISHED
 
-    def _capacity(self) -> Requests:
-        """What the nodes have free for this operator's sandboxes, none of them counted."""
+    def _capacity(self) -> tuple[Requests, Requests]:
+        """What the nodes have free for this operator's sandboxes (none of them counted), and what the idle pool
+        pods of its namespaces hold besides: room the pools yield while the queue waits for room."""
         nodes, _ = self._api.facts.network_objects()
-        return queueing.free_capacity(nodes, self._api.facts.pods(), self._ours)
+        pods = self._api.facts.pods()
+        free = queueing.free_capacity(nodes, pods, self._ours)
+        without_pools = queueing.free_capacity(
+            nodes, pods, lambda pod: self._ours(pod) or (queueing.is_idle_pool_pod(pod) and self._served(pod))
+        )
+        return free, without_pools - free
 
     def _ours(self, pod: Mapping[str, Any]) -> bool:
         # A sandbox in a namespace this operator serves is counted exactly from the queue; others' sandboxes
-        # (another release's operator) are counted like any pod. Kopf's own matching of the namespace patterns.
+        # (another release's operator) are counted like any pod.
+        return queueing.is_sandbox(pod) and self._served(pod)
+
+    def _served(self, pod: Mapping[str, Any]) -> bool:
+        """The pod is in a namespace this operator serves: Kopf's own matching of the namespace patterns."""
         namespace: str = pod["metadata"].get("namespace") or ""
         patterns = self._config.namespaces
-        return queueing.is_sandbox(pod) and (
-            not patterns or any(match_namespace(NamespaceName(namespace), p) for p in patterns)
-        )
+        return not patterns or any(match_namespace(NamespaceName(namespace), p) for p in patterns)
 
     def _carry_out(
         self, decision: queueing.Round, logger: kopf.Logger, admitted: Mapping[str, lifecycle.Admitted] | None = None

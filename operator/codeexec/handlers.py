@@ -93,6 +93,7 @@ def start_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
     """A new (or, after a restart, unfinished) Execution: validated, then queued or started."""
     with lifecycle.retry_on_api_errors():
         _dispatcher(memo).start(body, logger, _snapshot(kwargs))
+        _follow_backlog(memo, logger, kwargs)
 
 
 @kopf.on.event("", "v1", "pods", labels={MANAGED_BY_LABEL: MANAGED_BY, EXECUTION_UID_LABEL: kopf.PRESENT})
@@ -116,6 +117,7 @@ def pod_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, logger: ko
         if stopped:
             dispatcher.released(execution)
             dispatcher.dispatch(logger, _snapshot(kwargs))
+        _follow_backlog(memo, logger, kwargs)
 
 
 @kopf.timer(*EXECUTIONS, interval=WATCH_INTERVAL, idle=WATCH_INTERVAL, when=_needs_watching)
@@ -129,6 +131,7 @@ def watch_execution(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwa
             dispatcher.finished(execution, pod_stopped=False)
         if _unfinished(body):
             dispatcher.dispatch(logger, _snapshot(kwargs), timer=True)
+            _follow_backlog(memo, logger, kwargs)
             dispatcher.refresh_position(body)
 
 
@@ -154,16 +157,34 @@ def runtime_changed(event: kopf.RawEvent, memo: kopf.Memo, **kwargs: Any) -> Non
     image or size, or fill, or empty; the others find nothing to do). A settled pool has no timer to notice."""
     if event.get("type") is None:
         return  # the listing at start-up: every pool resumes by itself
-    index: kopf.Index[str, tuple[str, str]] = kwargs[POOL_INDEX]
     with lifecycle.retry_on_api_errors():
-        failed: ApiError | None = None
-        for namespace, name in list(index.get(POOLS, ())):
-            try:
-                _pools(memo).reconcile(namespace, name)
-            except ApiError as error:
-                failed = error  # the other pools still reconcile; PoolKeeper retries this one
-        if failed is not None:
-            raise failed
+        _reconcile_pools(memo, kwargs)
+
+
+def _follow_backlog(memo: kopf.Memo, logger: kopf.Logger, kwargs: Mapping[str, Any]) -> None:
+    """After a queue decision: when Executions started (or ceased) to wait for room on the nodes, every pool
+    reconciles at once, yielding its idle pods' room to them (or refilling). A settled pool has no timer. A
+    pool's API error is only logged: PoolKeeper retries that pool itself, and the Execution's handler that
+    made the decision has nothing to retry."""
+    if not _dispatcher(memo).backlog_turned():
+        return
+    try:
+        _reconcile_pools(memo, kwargs)
+    except ApiError as error:
+        logger.warning(f"warm pools not reconciled after the queue's backlog changed: {error}; retrying")
+
+
+def _reconcile_pools(memo: kopf.Memo, kwargs: Mapping[str, Any]) -> None:
+    """warmpools.PoolKeeper.reconcile of every pool; an API error is raised after the others reconciled."""
+    index: kopf.Index[str, tuple[str, str]] = kwargs[POOL_INDEX]
+    failed: ApiError | None = None
+    for namespace, name in list(index.get(POOLS, ())):
+        try:
+            _pools(memo).reconcile(namespace, name)
+        except ApiError as error:
+            failed = error  # the other pools still reconcile; PoolKeeper retries this one
+    if failed is not None:
+        raise failed
 
 
 @kopf.index(
@@ -193,6 +214,7 @@ def pool_pod_event(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwar
     if warm.ready_candidates([body]) and EXECUTION_UID_LABEL not in body["metadata"].get("labels", {}):
         with lifecycle.retry_on_api_errors():
             _dispatcher(memo).dispatch(logger, _snapshot(kwargs))
+            _follow_backlog(memo, logger, kwargs)
 
 
 def _names_bindings(body: kopf.Body, **_: Any) -> bool:

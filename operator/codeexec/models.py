@@ -557,8 +557,9 @@ class WarmPoolStatus(Model):
         default=None,
         description=(
             "The Ready condition: True (reason Ready) once readyReplicas equals spec.replicas; False with "
-            "Filling, ReplicasTooLarge, CreateRefused, UnknownRuntime, ResourcesTooLarge, InvalidSpec or "
-            "RuntimeClassMissing."
+            "Filling, ReplicasTooLarge, CreateRefused, UnknownRuntime, ResourcesTooLarge, InvalidSpec, "
+            "RuntimeClassMissing, or QueueBacklog (Executions wait in the queue for room on the nodes: the "
+            "pool keeps no idle pods until they have it)."
         ),
         json_schema_extra={
             "x-kubernetes-list-type": "map",

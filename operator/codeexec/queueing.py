@@ -14,7 +14,7 @@ from typing import Any
 
 from codeexec.config import OperatorConfig
 from codeexec.validation import Rejection, format_cpu, format_memory, parse_cpu, parse_memory, resolve_queue_timeout
-from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, Phase
+from codeexec.vocabulary import EXECUTION_UID_LABEL, MANAGED_BY, MANAGED_BY_LABEL, POOL_LABEL, Phase
 
 # Whatever a pod ended as, the scheduler no longer counts its requests.
 _ENDED_POD_PHASES = frozenset({"Succeeded", "Failed"})
@@ -114,11 +114,14 @@ class Waiting:
 
 @dataclass(frozen=True)
 class Round:
-    """One dispatch decision: what starts now (in order), what ran out of queue time, where the rest wait."""
+    """One dispatch decision: what starts now (in order), what ran out of queue time, where the rest wait, and
+    how many of them wait only for room on the nodes (`backlog`: not for a limit, a quota, or nodes too small):
+    while any do, the warm pools yield the room their idle pods hold (warmpools.PoolKeeper)."""
 
     start: tuple[Entry, ...] = ()
     expired: tuple[Entry, ...] = ()
     waiting: dict[str, Waiting] = field(default_factory=dict)
+    backlog: int = 0
 
 
 def entry(body: Mapping[str, Any], config: OperatorConfig) -> Entry:
@@ -187,11 +190,14 @@ def plan_round(
     now: datetime,
     refused: Mapping[str, str] | None = None,
     warm_ready: Mapping[tuple[str, str], int] | None = None,
+    pooled: Requests = Requests(),
 ) -> Round:
     """Which waiting Executions start now. `capacity`: what the nodes have free for our sandboxes (none of
     them counted); `refused`: namespaces whose ResourceQuota refused a sandbox lately → the API's message;
-    `warm_ready`: (namespace, template hash) → pool pods ready to be claimed. An Execution that a ready pool
-    pod fits needs no free capacity (the pool's pod holds its room already), only the limits' leave.
+    `warm_ready`: (namespace, template hash) → pool pods ready to be claimed; `pooled`: what idle pool pods of
+    our namespaces hold besides (not in `capacity`; the pools yield it while the queue waits for room). An
+    Execution that a ready pool pod fits needs no free capacity (the pool's pod holds its room already), only
+    the limits' leave.
 
     Fair: the next start goes to the namespace with the fewest running sandboxes (counting this round's),
     ties to the oldest head; its head starts if the limits allow. A head that does not fit the free capacity
@@ -210,6 +216,7 @@ def plan_round(
     skipped: dict[str, str] = {}  # namespace → why it waits
     too_big: dict[str, str] = {}  # uid → why it waits
     blocked = ""  # why the whole queue waits
+    short_of_room = False  # it waits for room on the nodes (not for a limit)
     start: list[Entry] = []
     while True:
         for name in queues:
@@ -232,12 +239,14 @@ def plan_round(
             unclaimed[warm_key] -= 1
         elif head.requests.fits(free):
             free -= head.requests
-        elif head.requests.fits(capacity):
+        elif head.requests.fits(capacity + pooled):
+            # Room frees as our sandboxes end and as the pools' idle pods yield theirs (Round.backlog).
             blocked = f"waiting for capacity: the next sandbox needs {head.requests}; free: {_free_text(free)}"
+            short_of_room = True
             break
         else:
-            # Even with none of our sandboxes running it would not fit: waiting for ours cannot help, so it
-            # holds up nobody (it starts if the nodes grow or their other pods go, else ends at its deadline).
+            # Even with none of our sandboxes or pool pods there it would not fit: waiting for ours cannot help,
+            # so it holds up nobody (it starts if the nodes grow or their other pods go, else ends at its deadline).
             too_big[head.uid] = f"waiting for capacity: needs {head.requests}; the nodes have {_free_text(capacity)}"
             queues[namespace].popleft()
             continue
@@ -247,10 +256,13 @@ def plan_round(
     gone = {item.uid for item in (*start, *expired)}
     rest = [item for item in queued if item.uid not in gone]
     waiting = {}
+    backlog = 0
     for position, item in enumerate(queue_order(rest, counts), start=1):
         message = too_big.get(item.uid) or skipped.get(item.namespace) or blocked or "waiting for capacity"
         waiting[item.uid] = Waiting(position, message)
-    return Round(tuple(start), expired, waiting)
+        if short_of_room and item.uid not in too_big and item.namespace not in skipped:
+            backlog += 1
+    return Round(tuple(start), expired, waiting, backlog)
 
 
 def queue_order(waiting: Iterable[Entry], running_per_namespace: Mapping[str, int]) -> list[Entry]:
@@ -303,6 +315,12 @@ def free_capacity(
 def is_sandbox(pod: Mapping[str, Any]) -> bool:
     labels = pod.get("metadata", {}).get("labels") or {}
     return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and EXECUTION_UID_LABEL in labels
+
+
+def is_idle_pool_pod(pod: Mapping[str, Any]) -> bool:
+    """A warm pool's pod not claimed by an Execution (the claim adds the Execution's uid label)."""
+    labels = pod.get("metadata", {}).get("labels") or {}
+    return labels.get(MANAGED_BY_LABEL) == MANAGED_BY and POOL_LABEL in labels and EXECUTION_UID_LABEL not in labels
 
 
 def pod_requests(pod: Mapping[str, Any]) -> Requests:

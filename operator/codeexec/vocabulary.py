@@ -93,6 +93,8 @@ POOL_READY = "Ready"  # Ready=True: every wanted pod is started and ready to be 
 POOL_FILLING = "Filling"  # Ready=False: pods are being created or starting.
 REPLICAS_TOO_LARGE = "ReplicasTooLarge"  # Ready=False: spec.replicas above the operator's maximum; it keeps that many.
 POOL_CREATE_REFUSED = "CreateRefused"  # Ready=False: the quota or LimitRange refused a pod; retried later.
+# Ready=False, the pool keeps no idle pods: Executions wait in the queue for room on the nodes, and get the pool's.
+POOL_QUEUE_BACKLOG = "QueueBacklog"
 # Ready=False, the pool keeps no pods: its spec.runtime names no installed Runtime or alias. RESOURCES_TOO_LARGE,
 # INVALID_SPEC and RUNTIME_CLASS_MISSING (above) mean the same for a pool as for an Execution.
 UNKNOWN_RUNTIME = "UnknownRuntime"

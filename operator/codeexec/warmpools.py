@@ -25,6 +25,7 @@ from codeexec.vocabulary import (
     POOL_CREATE_REFUSED,
     POOL_FILLING,
     POOL_LABEL,
+    POOL_QUEUE_BACKLOG,
     POOL_READY,
     REPLICAS_TOO_LARGE,
     RUNTIME_CLASS_MISSING,
@@ -39,6 +40,8 @@ RETRY_SECONDS = 10.0
 log = logging.getLogger(__name__)
 # Runs a function once after a delay, off the caller's thread.
 Schedule = Callable[[float, Callable[[], None]], None]
+# How many queued Executions wait only for room on the nodes (dispatch.Dispatcher.backlog).
+Backlog = Callable[[], int]
 
 # API statuses of a pod create that trying again at once cannot fix (a quota or LimitRange, as in
 # queueing.is_quota_refusal; the namespace's Pod Security admission; a missing default ServiceAccount): the
@@ -177,10 +180,12 @@ def status_patch(
     generation: int,
     now: datetime,
     waiting: str = "",
+    backlog: int = 0,
 ) -> dict[str, Any] | None:
     """The pool's new status; None when nothing in it would change (no write, no watch event for anyone).
-    `waiting`: why a pod is not ready yet, added to a Filling condition's message."""
-    condition_status, reason, message = _ready_condition(goal, ready, refused)
+    `waiting`: why a pod is not ready yet, added to a Filling condition's message; `backlog`: how many queued
+    Executions wait for room, which the pool's idle pods yield to them."""
+    condition_status, reason, message = _ready_condition(goal, ready, refused, backlog)
     if reason == POOL_FILLING and waiting:
         message = f"{message}; {waiting}"
     conditions: list[Mapping[str, Any]] = current.get("conditions") or []
@@ -201,9 +206,12 @@ def status_patch(
     return None if unchanged and previous == condition else patch
 
 
-def _ready_condition(goal: Target, ready: int, refused: str | None) -> tuple[str, str, str]:
+def _ready_condition(goal: Target, ready: int, refused: str | None, backlog: int) -> tuple[str, str, str]:
     if goal.template is None and goal.problem is not None:
         return "False", *goal.problem
+    if backlog and goal.desired:
+        waits = "1 Execution waits" if backlog == 1 else f"{backlog} Executions wait"
+        return "False", POOL_QUEUE_BACKLOG, f"{waits} for capacity; idle pods yield to them"
     if refused is not None:
         return "False", POOL_CREATE_REFUSED, refused
     if goal.problem is not None:
@@ -252,14 +260,21 @@ class PoolKeeper:
     two reconciliations of one pool side by side would both create the missing pods), and again after
     RETRY_SECONDS while a pool is short of what it could hold: a refused pod, a pod still starting, an API
     error. Its own timer, not Kopf's: a Kopf timer holds a finalizer on the pool, and a pool must stay
-    deletable without the operator (`helm uninstall` removes both at once)."""
+    deletable without the operator (`helm uninstall` removes both at once). While `backlog` says Executions
+    wait in the queue for room on the nodes, pools hold no idle pods: their room runs those Executions."""
 
     def __init__(
-        self, pools: WarmPools, facts: ClusterFacts, config: OperatorConfig, schedule: Schedule = _start_timer
+        self,
+        pools: WarmPools,
+        facts: ClusterFacts,
+        config: OperatorConfig,
+        backlog: Backlog,
+        schedule: Schedule = _start_timer,
     ) -> None:
         self._pools = pools
         self._facts = facts
         self._config = config
+        self._backlog = backlog
         self._schedule = schedule
         self._guard = threading.Lock()
         self._locks: dict[tuple[str, str], threading.Lock] = {}
@@ -285,21 +300,27 @@ class PoolKeeper:
                 metrics.pool_removed(namespace, name)
                 return True  # Garbage collection deletes its idle pods (they are owned by it); claimed ones stay.
             goal = self._target(pool)
+            backlog = self._backlog()
+            # A backlog waits for room that idle pool pods hold: each is deleted (on its listed version, so one
+            # claimed meanwhile stays) and none created, until the backlog ends. Claimed pods are not idle.
+            desired = 0 if backlog else goal.desired
             pods = self._pools.list_pods(namespace, builders.pool_selector(name))
-            steps = plan(goal.desired, goal.template.hash if goal.template else None, idle_pods(pods, _uid(pool)))
+            steps = plan(desired, goal.template.hash if goal.template else None, idle_pods(pods, _uid(pool)))
             for pod_name, version in steps.delete:
                 self._pools.delete_pod(namespace, pod_name, version)
             created, refused = self._create(pool, goal, steps.create)
             generation: int = pool["metadata"].get("generation", 1)
             current = pool.get("status") or {}
             replicas = steps.kept + created
-            patch = status_patch(current, goal, replicas, steps.ready, refused, generation, _now(), steps.waiting)
+            patch = status_patch(
+                current, goal, replicas, steps.ready, refused, generation, _now(), steps.waiting, backlog
+            )
             if patch is not None:
                 self._pools.patch_status(namespace, name, patch)
             metrics.pool_observed(namespace, name, goal.desired, steps.ready)
             # A missing RuntimeClass sends no event when it comes: look again.
             waits_for_class = goal.problem is not None and goal.problem[0] == RUNTIME_CLASS_MISSING
-            return refused is None and not steps.delete and steps.ready == goal.desired and not waits_for_class
+            return refused is None and not steps.delete and steps.ready == desired and not waits_for_class
 
     def _retry_later(self, namespace: str, name: str) -> None:
         with self._guard:

@@ -104,16 +104,33 @@ class LiveWarmIndex(Mapping[tuple[str, str], list[str]]):
         return len(self._entries())
 
 
+class Pools:
+    """The PoolKeeper in the memo: records which pools reconcile, and what the Dispatcher's backlog was then."""
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self._dispatcher = dispatcher
+        self.reconciled: list[tuple[str, str, int]] = []
+
+    def reconcile(self, namespace: str, name: str) -> None:
+        self.reconciled.append((namespace, name, self._dispatcher.backlog()))
+
+
 class Operator:
-    """The handlers with their memo, as Kopf runs them, over one FakeCluster."""
+    """The handlers with their memo, as Kopf runs them, over one FakeCluster (with one WarmPool, "py")."""
 
     def __init__(self, cluster: FakeCluster | None = None, **settings: Any) -> None:
         self.cluster = cluster or FakeCluster({})
         self.config = OperatorConfig(**settings)
         self.dispatcher = Dispatcher(self.cluster, self.config)
-        self.memo = kopf.Memo(config=self.config, cluster=self.cluster, dispatcher=self.dispatcher)
+        self.pools = Pools(self.dispatcher)
+        self.memo = kopf.Memo(config=self.config, cluster=self.cluster, dispatcher=self.dispatcher, pools=self.pools)
         self.index = LiveIndex(self.cluster, self.config)
         self.warm_index = LiveWarmIndex(self.cluster)
+
+    def indexes(self) -> dict[str, Any]:
+        """The Kopf indexes every handler gets, by their ids."""
+        pool_index = {handlers.POOLS: [(NAMESPACE, "py")]}
+        return {handlers.QUEUE_INDEX: self.index, handlers.WARM_INDEX: self.warm_index, handlers.POOL_INDEX: pool_index}
 
     def add(self, name: str, uid: str, namespace: str = NAMESPACE, **body_status: Any) -> dict[str, Any]:
         item = execution(name, uid, namespace, **body_status)
@@ -124,7 +141,7 @@ class Operator:
         """start_execution with the event's body, whose status may be older than the API's."""
         current = self.cluster.executions.items[namespace, name]
         body = {**current, "status": body_status if body_status is not None else dict(current["status"])}
-        kwargs = {handlers.QUEUE_INDEX: self.index, handlers.WARM_INDEX: self.warm_index}
+        kwargs = self.indexes()
         handlers.start_execution(body=kopf.Body(body), memo=self.memo, logger=LOGGER, **kwargs)
 
     def finish(
@@ -138,13 +155,13 @@ class Operator:
         pod["metadata"]["ownerReferences"] = [
             {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": name, "uid": item["metadata"]["uid"]}
         ]
-        kwargs = {handlers.QUEUE_INDEX: self.index, handlers.WARM_INDEX: self.warm_index}
+        kwargs = self.indexes()
         handlers.pod_event(event={"type": event}, body=kopf.Body(pod), memo=self.memo, logger=LOGGER, **kwargs)
 
     def tick(self, name: str = NAME, namespace: str = NAMESPACE) -> None:
         """watch_execution's timer for one Execution."""
         body = kopf.Body(dict(self.cluster.executions.items[namespace, name]))
-        kwargs = {handlers.QUEUE_INDEX: self.index, handlers.WARM_INDEX: self.warm_index}
+        kwargs = self.indexes()
         handlers.watch_execution(body=body, memo=self.memo, logger=LOGGER, **kwargs)
 
     def status(self, name: str = NAME) -> dict[str, Any]:
@@ -220,7 +237,7 @@ def test_the_success_path_costs_three_status_writes() -> None:
     pod["metadata"]["ownerReferences"] = [
         {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": NAME, "uid": factories.UID}
     ]
-    kwargs = {handlers.QUEUE_INDEX: operator.index, handlers.WARM_INDEX: operator.warm_index}
+    kwargs = operator.indexes()
     handlers.pod_event(event={"type": "MODIFIED"}, body=kopf.Body(pod), memo=operator.memo, logger=LOGGER, **kwargs)
     operator.finish()
     phases = [patch.get("phase") for patch in operator.cluster.executions.patches]
@@ -523,6 +540,35 @@ def test_a_pool_pod_that_is_no_longer_ready_clears_its_index_entry() -> None:
     assert handlers.warm_pods(body=kopf.Body(stopping)) == {}
 
 
+def test_pools_reconcile_when_executions_start_and_cease_to_wait_for_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 8: idle pool pods held the room a burst waited for. Fails when the pools are not told that a
+    backlog began (they keep their idle pods) or ended (they stay empty), or are told at every decision."""
+    monkeypatch.setattr(dispatch, "TIMER_ROUND_SECONDS", 0.0)  # every tick decides
+    operator = Operator()
+    idle = pool_pod("py-a")
+    idle["spec"] = {"nodeName": "node-1", "containers": [{"resources": {"requests": {"cpu": "1800m"}}}]}
+    operator.cluster.facts.other_pods = [idle]  # the pool's idle pod leaves 200m of the node's 2 CPUs
+    operator.start()
+    assert operator.status()["reason"] == "Queued" and operator.pods() == []
+    assert operator.dispatcher.backlog() == 1
+    assert operator.pools.reconciled == [(NAMESPACE, "py", 1)]  # the pool yields its pod
+    operator.tick()
+    assert operator.pools.reconciled == [(NAMESPACE, "py", 1)], "no news: no reconciliation"
+    operator.cluster.facts.other_pods = []  # the pool deleted its idle pod
+    operator.tick()
+    assert operator.pods() == [POD_NAME]
+    assert operator.pools.reconciled[1:] == [(NAMESPACE, "py", 0)]  # nothing waits: the pool refills
+
+
+def test_a_queue_held_by_its_limit_leaves_the_pools_alone() -> None:
+    """Emptying the pools cannot start an Execution that waits for max_running: they keep their pods."""
+    operator = Operator(max_running=1)
+    operator.add("first", "uid-1", phase="Running", podName="first-pod", resources={"cpu": "500m"})
+    operator.start()
+    assert operator.status()["reason"] == "Queued"
+    assert operator.dispatcher.backlog() == 0 and operator.pools.reconciled == []
+
+
 # --- Bindings ---------------------------------------------------------------------------------------------
 
 KEY = b"binding-token-key-of-48-bytes-for-the-unit-tests"
@@ -658,7 +704,7 @@ def test_status_writes_leave_the_brokers_usage_alone(tmp_path: Path) -> None:
     pod["metadata"]["ownerReferences"] = [
         {"apiVersion": "codeexec.io/v1alpha1", "kind": "Execution", "name": NAME, "uid": factories.UID}
     ]
-    kwargs = {handlers.QUEUE_INDEX: operator.index, handlers.WARM_INDEX: operator.warm_index}
+    kwargs = operator.indexes()
     handlers.pod_event(event={"type": "MODIFIED"}, body=kopf.Body(pod), memo=operator.memo, logger=LOGGER, **kwargs)
     operator.finish()
     patches = operator.cluster.executions.patches

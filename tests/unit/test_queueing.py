@@ -17,6 +17,7 @@ from codeexec.queueing import (
     State,
     entry,
     free_capacity,
+    is_idle_pool_pod,
     is_quota_refusal,
     is_sandbox,
     merge,
@@ -154,6 +155,57 @@ def test_a_namespace_refused_by_its_quota_is_skipped_with_the_apis_message() -> 
     decision = plan_round(entries, ROOMY, Limits(), NOW, {"a": refusal})
     assert started(decision) == ["b/b1"]
     assert decision.waiting["uid-a-a1"].message == refusal
+
+
+# --- The backlog the warm pools yield to -----------------------------------------------------------------
+
+
+def test_a_backlog_is_what_waits_for_room_on_the_nodes_only() -> None:
+    """Round.backlog empties the warm pools (issue 8). Fails when Executions held by a limit, their quota or
+    their own size count (emptying the pools cannot start them), or those short of room do not."""
+    big = Requests(1500, 256 * 2**20)
+    room = [item("runs", state=State.STARTED), item("big", age=10, requests=big), item("small", age=5)]
+    assert plan_round(room, Requests(1800, 4 * 2**30), Limits(), NOW).backlog == 2
+    capped = [item(f"x{i}", age=10 - i) for i in range(5)]
+    assert plan_round(capped, ROOMY, Limits(max_running=3), NOW).backlog == 0
+    per_namespace = [item("runs", "a", state=State.STARTED), item("a1", "a", age=50), item("b1", "b", age=1)]
+    assert plan_round(per_namespace, ROOMY, Limits(max_running_per_namespace=1), NOW).backlog == 0
+    refusal = "403 Forbidden: exceeded quota: q"
+    assert plan_round([item("a1", "a", age=50)], ROOMY, Limits(), NOW, {"a": refusal}).backlog == 0
+    huge = [item("huge", age=10, requests=Requests(4000, 2**30))]
+    assert plan_round(huge, Requests(2000, 4 * 2**30), Limits(), NOW).backlog == 0
+    assert plan_round([item("x")], ROOMY, Limits(), NOW).backlog == 0  # started: nothing waits
+    # A namespace at its limit waits for that; another one's Executions behind a full node wait for room.
+    mixed = [item("runs", "a", state=State.STARTED), item("a1", "a", age=50), item("b1", "b", age=9)]
+    mixed.append(item("b2", "b", age=8))
+    decision = plan_round(mixed, SMALL + SMALL, Limits(max_running_per_namespace=1), NOW)
+    assert (started(decision), decision.backlog) == (["b/b1"], 0)  # b now at its limit too
+    decision = plan_round(mixed, SMALL, Limits(max_running_per_namespace=2), NOW)
+    assert (started(decision), decision.backlog) == ([], 3)
+    decision = plan_round(mixed, SMALL, Limits(max_running_per_namespace=1), NOW)
+    assert started(decision) == [] and decision.backlog == 2  # a1 waits for a's limit, b1 and b2 for room
+
+
+def test_room_held_by_idle_pool_pods_is_waited_for_not_given_up_on() -> None:
+    """On the demo's 2-CPU node the pools' idle pods leave 150m: a 500m Execution is not too big for the node,
+    it waits for the pools to yield (fails when it is passed over as too big, and the pools never yield)."""
+    entries = [item("first", age=10), item("second", age=5)]
+    pooled = Requests(1500, 768 * 2**20)
+    decision = plan_round(entries, Requests(150, 2**30), Limits(), NOW, pooled=pooled)
+    assert started(decision) == [] and decision.backlog == 2
+    assert decision.waiting["uid-a-first"].message == (
+        "waiting for capacity: the next sandbox needs cpu 500m, memory 256Mi; free: cpu 150m, memory 1Gi"
+    )
+    beyond = plan_round(entries, Requests(150, 2**30), Limits(), NOW, pooled=Requests(200, 2**30))
+    assert beyond.backlog == 0 and beyond.waiting["uid-a-first"].message.startswith("waiting for capacity: needs")
+
+
+def test_idle_pool_pods_are_told_from_claimed_ones_and_others() -> None:
+    pool = {"app.kubernetes.io/managed-by": "code-exec", "codeexec.io/pool": "py"}
+    assert is_idle_pool_pod(pod(labels=pool))
+    assert not is_idle_pool_pod(pod(labels=pool | {"codeexec.io/execution-uid": "u"}))  # claimed: a sandbox
+    assert not is_idle_pool_pod(pod(labels={"codeexec.io/pool": "py"}))  # not made by code-exec
+    assert not is_idle_pool_pod(pod(labels=SANDBOX_LABELS))
 
 
 def test_nothing_waits_when_everything_fits() -> None:

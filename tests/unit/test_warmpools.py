@@ -235,6 +235,27 @@ def test_status_names_the_problem() -> None:
     assert capped is not None and capped["conditions"][0]["reason"] == "ReplicasTooLarge"
 
 
+def test_status_says_the_pool_yields_to_a_queue_backlog() -> None:
+    """Fails when a pool emptied for the queue looks merely short ("Filling") or healthy."""
+    patch = warmpools.status_patch({}, target(), 0, 0, None, 1, NOW, "", 3)
+    assert patch is not None and (patch["replicas"], patch["readyReplicas"]) == (0, 0)
+    condition = patch["conditions"][0]
+    assert (condition["status"], condition["reason"], condition["message"]) == (
+        "False",
+        "QueueBacklog",
+        "3 Executions wait for capacity; idle pods yield to them",
+    )
+    one = warmpools.status_patch(patch, target(), 0, 0, None, 1, NOW, "", 1)
+    assert (
+        one is not None and one["conditions"][0]["message"] == "1 Execution waits for capacity; idle pods yield to them"
+    )
+    # A pool that cannot hold pods says why, backlog or not; one of zero replicas has nothing to yield.
+    unknown = warmpools.status_patch({}, target(runtime="cobol"), 0, 0, None, 1, NOW, "", 3)
+    assert unknown is not None and unknown["conditions"][0]["reason"] == "UnknownRuntime"
+    empty = warmpools.status_patch({}, target(replicas=0), 0, 0, None, 1, NOW, "", 3)
+    assert empty is not None and empty["conditions"][0]["reason"] == "Ready"
+
+
 def test_pool_of_a_pod_is_its_owner_or_its_label() -> None:
     assert warmpools.pool_of(pool_pod("a")) == ("team", "pool")
     # A claimed pod is owned by its Execution: the label still names the pool to refill.
@@ -267,11 +288,23 @@ class Retries:
             function()
 
 
-def keeper(pool: dict[str, Any], retries: Retries | None = None) -> tuple[PoolKeeper, FakeWarmPools, list[str]]:
+class Backlog:
+    """The Dispatcher's backlog as PoolKeeper reads it: how many queued Executions wait for room (`count`)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        return self.count
+
+
+def keeper(
+    pool: dict[str, Any], retries: Retries | None = None, backlog: Backlog | None = None
+) -> tuple[PoolKeeper, FakeWarmPools, list[str]]:
     calls: list[str] = []
     pools = FakeWarmPools(calls, pool)
     facts = FakeClusterFacts([factories_runtime()], None)
-    return PoolKeeper(pools, facts, CONFIG, retries or Retries()), pools, calls
+    return PoolKeeper(pools, facts, CONFIG, backlog or Backlog(), retries or Retries()), pools, calls
 
 
 def factories_runtime() -> dict[str, Any]:
@@ -415,3 +448,52 @@ def test_metrics_follow_the_pool_and_go_with_it() -> None:
     pools.pool = None
     pool_keeper.reconcile("team", "pool")
     assert (gauge("codeexec_warm_pool_desired"), gauge("codeexec_warm_pool_ready")) == (None, None)
+
+
+def test_under_a_queue_backlog_the_pool_deletes_its_idle_pods_creates_none_and_refills_after() -> None:
+    """Issue 8: idle pool pods held the room a burst of queued Executions waited for. Fails when a pool keeps
+    (or refills) idle pods while Executions wait for room, touches a claimed pod, or stays empty after."""
+    backlog, retries = Backlog(), Retries()
+    pool_keeper, pools, calls = keeper(the_pool(), retries, backlog)
+    pool_keeper.reconcile("team", "pool")
+    mark_ready(pools)
+    claimed, _ = pools.pods.values()
+    claimed["metadata"]["labels"]["codeexec.io/execution-uid"] = factories.UID
+    backlog.count = 4
+    calls.clear()
+    pool_keeper.reconcile("team", "pool")
+    assert "create_pool_pod" not in calls
+    assert list(pools.pods) == [claimed["metadata"]["name"]], "the idle pod goes, the claimed one stays"
+    assert pools.pool is not None
+    condition = pools.pool["status"]["conditions"][0]
+    assert (condition["reason"], condition["message"]) == (
+        "QueueBacklog",
+        "4 Executions wait for capacity; idle pods yield to them",
+    )
+    assert pools.pool["status"]["replicas"] == 0
+    retries.run()  # the deletes' retry finds nothing to do: no more retries while the pool yields
+    assert retries.pending == [] and list(pools.pods) == [claimed["metadata"]["name"]]
+
+    backlog.count = 0
+    pool_keeper.reconcile("team", "pool")
+    assert len(pools.pods) == 3 and claimed["metadata"]["name"] in pools.pods
+    assert pools.pool["status"]["conditions"][0]["reason"] == "Filling"
+
+
+def test_a_pod_claimed_while_the_pool_yields_survives() -> None:
+    """The yielding delete carries the version listed, like any: a claim in between keeps the pod."""
+    backlog = Backlog()
+    pool_keeper, pools, _ = keeper(the_pool(replicas=1), backlog=backlog)
+    pool_keeper.reconcile("team", "pool")
+    (name,) = pools.pods
+    real_list = pools.list_pods
+
+    def list_then_claim(namespace: str, selector: str) -> list[dict[str, Any]]:
+        listed = [dict(pod, metadata=dict(pod["metadata"])) for pod in real_list(namespace, selector)]
+        pools.pods[name]["metadata"]["resourceVersion"] = "claimed"
+        return listed
+
+    pools.list_pods = list_then_claim  # type: ignore[method-assign]
+    backlog.count = 1
+    pool_keeper.reconcile("team", "pool")
+    assert name in pools.pods
