@@ -89,8 +89,10 @@ class OperatorConfig(BaseModel):
         ge=0,
         description="Most sandboxes running at once in one namespace. 0: no limit beyond the cluster's.",
     )
+    # 30 minutes: a burst of 300 trivial Executions after `make demo` takes 9-10 minutes on a 2-core node, and a
+    # queue exists so that such a burst waits rather than fails.
     default_queue_timeout_seconds: int = Field(
-        default=600,
+        default=1800,
         ge=1,
         le=MAX_QUEUE_TIMEOUT_SECONDS,
         description=(

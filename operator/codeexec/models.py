@@ -231,7 +231,7 @@ class ExecutionSpec(Model):
         le=MAX_QUEUE_TIMEOUT_SECONDS,
         description=(
             "How long the Execution may wait in the queue for capacity, counted from its creation; still "
-            "waiting then: Failed with reason QueueTimeout. Absent: the operator's default (600 unless "
+            "waiting then: Failed with reason QueueTimeout. Absent: the operator's default (1800 unless "
             "configured); above the operator's maximum: Rejected (QueueTimeoutTooLong)."
         ),
     )

@@ -40,6 +40,7 @@ RETRY_SECONDS = 10.0
 log = logging.getLogger(__name__)
 # Runs a function once after a delay, off the caller's thread.
 Schedule = Callable[[float, Callable[[], None]], None]
+BACKLOG_MESSAGE = "Executions wait in the queue for room on the nodes; idle pods yield to them"
 # How many queued Executions wait only for room on the nodes (dispatch.Dispatcher.backlog).
 Backlog = Callable[[], int]
 
@@ -210,8 +211,9 @@ def _ready_condition(goal: Target, ready: int, refused: str | None, backlog: int
     if goal.template is None and goal.problem is not None:
         return "False", *goal.problem
     if backlog and goal.desired:
-        waits = "1 Execution waits" if backlog == 1 else f"{backlog} Executions wait"
-        return "False", POOL_QUEUE_BACKLOG, f"{waits} for capacity; idle pods yield to them"
+        # No count: the status is written when the pool reconciles, not at every queue decision, so a
+        # count would go stale at once (the queue's own figures: the Executions' queuePosition).
+        return "False", POOL_QUEUE_BACKLOG, BACKLOG_MESSAGE
     if refused is not None:
         return "False", POOL_CREATE_REFUSED, refused
     if goal.problem is not None:

@@ -347,7 +347,7 @@ def test_entry_state_requests_position_and_deadline_come_from_the_execution() ->
     created = datetime(2030, 1, 2, 3, 0, 0, tzinfo=UTC)
     queued = entry(body({"phase": "Pending", "resources": {"cpu": "1", "memory": "1Gi"}, "queuePosition": 4}), config)
     assert (queued.state, queued.requests, queued.position) == (State.WAITING, Requests(1000, 2**30), 4)
-    assert queued.queue_deadline == created + timedelta(seconds=600)
+    assert queued.queue_deadline == created + timedelta(seconds=1800)
     assert entry(body(), config).state == State.NEW
     assert entry(body({"phase": "Pending", "podName": "p"}), config).state == State.STARTED
     assert entry(body({"phase": "Running", "podName": "p"}), config).state == State.STARTED

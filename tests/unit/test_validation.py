@@ -132,7 +132,7 @@ def test_queue_timeout_above_the_operator_maximum_is_refused_with_its_own_reason
     assert result.reason == vocabulary.QUEUE_TIMEOUT_TOO_LONG
     assert result.message == "spec.queueTimeoutSeconds 3601 exceeds the operator's maximum 3600"
     assert accepted(queueTimeoutSeconds=3600).queue_timeout_seconds == 3600
-    assert accepted().queue_timeout_seconds == 600
+    assert accepted().queue_timeout_seconds == 1800
     assert rejection(queueTimeoutSeconds=0).reason == vocabulary.INVALID_SPEC
 
 

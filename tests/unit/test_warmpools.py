@@ -243,11 +243,7 @@ def test_status_says_the_pool_yields_to_a_queue_backlog() -> None:
     assert (condition["status"], condition["reason"], condition["message"]) == (
         "False",
         "QueueBacklog",
-        "3 Executions wait for capacity; idle pods yield to them",
-    )
-    one = warmpools.status_patch(patch, target(), 0, 0, None, 1, NOW, "", 1)
-    assert (
-        one is not None and one["conditions"][0]["message"] == "1 Execution waits for capacity; idle pods yield to them"
+        warmpools.BACKLOG_MESSAGE,
     )
     # A pool that cannot hold pods says why, backlog or not; one of zero replicas has nothing to yield.
     unknown = warmpools.status_patch({}, target(runtime="cobol"), 0, 0, None, 1, NOW, "", 3)
@@ -468,7 +464,7 @@ def test_under_a_queue_backlog_the_pool_deletes_its_idle_pods_creates_none_and_r
     condition = pools.pool["status"]["conditions"][0]
     assert (condition["reason"], condition["message"]) == (
         "QueueBacklog",
-        "4 Executions wait for capacity; idle pods yield to them",
+        warmpools.BACKLOG_MESSAGE,
     )
     assert pools.pool["status"]["replicas"] == 0
     retries.run()  # the deletes' retry finds nothing to do: no more retries while the pool yields
