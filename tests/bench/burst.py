@@ -6,8 +6,10 @@ by a local operator (python -m codeexec run, as the e2e session runs it) watchin
 --no-operator uses one already running (e.g. the installed chart's, watching --namespace).
 Jobs: one `kubectl create -f` of a file holding, for each, what the operator would make by hand with its own
 builders: the ConfigMap with the code, the NetworkPolicy, and a Job (backoffLimit 0) whose pod template is the
-sandbox pod (same image, runtimeClassName gvisor, same cpu/memory requests = limits, restartPolicy Never).
-The Executions run first, then the Jobs, on the same node.
+sandbox pod (same image, runtimeClassName gvisor, restartPolicy Never). Two settings, each its own run of N Jobs
+(--jobs): "same", the sandbox pod unchanged (the Executions' cpu/memory, requests = limits), and "issue", the Job
+issue 8 measured as what a user writes (its resources only `limits: {cpu: 1}` and the sandbox's memory limit;
+Kubernetes sets requests = limits). The Executions run first, then the Jobs, on the same node.
 
 Reported for both: wall time (create → the last one finished, as seen by a watch), how many Succeeded with the
 right stdout (Executions: status.stdout; Jobs: the report in the pod's log, read after the wall time), and the
@@ -42,7 +44,7 @@ from codeexec.builders import ExecutionRef  # noqa: E402
 from codeexec.config import OperatorConfig  # noqa: E402
 from codeexec.report import parse_report  # noqa: E402
 from codeexec.validation import Plan, parse_runtimes, plan_execution  # noqa: E402
-from codeexec.vocabulary import SANDBOX_CONTAINER  # noqa: E402
+from codeexec.vocabulary import MANAGED_BY_LABEL, SANDBOX_CONTAINER  # noqa: E402
 from tests.bench.setup import bench  # noqa: E402
 from tests.e2e.bursts import burst_failures, burst_manifests, create_at_once, outcome  # noqa: E402
 from tests.e2e.executions import (  # noqa: E402
@@ -184,11 +186,24 @@ def run_executions(core: client.CoreV1Api, custom: client.CustomObjectsApi, name
     }
 
 
-def job_objects(namespace: str, name: str, plan: Plan, probe: str) -> list[dict[str, Any]]:
+# The Job settings --jobs knows: the resources of the sandbox container (None: the sandbox pod's own).
+JOB_SETTINGS: dict[str, Callable[[Plan], dict[str, Any] | None]] = {
+    "same": lambda plan: None,
+    "issue": lambda plan: {"limits": {"cpu": "1", "memory": str(plan.memory_bytes)}},
+}
+
+
+def job_objects(namespace: str, name: str, plan: Plan, probe: str, setting: str) -> list[dict[str, Any]]:
     """What a user would write for one program: the operator's ConfigMap and NetworkPolicy, and a Job named
-    after the program that never retries, its pod template the operator's sandbox pod."""
+    after the program that never retries, its pod template the operator's sandbox pod (with the resources of
+    `setting`)."""
     ref = ExecutionRef(namespace, name, str(uuid.uuid4()))
     pod = builders.pod(ref, plan, OperatorConfig(), isolation_probe=probe)
+    resources = JOB_SETTINGS[setting](plan)
+    if resources is not None:
+        for container in pod["spec"]["containers"]:
+            if container["name"] == SANDBOX_CONTAINER:
+                container["resources"] = resources
     job = {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -204,9 +219,14 @@ def job_done(job: Any) -> str | None:
 
 
 def run_jobs(
-    core: client.CoreV1Api, batch: client.BatchV1Api, namespace: str, plans: Mapping[str, Plan], probe: str
+    core: client.CoreV1Api,
+    batch: client.BatchV1Api,
+    namespace: str,
+    plans: Mapping[str, Plan],
+    probe: str,
+    setting: str,
 ) -> dict[str, Any]:
-    objects = [item for name, plan in plans.items() for item in job_objects(namespace, name, plan, probe)]
+    objects = [item for name, plan in plans.items() for item in job_objects(namespace, name, plan, probe, setting)]
     jobs = Recorder(batch.list_namespaced_job, namespace)
     pods = Recorder(core.list_namespaced_pod, namespace)
     started = time.monotonic()
@@ -253,8 +273,17 @@ def store_rejected(custom: client.CustomObjectsApi, namespace: str, count: int) 
     wait_for(all_rejected, f"{count} rejected Executions")
 
 
-def row(label: str, executions: object, jobs: object) -> str:
-    return f"{label:34s} {executions!s:>28s} {jobs!s:>28s}"
+def row(label: str, *cells: object) -> str:
+    return f"{label:36s}" + "".join(f"{cell!s:>30s}" for cell in cells)
+
+
+def clear_jobs(core: client.CoreV1Api, batch: client.BatchV1Api, namespace: str) -> None:
+    """The namespace empty of one run's Jobs, their pods and their ConfigMaps/NetworkPolicies, for the next."""
+    batch.delete_collection_namespaced_job(namespace, propagation_policy="Background")
+    core.delete_collection_namespaced_pod(namespace, grace_period_seconds=0)
+    core.delete_collection_namespaced_config_map(namespace, label_selector=MANAGED_BY_LABEL)
+    client.NetworkingV1Api().delete_collection_namespaced_network_policy(namespace)
+    wait_for(lambda: not core.list_namespaced_pod(namespace).items, f"the pods of {namespace} to go")
 
 
 def main() -> None:
@@ -263,6 +292,12 @@ def main() -> None:
     parser.add_argument("--stored", type=int, default=0, help="then store this many finished Executions, for RSS")
     parser.add_argument("--no-operator", action="store_true", help="use a running operator that watches --namespace")
     parser.add_argument("--namespace", help="namespace of the Executions (default: a fresh e2e-op-bench-*)")
+    parser.add_argument(
+        "--jobs",
+        type=lambda text: text.split(","),
+        default=list(JOB_SETTINGS),
+        help=f"the Job settings to run, comma-separated, each a run of N Jobs (default: all of {list(JOB_SETTINGS)})",
+    )
     args = parser.parse_args()
 
     config.load_kube_config()
@@ -282,7 +317,11 @@ def main() -> None:
         if args.stored:
             store_rejected(custom, setup.execution_namespace, args.stored)
             rss_stored = f"{rss_mib(operator_pid)} with {args.n + args.stored} stored"
-        jobs = run_jobs(core, batch, setup.job_namespace, plans, setup.isolation_probe)
+        jobs = {}
+        for index, setting in enumerate(args.jobs):
+            if index:
+                clear_jobs(core, batch, setup.job_namespace)
+            jobs[setting] = run_jobs(core, batch, setup.job_namespace, plans, setup.isolation_probe, setting)
 
     plan = next(iter(plans.values()))
     print(
@@ -290,23 +329,23 @@ def main() -> None:
         f"runtimeClassName {OperatorConfig().runtime_class}; Executions via "
         f"{'a running operator' if args.no_operator else 'a local operator process'}"
     )
-    print(row("", "Executions", "Jobs"))
-    print(row("wall time", f"{ex['wall']:.1f}s", f"{jobs['wall']:.1f}s"))
-    print(row("Succeeded, right stdout", f"{ex['ok']}/{args.n}", f"{jobs['ok']}/{args.n}"))
-    print(row("outcomes", ex["outcomes"], jobs["outcomes"]))
-    print(row("creation → pod bound to the node", percentiles(ex["bound_wait"]), percentiles(jobs["bound_wait"])))
-    print(row("queue wait (creation → pod created)", percentiles(ex["queue_wait"]), "-"))
-    print(row("API writes per Execution, mean/max", f"{statistics.mean(ex['writes']):.1f}/{max(ex['writes'])}", "-"))
-    print(
-        row(
-            "  of which status changes, mean/max",
-            f"{statistics.mean(ex['status_writes']):.1f}/{max(ex['status_writes'])}",
-            "-",
-        )
-    )
-    print(row("operator RSS at the end", rss_end, "-"))
-    print(row("operator RSS, stored Executions", rss_stored, "-"))
-    print(f"wall time ratio Executions/Jobs: {ex['wall'] / jobs['wall']:.2f} (target ≤ 0.67)")
+    for setting in args.jobs:
+        print(f"Jobs ({setting}): sandbox container resources {JOB_SETTINGS[setting](plan) or 'as the Executions'}")
+    runs = [ex, *jobs.values()]
+    none = ["-"] * len(jobs)
+    print(row("", "Executions", *(f"Jobs ({setting})" for setting in jobs)))
+    print(row("wall time", *(f"{run['wall']:.1f}s" for run in runs)))
+    print(row("Succeeded, right stdout", *(f"{run['ok']}/{args.n}" for run in runs)))
+    print(row("outcomes", *(run["outcomes"] for run in runs)))
+    print(row("creation → pod bound to the node", *(percentiles(run["bound_wait"]) for run in runs)))
+    print(row("queue wait (creation → pod created)", percentiles(ex["queue_wait"]), *none))
+    print(row("API writes per Execution, mean/max", f"{statistics.mean(ex['writes']):.1f}/{max(ex['writes'])}", *none))
+    status_writes = f"{statistics.mean(ex['status_writes']):.1f}/{max(ex['status_writes'])}"
+    print(row("  of which status changes, mean/max", status_writes, *none))
+    print(row("operator RSS at the end", rss_end, *none))
+    print(row("operator RSS, stored Executions", rss_stored, *none))
+    for setting, run in jobs.items():
+        print(f"wall time ratio Executions/Jobs ({setting}): {ex['wall'] / run['wall']:.2f} (target ≤ 0.67)")
     for line in ex["failures"][:20]:
         print(f"  {line}")
 
