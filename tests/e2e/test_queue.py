@@ -286,11 +286,18 @@ def test_resource_quota_keeps_executions_queued_not_failed(own_operator: StartOp
     assert order.index(uid(found_free["q-07"])) < last_limited, "the quota of one namespace held up another"
 
 
+# The sandboxes test_queue_survives_an_operator_killed_with_sigkill lets run at once.
+MAX_RUNNING = 2
+
+
 def test_queue_survives_an_operator_killed_with_sigkill(own_operator: StartOperator) -> None:
     """Safeguard: the queue derived from the cluster's state (Executions and their pods), rebuilt at
     start-up. Seen failing against the operator before the queue (after the restart the rest did not
-    start in creation order)."""
-    own = own_operator(CODEEXEC_MAX_RUNNING="2")
+    start in creation order).
+    Two Executions that start at the same moment (both slots free at once) are launched side by side, so
+    their pods may be created in either order (seen once, 2026-12-02: q-17's pod before q-16's):
+    each may be at most one place (MAX_RUNNING - 1) from its place in creation order."""
+    own = own_operator(CODEEXEC_MAX_RUNNING=str(MAX_RUNNING))
     namespace = own.namespaces[0]
     manifests = [trivial(index) for index in range(20)]
     with watching(own.namespaces) as (pods, watches):
@@ -309,5 +316,9 @@ def test_queue_survives_an_operator_killed_with_sigkill(own_operator: StartOpera
     assert len(pods.pods_per_execution()) == len(manifests), "none lost"
     assert len(started_while_up) < len(manifests) - 4, "most were still queued at the kill"
     queued_at_the_kill = [item for item in creation_order(found.values()) if item not in started_while_up]
-    assert named(found, pods.start_order()) == named(found, started_while_up + queued_at_the_kill)
-    assert pods.most_running()["all"] <= 2
+    expected = named(found, started_while_up + queued_at_the_kill)
+    started = named(found, pods.start_order())
+    assert sorted(started) == sorted(expected)
+    displaced = {name: (expected.index(name), place) for place, name in enumerate(started)}
+    assert all(abs(want - place) < MAX_RUNNING for want, place in displaced.values()), (started, expected)
+    assert pods.most_running()["all"] <= MAX_RUNNING
